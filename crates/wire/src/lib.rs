@@ -1,0 +1,27 @@
+//! WhatsApp wire formats, sans-IO.
+//!
+//! Everything the proxy, the chatd simulator and the client need to speak WhatsApp's chat protocol,
+//! with no sockets: the binary stanza codec on the token dictionary ([`dict`], [`decode`],
+//! [`encode`]), the node model ([`node`], [`jid`]), readable text forms ([`text`]), the 3-byte
+//! length frame codec ([`frame`]), WhatsApp's flavour of Noise XX ([`noise`]), the server
+//! certificate chain ([`cert`]) and the login payload protobufs ([`proto`]).
+
+pub mod cert;
+pub mod decode;
+pub mod dict;
+pub mod encode;
+pub mod frame;
+pub mod jid;
+pub mod noise;
+pub mod node;
+mod packed;
+pub mod payload;
+pub mod proto;
+pub mod text;
+pub mod xeddsa;
+
+pub use decode::{DecodeError, Decoder, NodeRef};
+pub use dict::Dictionary;
+pub use encode::{EncodeError, EncodeOptions, Encoder};
+pub use jid::{Jid, Server};
+pub use node::{Content, Node, Value};
