@@ -87,12 +87,8 @@ fn run(command: Command) -> Result<(), String> {
             .map_err(|e| format!("parse: {e}"))?;
             let encoder = Encoder::new(&Dictionary::V3, EncodeOptions { compress: zlib });
             let mut bytes = Vec::new();
-            if bare {
-                encoder.encode_node(&node, &mut bytes)
-            } else {
-                encoder.encode_payload(&node, &mut bytes)
-            }
-            .map_err(|e| format!("encode: {e}"))?;
+            if bare { encoder.encode_node(&node, &mut bytes) } else { encoder.encode_payload(&node, &mut bytes) }
+                .map_err(|e| format!("encode: {e}"))?;
             match to {
                 BinaryForm::Hex => format!("{}\n", hex::encode(bytes)).into_bytes(),
                 BinaryForm::Bin => bytes,

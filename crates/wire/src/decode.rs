@@ -70,29 +70,60 @@ pub enum DecodeError {
     TooManyNodes { max: usize },
 }
 
-/// Where a decoded string lives.
+/// Where a decoded string lives, in 8 bytes: the top two bits of `len_kind` say where, the rest
+/// is the length. Tokens store their code in `start` (index, or 256 + dictionary * 256 + index).
 #[derive(Debug, Clone, Copy)]
-enum StrLoc {
-    Token(&'static str),
-    /// Raw UTF-8 in the input (validated when decoded).
-    Input { start: u32, len: u32 },
-    /// Unpacked nibble/hex text in the arena.
-    Text { start: u32, len: u32 },
+struct StrLoc {
+    start: u32,
+    len_kind: u32,
 }
 
+const KIND_SHIFT: u32 = 30;
+const LEN_MASK: u32 = (1 << KIND_SHIFT) - 1;
+/// Raw UTF-8 in the input (validated when decoded).
+const KIND_INPUT: u32 = 0;
+/// Unpacked nibble/hex text in the arena.
+const KIND_TEXT: u32 = 1;
+const KIND_TOKEN: u32 = 2;
+
+impl StrLoc {
+    const EMPTY: StrLoc = StrLoc { start: 0, len_kind: 0 };
+    /// Returned by `scalar` for JID and list tags: keeps its result in two registers.
+    const NOT_SCALAR: StrLoc = StrLoc { start: 0, len_kind: u32::MAX };
+
+    fn is_scalar(self) -> bool {
+        self.len_kind != u32::MAX
+    }
+
+    fn input(start: usize, len: usize) -> StrLoc {
+        StrLoc { start: start as u32, len_kind: len as u32 }
+    }
+    fn text(start: usize, len: usize) -> StrLoc {
+        StrLoc { start: start as u32, len_kind: KIND_TEXT << KIND_SHIFT | len as u32 }
+    }
+    fn token(code: u32) -> StrLoc {
+        StrLoc { start: code, len_kind: KIND_TOKEN << KIND_SHIFT }
+    }
+}
+
+/// Marks a value that is a string, not a JID.
+const NOT_JID: u8 = u8::MAX;
+
+/// A string or a JID, in 16 bytes.
 #[derive(Debug, Clone, Copy)]
-struct RawJid {
-    user: StrLoc,
-    server: Server,
+struct RawValue {
+    s: StrLoc,
+    /// `Server` discriminant, or `NOT_JID`.
+    server: u8,
     agent: u8,
     device: u16,
     integrator: u16,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum RawValue {
-    Str(StrLoc),
-    Jid(RawJid),
+impl RawValue {
+    fn string(s: StrLoc) -> RawValue {
+        RawValue { s, server: NOT_JID, agent: 0, device: 0, integrator: 0 }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,8 +148,7 @@ struct RawNode {
     content: RawContent,
 }
 
-const PLACEHOLDER: RawNode =
-    RawNode { tag: StrLoc::Token(""), attrs_start: 0, attrs_len: 0, content: RawContent::None };
+const PLACEHOLDER: RawNode = RawNode { tag: StrLoc::EMPTY, attrs_start: 0, attrs_len: 0, content: RawContent::None };
 
 #[derive(Debug, Default)]
 struct Arena {
@@ -172,7 +202,7 @@ pub fn decode(payload: &[u8]) -> Result<Node, DecodeError> {
 
 fn decode_into<'a>(
     arena: &'a mut Arena,
-    dict: &Dictionary,
+    dict: &'a Dictionary,
     limits: &Limits,
     input: &'a [u8],
 ) -> Result<NodeRef<'a>, DecodeError> {
@@ -181,11 +211,21 @@ fn decode_into<'a>(
     arena.text.clear();
     arena.nodes.push(PLACEHOLDER);
     let mut r = Reader { input, pos: 0, dict, limits, arena };
-    r.node(0, 0)?;
+    r.node(0, 0).map_err(|e| *e)?;
     if r.pos != input.len() {
         return Err(DecodeError::TrailingBytes { offset: r.pos, remaining: input.len() - r.pos });
     }
-    Ok(NodeRef { arena, input, idx: 0 })
+    Ok(NodeRef { arena, input, dict, idx: 0 })
+}
+
+/// Reader results carry a boxed error: the `Ok` side then travels in registers, and the box is
+/// only built on the (cold) error path.
+type R<T> = Result<T, Box<DecodeError>>;
+
+#[cold]
+#[inline(never)]
+fn fail(e: DecodeError) -> Box<DecodeError> {
+    Box::new(e)
 }
 
 struct Reader<'i, 'r> {
@@ -225,6 +265,18 @@ fn tag_name(b: u8) -> &'static str {
     }
 }
 
+/// Single-byte tokens that name JID servers, so the common JIDs skip the string compare.
+fn server_token(b: u8) -> Option<Server> {
+    match b {
+        3 => Some(Server::Whatsapp),
+        28 => Some(Server::Group),
+        13 => Some(Server::Broadcast),
+        118 => Some(Server::Lid),
+        204 => Some(Server::Messenger),
+        _ => None,
+    }
+}
+
 impl Reader<'_, '_> {
     #[inline]
     fn remaining(&self) -> usize {
@@ -232,16 +284,20 @@ impl Reader<'_, '_> {
     }
 
     #[inline]
-    fn byte(&mut self) -> Result<u8, DecodeError> {
-        let b = *self.input.get(self.pos).ok_or(DecodeError::UnexpectedEnd { offset: self.pos, needed: 1 })?;
-        self.pos += 1;
-        Ok(b)
+    fn byte(&mut self) -> R<u8> {
+        match self.input.get(self.pos) {
+            Some(&b) => {
+                self.pos += 1;
+                Ok(b)
+            }
+            None => Err(fail(DecodeError::UnexpectedEnd { offset: self.pos, needed: 1 })),
+        }
     }
 
     #[inline]
-    fn take(&mut self, n: usize) -> Result<usize, DecodeError> {
+    fn take(&mut self, n: usize) -> R<usize> {
         if self.remaining() < n {
-            return Err(DecodeError::UnexpectedEnd { offset: self.pos, needed: n - self.remaining() });
+            return Err(fail(DecodeError::UnexpectedEnd { offset: self.pos, needed: n - self.remaining() }));
         }
         let start = self.pos;
         self.pos += n;
@@ -249,48 +305,48 @@ impl Reader<'_, '_> {
     }
 
     #[inline]
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    fn u16(&mut self) -> R<u16> {
         let at = self.take(2)?;
         Ok(u16::from_be_bytes([self.input[at], self.input[at + 1]]))
     }
 
-    fn node(&mut self, slot: usize, depth: usize) -> Result<(), DecodeError> {
+    fn node(&mut self, slot: usize, depth: usize) -> R<()> {
         if depth >= self.limits.max_depth {
-            return Err(DecodeError::TooDeep { max: self.limits.max_depth });
+            return Err(fail(DecodeError::TooDeep { max: self.limits.max_depth }));
         }
         let at = self.pos;
         let n = match self.byte()? {
             tag::LIST_8 => usize::from(self.byte()?),
             tag::LIST_16 => usize::from(self.u16()?),
-            byte => return Err(DecodeError::InvalidNodeHeader { offset: at, byte }),
+            byte => return Err(fail(DecodeError::InvalidNodeHeader { offset: at, byte })),
         };
         if n == 0 {
-            return Err(DecodeError::EmptyNode { offset: at });
+            return Err(fail(DecodeError::EmptyNode { offset: at }));
         }
         let tag = self.string(Ctx::Tag)?;
         let n_attrs = (n - 1) / 2;
         // Each attribute takes at least two bytes: checked before the arena grows for them.
         if n_attrs * 2 > self.remaining() {
-            return Err(DecodeError::CountExceedsInput {
+            return Err(fail(DecodeError::CountExceedsInput {
                 offset: at,
                 what: "attributes",
                 count: n_attrs,
                 remaining: self.remaining(),
-            });
+            }));
         }
         let attrs_start = self.arena.attrs.len();
+        self.arena.attrs.reserve(n_attrs);
         for _ in 0..n_attrs {
             let key = self.string(Ctx::Key)?;
             let value = self.value()?;
             self.arena.attrs.push(RawAttr { key, value });
         }
         let content = if n % 2 == 0 { self.content(depth)? } else { RawContent::None };
-        self.arena.nodes[slot] =
-            RawNode { tag, attrs_start: attrs_start as u32, attrs_len: n_attrs as u32, content };
+        self.arena.nodes[slot] = RawNode { tag, attrs_start: attrs_start as u32, attrs_len: n_attrs as u32, content };
         Ok(())
     }
 
-    fn content(&mut self, depth: usize) -> Result<RawContent, DecodeError> {
+    fn content(&mut self, depth: usize) -> R<RawContent> {
         let at = self.pos;
         let b = self.byte()?;
         let count = match b {
@@ -308,16 +364,16 @@ impl Reader<'_, '_> {
         };
         // A child is at least three bytes (list header and tag).
         if count * 3 > self.remaining() {
-            return Err(DecodeError::CountExceedsInput {
+            return Err(fail(DecodeError::CountExceedsInput {
                 offset: at,
                 what: "child nodes",
                 count,
                 remaining: self.remaining(),
-            });
+            }));
         }
         let first = self.arena.nodes.len();
         if first + count > self.limits.max_nodes {
-            return Err(DecodeError::TooManyNodes { max: self.limits.max_nodes });
+            return Err(fail(DecodeError::TooManyNodes { max: self.limits.max_nodes }));
         }
         // Siblings get adjacent slots, filled as each child is read; grandchildren go after them.
         self.arena.nodes.resize(first + count, PLACEHOLDER);
@@ -329,7 +385,7 @@ impl Reader<'_, '_> {
 
     /// Reads the length of a `BINARY_*` item whose tag byte was `b`; returns (start, len).
     #[inline]
-    fn binary(&mut self, b: u8) -> Result<(usize, usize), DecodeError> {
+    fn binary(&mut self, b: u8) -> R<(usize, usize)> {
         let len = match b {
             tag::BINARY_8 => usize::from(self.byte()?),
             tag::BINARY_20 => {
@@ -347,78 +403,83 @@ impl Reader<'_, '_> {
     }
 
     /// A string in a position where JIDs and lists are not allowed.
-    fn string(&mut self, ctx: Ctx) -> Result<StrLoc, DecodeError> {
+    #[inline]
+    fn string(&mut self, ctx: Ctx) -> R<StrLoc> {
         let at = self.pos;
         let b = self.byte()?;
-        match self.scalar(at, b)? {
-            Some(s) if b != tag::LIST_EMPTY || matches!(ctx, Ctx::JidUser) => Ok(s),
-            _ => Err(DecodeError::ExpectedString { offset: at, found: tag_name(b), context: ctx.name() }),
+        let s = self.scalar(at, b)?;
+        if s.is_scalar() && (b != tag::LIST_EMPTY || matches!(ctx, Ctx::JidUser)) {
+            Ok(s)
+        } else {
+            Err(fail(DecodeError::ExpectedString { offset: at, found: tag_name(b), context: ctx.name() }))
         }
     }
 
-    /// A token, packed or raw string, or `LIST_EMPTY` as the empty string; `None` for JID and
-    /// list tags.
-    #[inline]
-    fn scalar(&mut self, at: usize, b: u8) -> Result<Option<StrLoc>, DecodeError> {
-        Ok(Some(match b {
-            tag::LIST_EMPTY => StrLoc::Token(""),
-            1..=235 => StrLoc::Token(self.dict.single(b).ok_or(DecodeError::UnknownToken {
-                offset: at,
-                dict: "single-byte",
-                index: b,
-            })?),
+    /// A token, packed or raw string, or `LIST_EMPTY` as the empty string; `NOT_SCALAR` for JID
+    /// and list tags.
+    #[inline(always)]
+    fn scalar(&mut self, at: usize, b: u8) -> R<StrLoc> {
+        Ok(match b {
+            tag::LIST_EMPTY => StrLoc::EMPTY,
+            1..=235 => {
+                if self.dict.single(b).is_none() {
+                    return Err(fail(DecodeError::UnknownToken { offset: at, dict: "single-byte", index: b }));
+                }
+                StrLoc::token(u32::from(b))
+            }
             tag::DICTIONARY_0..=tag::DICTIONARY_3 => {
                 let index = self.byte()?;
-                const NAMES: [&str; 4] = ["0", "1", "2", "3"];
                 let d = b - tag::DICTIONARY_0;
-                StrLoc::Token(self.dict.double(d, index).ok_or(DecodeError::UnknownToken {
-                    offset: at,
-                    dict: NAMES[usize::from(d)],
-                    index,
-                })?)
+                if self.dict.double(d, index).is_none() {
+                    const NAMES: [&str; 4] = ["0", "1", "2", "3"];
+                    return Err(fail(DecodeError::UnknownToken { offset: at, dict: NAMES[usize::from(d)], index }));
+                }
+                StrLoc::token(256 + u32::from(d) * 256 + u32::from(index))
             }
             tag::NIBBLE_8 => self.packed(Packing::Nibble)?,
             tag::HEX_8 => self.packed(Packing::Hex)?,
             tag::BINARY_8 | tag::BINARY_20 | tag::BINARY_32 => {
                 let (start, len) = self.binary(b)?;
                 if std::str::from_utf8(&self.input[start..start + len]).is_err() {
-                    return Err(DecodeError::InvalidUtf8 { offset: start });
+                    return Err(fail(DecodeError::InvalidUtf8 { offset: start }));
                 }
-                StrLoc::Input { start: start as u32, len: len as u32 }
+                StrLoc::input(start, len)
             }
             tag::LIST_8 | tag::LIST_16 | tag::JID_PAIR | tag::AD_JID | tag::FB_JID | tag::INTEROP_JID => {
-                return Ok(None);
+                StrLoc::NOT_SCALAR
             }
-            _ => return Err(DecodeError::UnknownTag { offset: at, byte: b }),
-        }))
+            _ => return Err(fail(DecodeError::UnknownTag { offset: at, byte: b })),
+        })
     }
 
-    fn packed(&mut self, packing: Packing) -> Result<StrLoc, DecodeError> {
+    fn packed(&mut self, packing: Packing) -> R<StrLoc> {
         let at = self.pos;
         let header = self.byte()?;
         let n = usize::from(header & 0x7F);
         let odd = header & 0x80 != 0;
         if odd && n == 0 {
-            return Err(DecodeError::InvalidPacked { offset: at, byte: header });
+            return Err(fail(DecodeError::InvalidPacked { offset: at, byte: header }));
         }
         let start = self.take(n)?;
         let text_start = self.arena.text.len();
-        packed::unpack(&self.input[start..start + n], odd, packing, &mut self.arena.text).map_err(|bad| {
-            let offset = start + self.input[start..start + n].iter().position(|&x| x == bad.0).unwrap_or(0);
-            DecodeError::InvalidPacked { offset, byte: bad.0 }
-        })?;
-        Ok(StrLoc::Text { start: text_start as u32, len: (self.arena.text.len() - text_start) as u32 })
+        let packed = &self.input[start..start + n];
+        if let Err(bad) = packed::unpack(packed, odd, packing, &mut self.arena.text) {
+            let offset = start + packed.iter().position(|&x| x == bad.0).unwrap_or(0);
+            return Err(fail(DecodeError::InvalidPacked { offset, byte: bad.0 }));
+        }
+        Ok(StrLoc::text(text_start, self.arena.text.len() - text_start))
     }
 
     /// An attribute value or scalar content: a string or a JID.
-    fn value(&mut self) -> Result<RawValue, DecodeError> {
+    #[inline(always)]
+    fn value(&mut self) -> R<RawValue> {
         let at = self.pos;
         let b = self.byte()?;
-        let jid = match b {
+        let (s, server, agent, device, integrator) = match b {
             tag::JID_PAIR => {
                 let user = self.string(Ctx::JidUser)?;
                 let server = self.server(None)?;
-                RawJid { user, server, agent: 0, device: 0, integrator: 0 }
+                (user, server, 0, 0, 0)
             }
             tag::AD_JID => {
                 let domain = self.byte()?;
@@ -430,13 +491,13 @@ impl Reader<'_, '_> {
                     129 => (Server::HostedLid, 0),
                     agent => (Server::Whatsapp, agent),
                 };
-                RawJid { user, server, agent, device, integrator: 0 }
+                (user, server, agent, device, 0)
             }
             tag::FB_JID => {
                 let user = self.string(Ctx::JidUser)?;
                 let device = self.u16()?;
                 let server = self.server(Some(Server::Messenger))?;
-                RawJid { user, server, agent: 0, device, integrator: 0 }
+                (user, server, 0, device, 0)
             }
             tag::INTEROP_JID => {
                 let user = self.string(Ctx::JidUser)?;
@@ -447,38 +508,59 @@ impl Reader<'_, '_> {
                 if self.input[self.pos..].starts_with(TRAILING) {
                     self.pos += TRAILING.len();
                 }
-                RawJid { user, server: Server::Interop, agent: 0, device, integrator }
+                (user, Server::Interop, 0, device, integrator)
             }
             _ => {
-                return match self.scalar(at, b)? {
-                    Some(s) => Ok(RawValue::Str(s)),
-                    None => Err(DecodeError::ExpectedString { offset: at, found: tag_name(b), context: "value" }),
-                };
+                let s = self.scalar(at, b)?;
+                if !s.is_scalar() {
+                    return Err(fail(DecodeError::ExpectedString { offset: at, found: tag_name(b), context: "value" }));
+                }
+                return Ok(RawValue::string(s));
             }
         };
-        Ok(RawValue::Jid(jid))
+        Ok(RawValue { s, server: server as u8, agent, device, integrator })
     }
 
-    fn server(&mut self, expected: Option<Server>) -> Result<Server, DecodeError> {
+    fn server(&mut self, expected: Option<Server>) -> R<Server> {
         let at = self.pos;
-        let loc = self.string(Ctx::JidServer)?;
-        let name = resolve(loc, self.input, &self.arena.text);
-        match Server::from_name(name) {
+        let found = match self.input.get(at).copied().and_then(server_token) {
+            Some(s) => {
+                self.pos += 1;
+                Some(s)
+            }
+            None => {
+                let loc = self.string(Ctx::JidServer)?;
+                Server::from_name(resolve(loc, self.input, &self.arena.text, self.dict))
+            }
+        };
+        match found {
             Some(s) if expected.is_none_or(|e| e == s) => Ok(s),
-            _ => Err(DecodeError::UnknownServer { offset: at, name: name.chars().take(64).collect() }),
+            _ => {
+                self.pos = at;
+                let loc = self.string(Ctx::JidServer)?;
+                let name = resolve(loc, self.input, &self.arena.text, self.dict);
+                Err(fail(DecodeError::UnknownServer { offset: at, name: name.chars().take(64).collect() }))
+            }
         }
     }
 }
 
 #[inline]
-fn resolve<'a>(loc: StrLoc, input: &'a [u8], text: &'a [u8]) -> &'a str {
-    let (buf, start, len) = match loc {
-        StrLoc::Token(s) => return s,
-        StrLoc::Input { start, len } => (input, start, len),
-        StrLoc::Text { start, len } => (text, start, len),
+fn resolve<'a>(loc: StrLoc, input: &'a [u8], text: &'a [u8], dict: &'a Dictionary) -> &'a str {
+    let len = (loc.len_kind & LEN_MASK) as usize;
+    let start = loc.start as usize;
+    let buf = match loc.len_kind >> KIND_SHIFT {
+        KIND_INPUT => input,
+        KIND_TEXT => text,
+        _ => {
+            let code = loc.start;
+            let token =
+                if code < 256 { dict.single(code as u8) } else { dict.double(((code - 256) >> 8) as u8, code as u8) };
+            return token.unwrap_or_default();
+        }
     };
     // Validated (or ASCII by construction) when decoded; the fallback is unreachable.
-    std::str::from_utf8(&buf[start as usize..(start + len) as usize]).unwrap_or_default()
+    buf.get(start..start + len).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
 }
 
 /// A decoded node, borrowing the decoder's arenas and the input.
@@ -486,6 +568,7 @@ fn resolve<'a>(loc: StrLoc, input: &'a [u8], text: &'a [u8]) -> &'a str {
 pub struct NodeRef<'a> {
     arena: &'a Arena,
     input: &'a [u8],
+    dict: &'a Dictionary,
     idx: u32,
 }
 
@@ -573,6 +656,7 @@ pub enum ContentRef<'a> {
 pub struct Children<'a> {
     arena: &'a Arena,
     input: &'a [u8],
+    dict: &'a Dictionary,
     next: u32,
     end: u32,
 }
@@ -583,7 +667,7 @@ impl<'a> Iterator for Children<'a> {
     fn next(&mut self) -> Option<NodeRef<'a>> {
         (self.next < self.end).then(|| {
             self.next += 1;
-            NodeRef { arena: self.arena, input: self.input, idx: self.next - 1 }
+            NodeRef { arena: self.arena, input: self.input, dict: self.dict, idx: self.next - 1 }
         })
     }
 
@@ -601,18 +685,18 @@ impl<'a> NodeRef<'a> {
     }
 
     fn str(&self, loc: StrLoc) -> &'a str {
-        resolve(loc, self.input, &self.arena.text)
+        resolve(loc, self.input, &self.arena.text, self.dict)
     }
 
     fn value(&self, v: RawValue) -> ValueRef<'a> {
-        match v {
-            RawValue::Str(s) => ValueRef::Str(self.str(s)),
-            RawValue::Jid(j) => ValueRef::Jid(JidRef {
-                user: self.str(j.user),
-                server: j.server,
-                device: j.device,
-                agent: j.agent,
-                integrator: j.integrator,
+        match Server::ALL.get(usize::from(v.server)) {
+            None => ValueRef::Str(self.str(v.s)),
+            Some(&server) => ValueRef::Jid(JidRef {
+                user: self.str(v.s),
+                server,
+                device: v.device,
+                agent: v.agent,
+                integrator: v.integrator,
             }),
         }
     }
@@ -655,7 +739,7 @@ impl<'a> NodeRef<'a> {
     }
 
     fn children_from(&self, first: u32, count: u32) -> Children<'a> {
-        Children { arena: self.arena, input: self.input, next: first, end: first + count }
+        Children { arena: self.arena, input: self.input, dict: self.dict, next: first, end: first + count }
     }
 
     /// The child nodes (none when the content is not a list).

@@ -27,6 +27,16 @@ pub mod tag {
     pub const NIBBLE_8: u8 = 255;
 }
 
+/// One slot of the encoder's lookup table: the token's identifying words, length and code
+/// (1..=235 single-byte; 256 + dictionary * 256 + index double-byte). `len == 0` marks an empty slot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenSlot {
+    head: u64,
+    tail: u64,
+    len: u16,
+    code: u16,
+}
+
 /// How a dictionary names a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Token {
@@ -42,7 +52,7 @@ pub struct Dictionary {
     version: u8,
     single: &'static [&'static str],
     double: &'static [[&'static str; 256]; 4],
-    lookup: &'static [u16],
+    lookup: &'static [TokenSlot],
     lookup_bits: u32,
     max_token_len: usize,
 }
@@ -94,21 +104,25 @@ impl Dictionary {
         if b.is_empty() || b.len() > self.max_token_len {
             return None;
         }
+        let (head, tail) = token_words(b);
         let mask = (1usize << self.lookup_bits) - 1;
-        let mut slot = (token_hash(b) >> (64 - self.lookup_bits)) as usize;
+        let mut slot = (token_hash(head, tail, b.len()) >> (64 - self.lookup_bits)) as usize;
         loop {
-            let code = self.lookup[slot];
-            if code == 0 {
+            let entry = self.lookup.get(slot)?;
+            if entry.len == 0 {
                 return None;
             }
-            let token = if code < 256 {
-                Token::Single(code as u8)
-            } else {
-                let c = code - 256;
-                Token::Double((c >> 8) as u8, c as u8)
-            };
-            if self.token_str(token).is_some_and(|t| t.as_bytes() == b) {
-                return Some(token);
+            if entry.head == head && entry.tail == tail && usize::from(entry.len) == b.len() {
+                let token = if entry.code < 256 {
+                    Token::Single(entry.code as u8)
+                } else {
+                    let c = entry.code - 256;
+                    Token::Double((c >> 8) as u8, c as u8)
+                };
+                // Words cover strings of up to 16 bytes; longer ones are compared in full.
+                if b.len() <= 16 || self.token_str(token).is_some_and(|t| t.as_bytes() == b) {
+                    return Some(token);
+                }
             }
             slot = (slot + 1) & mask;
         }

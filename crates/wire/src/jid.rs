@@ -11,6 +11,7 @@ use std::str::FromStr;
 /// The servers a JID can name. A JID on any other server is not a JID to this crate: the text
 /// forms keep such a value a plain string, and the decoder refuses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Server {
     /// `s.whatsapp.net`: phone-number users.
     Whatsapp,
@@ -334,6 +335,14 @@ mod tests {
             "u:01@s.whatsapp.net",
         ] {
             assert!(Jid::parse(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn all_servers_index_by_discriminant() {
+        for (i, s) in Server::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i, "the decoder stores servers as their discriminant");
+            assert_eq!(Server::from_name(s.as_str()), Some(*s));
         }
     }
 

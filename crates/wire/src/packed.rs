@@ -11,28 +11,60 @@ pub(crate) enum Packing {
     Hex,
 }
 
-/// Nibble code of a character, if it has one.
-#[inline(always)]
-fn nibble_code(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'-' => Some(10),
-        b'.' => Some(11),
-        _ => None,
+/// Per-byte codes: high nibble = nibble code (0xF = none), low nibble = hex code (0xF = none, but
+/// 'F' itself is hex 15, so hex validity is read from `HEX_OK`).
+const fn code_table() -> [u8; 256] {
+    let mut t = [0xFFu8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let nib = match b {
+            b'0'..=b'9' => b - b'0',
+            b'-' => 10,
+            b'.' => 11,
+            _ => 0xF,
+        };
+        let hex = match b {
+            b'0'..=b'9' => b - b'0',
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => 0xF,
+        };
+        t[c] = nib << 4 | hex;
+        c += 1;
     }
+    t
 }
 
-#[inline(always)]
-fn hex_code(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// Bit 0: the byte is nibble-packable; bit 1: hex-packable.
+const fn class_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let nibble = b.is_ascii_digit() || b == b'-' || b == b'.';
+        let hex = b.is_ascii_digit() || (b >= b'A' && b <= b'F');
+        t[c] = nibble as u8 | (hex as u8) << 1;
+        c += 1;
     }
+    t
 }
 
-const NIBBLE_CHARS: &[u8; 16] = b"0123456789-.\0\0\0\0";
-const HEX_CHARS: &[u8; 16] = b"0123456789ABCDEF";
+static CODES: [u8; 256] = code_table();
+static CLASS: [u8; 256] = class_table();
+
+/// For each packed byte, its two characters; 0 marks an invalid nibble.
+const fn pair_table(chars: &[u8; 16]) -> [[u8; 2]; 256] {
+    let mut t = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = [chars[b >> 4], chars[b & 0xF]];
+        b += 1;
+    }
+    t
+}
+
+static NIBBLE_PAIRS: [[u8; 2]; 256] = pair_table(b"0123456789-.\0\0\0\0");
+static HEX_PAIRS: [[u8; 2]; 256] = pair_table(b"0123456789ABCDEF");
 
 /// Which packing, if any, the canonical encoder uses for `s`: nibble first, then hex.
 #[inline]
@@ -40,37 +72,33 @@ pub(crate) fn packing_for(s: &[u8]) -> Option<Packing> {
     if s.is_empty() || s.len() > PACKED_MAX_CHARS {
         return None;
     }
-    // One pass: track whether every byte so far fits each alphabet.
-    let (mut nibble, mut hex) = (true, true);
-    for &c in s {
-        let digit = c.is_ascii_digit();
-        nibble &= digit || c == b'-' || c == b'.';
-        hex &= digit || (b'A'..=b'F').contains(&c);
-        if !(nibble || hex) {
-            return None;
-        }
+    let class = s.iter().fold(3u8, |acc, &c| acc & CLASS[usize::from(c)]);
+    match class {
+        0 => None,
+        c if c & 1 != 0 => Some(Packing::Nibble),
+        _ => Some(Packing::Hex),
     }
-    Some(if nibble { Packing::Nibble } else { Packing::Hex })
 }
 
 /// Appends the header byte and packed bytes of `s`, which `packing_for` accepted.
 #[inline]
 pub(crate) fn pack(s: &[u8], packing: Packing, out: &mut Vec<u8>) {
-    let code = match packing {
-        Packing::Nibble => nibble_code,
-        Packing::Hex => hex_code,
+    let code = |c: u8| {
+        let both = CODES[usize::from(c)];
+        match packing {
+            Packing::Nibble => both >> 4,
+            Packing::Hex => both & 0x0F,
+        }
     };
     let packed_len = s.len().div_ceil(2);
     out.reserve(packed_len + 1);
     out.push(packed_len as u8 | if s.len() % 2 == 1 { 0x80 } else { 0 });
     let mut pairs = s.chunks_exact(2);
     for pair in &mut pairs {
-        let hi = code(pair[0]).unwrap_or(0);
-        let lo = code(pair[1]).unwrap_or(0);
-        out.push(hi << 4 | lo);
+        out.push(code(pair[0]) << 4 | code(pair[1]));
     }
     if let [last] = pairs.remainder() {
-        out.push(code(*last).unwrap_or(0) << 4 | 0x0F);
+        out.push(code(*last) << 4 | 0x0F);
     }
 }
 
@@ -82,30 +110,28 @@ pub(crate) struct BadNibble(pub u8);
 #[inline]
 pub(crate) fn unpack(bytes: &[u8], odd: bool, packing: Packing, out: &mut Vec<u8>) -> Result<(), BadNibble> {
     let table = match packing {
-        Packing::Nibble => NIBBLE_CHARS,
-        Packing::Hex => HEX_CHARS,
+        Packing::Nibble => &NIBBLE_PAIRS,
+        Packing::Hex => &HEX_PAIRS,
+    };
+    let (full, last) = match (odd, bytes.split_last()) {
+        (true, Some((&last, full))) => (full, Some(last)),
+        _ => (bytes, None),
     };
     out.reserve(bytes.len() * 2);
-    let last = bytes.len().wrapping_sub(1);
-    for (i, &b) in bytes.iter().enumerate() {
-        let hi = table[usize::from(b >> 4)];
-        if hi == 0 {
+    for &b in full {
+        let pair = table[usize::from(b)];
+        if pair[0] == 0 || pair[1] == 0 {
+            return Err(BadNibble(b));
+        }
+        out.extend_from_slice(&pair);
+    }
+    if let Some(b) = last {
+        // The padding nibble must be 0xF: anything else is a different, non-canonical string.
+        let hi = table[usize::from(b)][0];
+        if hi == 0 || b & 0x0F != 0x0F {
             return Err(BadNibble(b));
         }
         out.push(hi);
-        let lo_code = b & 0x0F;
-        if odd && i == last {
-            // The padding nibble must be 0xF: anything else is a different, non-canonical string.
-            if lo_code != 0x0F {
-                return Err(BadNibble(b));
-            }
-            break;
-        }
-        let lo = table[usize::from(lo_code)];
-        if lo == 0 {
-            return Err(BadNibble(b));
-        }
-        out.push(lo);
     }
     Ok(())
 }
