@@ -18,8 +18,8 @@ use crate::xeddsa::{self, XeddsaError};
 /// WhatsApp's long-term root key ("WhatsAppLongTerm1", serial 0), identical in every public
 /// client. The default root of [`CertVerifier`].
 pub const WHATSAPP_ROOT_PUBLIC_KEY: [u8; 32] = [
-    0x14, 0x23, 0x75, 0x57, 0x4d, 0x0a, 0x58, 0x71, 0x66, 0xaa, 0xe7, 0x1e, 0xbe, 0x51, 0x64, 0x37,
-    0xc4, 0xa2, 0x8b, 0x73, 0xe3, 0x69, 0x5c, 0x6c, 0xe1, 0xf7, 0xf9, 0x54, 0x5d, 0xa8, 0xee, 0x6b,
+    0x14, 0x23, 0x75, 0x57, 0x4d, 0x0a, 0x58, 0x71, 0x66, 0xaa, 0xe7, 0x1e, 0xbe, 0x51, 0x64, 0x37, 0xc4, 0xa2, 0x8b,
+    0x73, 0xe3, 0x69, 0x5c, 0x6c, 0xe1, 0xf7, 0xf9, 0x54, 0x5d, 0xa8, 0xee, 0x6b,
 ];
 
 /// Which certificate of the chain an error or a record is about.
@@ -152,15 +152,22 @@ impl CertVerifier {
     /// (3) intermediate issuer serial 0 and 32-byte key, (4) intermediate signature over the
     /// leaf, (5) leaf issuer serial = intermediate serial, (6) leaf key = server static,
     /// (7) `not_before <= now <= not_after` for both.
-    pub fn verify(&self, chain_protobuf_bytes: &[u8], server_static: &[u8; 32], now_unix_secs: u64) -> Result<VerifiedChain, CertError> {
-        let chain = CertChain::decode(chain_protobuf_bytes).map_err(|source| CertError::Decode { what: "certificate chain", source })?;
+    pub fn verify(
+        &self,
+        chain_protobuf_bytes: &[u8],
+        server_static: &[u8; 32],
+        now_unix_secs: u64,
+    ) -> Result<VerifiedChain, CertError> {
+        let chain = CertChain::decode(chain_protobuf_bytes)
+            .map_err(|source| CertError::Decode { what: "certificate chain", source })?;
 
         // 1. Everything present, signatures 64 bytes.
         let (inter_details, inter_sig) = parts(chain.intermediate.as_ref(), CertRole::Intermediate)?;
         let (leaf_details, leaf_sig) = parts(chain.leaf.as_ref(), CertRole::Leaf)?;
 
         // 2. Root signed the intermediate. Details are parsed only once authenticated.
-        xeddsa::verify(&self.root, inter_details, inter_sig).map_err(|reason| CertError::BadIntermediateSignature { reason })?;
+        xeddsa::verify(&self.root, inter_details, inter_sig)
+            .map_err(|reason| CertError::BadIntermediateSignature { reason })?;
         let inter = decode_details(inter_details, CertRole::Intermediate)?;
 
         // 3. Issued by the root (serial 0), with a usable key.
@@ -176,13 +183,19 @@ impl CertVerifier {
 
         // 5. The leaf names this intermediate.
         if leaf.issuer_serial != inter.serial {
-            return Err(CertError::LeafIssuerMismatch { leaf_issuer_serial: leaf.issuer_serial, intermediate_serial: inter.serial });
+            return Err(CertError::LeafIssuerMismatch {
+                leaf_issuer_serial: leaf.issuer_serial,
+                intermediate_serial: inter.serial,
+            });
         }
 
         // 6. The leaf certifies the key the server proved possession of.
         let leaf_key = key32(&leaf.key, CertRole::Leaf)?;
         if &leaf_key != server_static {
-            return Err(CertError::LeafKeyMismatch { leaf_key: KeyHex(leaf_key), server_static: KeyHex(*server_static) });
+            return Err(CertError::LeafKeyMismatch {
+                leaf_key: KeyHex(leaf_key),
+                server_static: KeyHex(*server_static),
+            });
         }
 
         // 7. Both within their validity windows.
@@ -210,7 +223,13 @@ impl RawDetails {
         if now > self.not_after {
             return Err(CertError::Expired { cert, not_after: self.not_after, now });
         }
-        Ok(CertInfo { serial: self.serial, issuer_serial: self.issuer_serial, key, not_before: self.not_before, not_after: self.not_after })
+        Ok(CertInfo {
+            serial: self.serial,
+            issuer_serial: self.issuer_serial,
+            key,
+            not_before: self.not_before,
+            not_after: self.not_after,
+        })
     }
 }
 
@@ -366,7 +385,13 @@ mod tests {
     }
 
     fn details(serial: u32, issuer: u32, key: Vec<u8>) -> CertDetails {
-        CertDetails { serial: Some(serial), issuer_serial: Some(issuer), key: Some(key), not_before: Some(NOW - 1), not_after: Some(NOW + 1) }
+        CertDetails {
+            serial: Some(serial),
+            issuer_serial: Some(issuer),
+            key: Some(key),
+            not_before: Some(NOW - 1),
+            not_after: Some(NOW + 1),
+        }
     }
 
     #[test]
@@ -394,9 +419,15 @@ mod tests {
         let (issuer, chain) = issue(&params());
         let v = CertVerifier::new(issuer.public_key());
         let err = v.verify(&chain, &SERVER, NOW - 3601).unwrap_err();
-        assert!(matches!(err, CertError::NotYetValid { cert: CertRole::Intermediate, not_before, now } if not_before == NOW - 3600 && now == NOW - 3601), "{err}");
+        assert!(
+            matches!(err, CertError::NotYetValid { cert: CertRole::Intermediate, not_before, now } if not_before == NOW - 3600 && now == NOW - 3601),
+            "{err}"
+        );
         let err = v.verify(&chain, &SERVER, NOW + 3601).unwrap_err();
-        assert!(matches!(err, CertError::Expired { cert: CertRole::Intermediate, not_after, .. } if not_after == NOW + 3600), "{err}");
+        assert!(
+            matches!(err, CertError::Expired { cert: CertRole::Intermediate, not_after, .. } if not_after == NOW + 3600),
+            "{err}"
+        );
         // A leaf that expires before its intermediate.
         let mut p = params();
         p.leaf.not_after = NOW - 10;
@@ -473,7 +504,10 @@ mod tests {
         let mut long = SERVER.to_vec();
         long.push(0);
         let chain = build(&root, &inter, details(1, 0, inter_pub.to_vec()), details(2, 1, long));
-        assert!(matches!(verifier.verify(&chain, &SERVER, NOW), Err(CertError::BadKeyLength { cert: CertRole::Leaf, len: 33 })));
+        assert!(matches!(
+            verifier.verify(&chain, &SERVER, NOW),
+            Err(CertError::BadKeyLength { cert: CertRole::Leaf, len: 33 })
+        ));
 
         // The hand-built path itself verifies when nothing is wrong.
         let chain = build(&root, &inter, details(1, 0, inter_pub.to_vec()), details(2, 1, SERVER.to_vec()));
@@ -487,7 +521,10 @@ mod tests {
 
         let mut c = full.clone();
         c.leaf = None;
-        assert!(matches!(verify(&issuer, &c.encode_to_vec()), Err(CertError::MissingField { cert: CertRole::Leaf, field: "certificate" })));
+        assert!(matches!(
+            verify(&issuer, &c.encode_to_vec()),
+            Err(CertError::MissingField { cert: CertRole::Leaf, field: "certificate" })
+        ));
         let mut c = full.clone();
         c.intermediate.as_mut().unwrap().signature = None;
         assert!(matches!(
@@ -496,7 +533,10 @@ mod tests {
         ));
         let mut c = full.clone();
         c.leaf.as_mut().unwrap().details = None;
-        assert!(matches!(verify(&issuer, &c.encode_to_vec()), Err(CertError::MissingField { cert: CertRole::Leaf, field: "details" })));
+        assert!(matches!(
+            verify(&issuer, &c.encode_to_vec()),
+            Err(CertError::MissingField { cert: CertRole::Leaf, field: "details" })
+        ));
 
         // A details message without a validity end.
         let root = random_key().unwrap();
@@ -524,7 +564,10 @@ mod tests {
             leaf: Some(NoiseCertificate { details: Some(vec![]), signature: Some(vec![0; 64]) }),
         };
         let v = CertVerifier::new(xeddsa::public_key(&root));
-        assert!(matches!(v.verify(&c.encode_to_vec(), &SERVER, NOW), Err(CertError::Decode { what: "intermediate certificate details", .. })));
+        assert!(matches!(
+            v.verify(&c.encode_to_vec(), &SERVER, NOW),
+            Err(CertError::Decode { what: "intermediate certificate details", .. })
+        ));
     }
 
     #[test]

@@ -53,11 +53,14 @@ pub fn peek_len(buf: &[u8]) -> Option<usize> {
     }
 }
 
+/// A frame body and the bytes after it.
+pub type BodyAndRest<'a> = (&'a [u8], &'a [u8]);
+
 /// Splits the first whole frame off `buf`.
 ///
 /// Returns `Ok(None)` when more bytes are needed; the length is checked against `max` before
 /// anything is buffered for the body, so a hostile prefix cannot make the caller allocate.
-pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], &[u8])>, FrameError> {
+pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<BodyAndRest<'_>>, FrameError> {
     let Some(len) = peek_len(buf) else { return Ok(None) };
     if len > max {
         return Err(FrameError::TooLarge { len, max });

@@ -77,7 +77,8 @@ pub struct StaticKeypair {
 impl StaticKeypair {
     /// A keypair from 32 raw private-key bytes (clamping happens inside X25519).
     pub fn from_private(private: &[u8; 32]) -> Result<Self, NoiseError> {
-        let key = agreement::PrivateKey::from_private_key(&X25519, private).map_err(|_| NoiseError::Crypto { op: "X25519 private key import" })?;
+        let key = agreement::PrivateKey::from_private_key(&X25519, private)
+            .map_err(|_| NoiseError::Crypto { op: "X25519 private key import" })?;
         Self::from_key(key)
     }
 
@@ -211,6 +212,19 @@ mod tests {
         assert_eq!(WA_CONN_HEADER, [0x57, 0x41, 0x06, 0x03]);
         assert_eq!(NOISE_XX_PROTOCOL_NAME.len(), 28);
         assert_eq!(MAX_PLAINTEXT_LEN, (1 << 24) - 1 - 16);
+    }
+
+    /// The proxy moves handshakes and cipher halves between tokio tasks.
+    #[test]
+    fn state_machines_and_ciphers_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Initiator>();
+        check::<Responder>();
+        check::<Transport>();
+        check::<SendCipher>();
+        check::<RecvCipher>();
+        check::<StaticKeypair>();
+        check::<NoiseError>();
     }
 
     #[test]

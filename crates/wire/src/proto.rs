@@ -550,7 +550,10 @@ mod tests {
         assert_eq!(back.product(), Product::Whatsapp);
         assert_eq!(back.product, None, "product is left unset, as whatsmeow does");
         assert_eq!((back.username, back.device), (Some(491234567), Some(7)));
-        assert_eq!((back.passive, back.pull, back.lid_db_migrated, back.lc), (Some(true), Some(true), Some(true), Some(1)));
+        assert_eq!(
+            (back.passive, back.pull, back.lid_db_migrated, back.lc),
+            (Some(true), Some(true), Some(true), Some(1))
+        );
         let ua = back.user_agent.unwrap();
         assert_eq!(ua.device.as_deref(), Some("Desktop"));
         assert_eq!(ua.release_channel(), ReleaseChannel::Release);

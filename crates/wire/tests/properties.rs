@@ -26,7 +26,11 @@ fn any_string() -> impl Strategy<Value = String> {
 }
 
 fn xml_name() -> impl Strategy<Value = String> {
-    prop_oneof![token().prop_filter("XML name", |s| s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c)) && s.starts_with(|c: char| c.is_ascii_alphabetic())), "[a-z][a-z0-9_-]{0,12}"]
+    prop_oneof![
+        token().prop_filter("XML name", |s| s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
+            && s.starts_with(|c: char| c.is_ascii_alphabetic())),
+        "[a-z][a-z0-9_-]{0,12}"
+    ]
 }
 
 fn user() -> impl Strategy<Value = String> {
@@ -64,7 +68,11 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 /// Canonical nodes: what decoding canonical bytes yields.
-fn node_with(name: BoxedStrategy<String>, value: BoxedStrategy<Value>, jid: BoxedStrategy<Jid>) -> impl Strategy<Value = Node> {
+fn node_with(
+    name: BoxedStrategy<String>,
+    value: BoxedStrategy<Value>,
+    jid: BoxedStrategy<Jid>,
+) -> impl Strategy<Value = Node> {
     let leaf_content = prop_oneof![
         Just(Content::None),
         prop::collection::vec(any::<u8>(), 0..300).prop_map(Content::Bytes),
@@ -73,11 +81,14 @@ fn node_with(name: BoxedStrategy<String>, value: BoxedStrategy<Value>, jid: Boxe
         Just(Content::Nodes(Vec::new())),
     ];
     let attrs = prop::collection::vec((name.clone(), value), 0..6);
-    let leaf = (name.clone(), attrs.clone(), leaf_content)
-        .prop_map(|(tag, attrs, content)| Node { tag, attrs, content });
+    let leaf =
+        (name.clone(), attrs.clone(), leaf_content).prop_map(|(tag, attrs, content)| Node { tag, attrs, content });
     leaf.prop_recursive(5, 64, 8, move |inner| {
-        (name.clone(), attrs.clone(), prop::collection::vec(inner, 1..8))
-            .prop_map(|(tag, attrs, children)| Node { tag, attrs, content: Content::Nodes(children) })
+        (name.clone(), attrs.clone(), prop::collection::vec(inner, 1..8)).prop_map(|(tag, attrs, children)| Node {
+            tag,
+            attrs,
+            content: Content::Nodes(children),
+        })
     })
 }
 
@@ -93,7 +104,9 @@ fn text_node() -> impl Strategy<Value = Node> {
         any_string().prop_filter("not a JID", |s| Jid::parse(s).is_err()).prop_map(Value::Str),
         jid.clone().prop_map(Value::Jid),
     ];
-    node_with(xml_name().boxed(), value.boxed(), jid).prop_map(unique_keys).prop_filter("string content that reads as a JID", no_jid_like_text)
+    node_with(xml_name().boxed(), value.boxed(), jid)
+        .prop_map(unique_keys)
+        .prop_filter("string content that reads as a JID", no_jid_like_text)
 }
 
 /// Text forms type `s.whatsapp.net` and the like as JIDs, by design.

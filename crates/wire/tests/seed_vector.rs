@@ -39,10 +39,7 @@ fn both_byte_forms_decode_to_the_same_node() {
     assert_eq!(canonical, seed_form);
     assert_eq!(canonical, from_xml(&field("xml")).unwrap().with_raw_body());
     assert_eq!(canonical.tag, "message");
-    assert_eq!(
-        canonical.get("to"),
-        Some(&Value::Jid(Jid::new("14155551001", Server::Whatsapp)))
-    );
+    assert_eq!(canonical.get("to"), Some(&Value::Jid(Jid::new("14155551001", Server::Whatsapp))));
     assert_eq!(canonical.get_str("id"), Some("123456"));
     assert_eq!(canonical.child("body").unwrap().content, Content::Bytes(b"Body text of message.".to_vec()));
 }

@@ -15,7 +15,10 @@ use zeroize::Zeroizing;
 
 use super::symmetric::{Role, SymmetricState};
 use super::transport::Transport;
-use super::{DH_LEN, Flavour, HandshakeStage, NOISE_XX_PROTOCOL_NAME, NoiseError, StaticKeypair, TAG_LEN, WA_CONN_HEADER, public_bytes};
+use super::{
+    DH_LEN, Flavour, HandshakeStage, NOISE_XX_PROTOCOL_NAME, NoiseError, StaticKeypair, TAG_LEN, WA_CONN_HEADER,
+    public_bytes,
+};
 use crate::cert::{CertVerifier, KeyHex, VerifiedChain};
 use crate::proto::{ClientFinish, ClientHello, HandshakeMessage, ServerHello};
 
@@ -68,8 +71,18 @@ impl Ephemeral {
 
 /// `MixKey(DH(private, public))`. X25519 in aws-lc rejects small-order peer keys (all-zero
 /// output), which we report instead of mixing a predictable secret.
-fn mix_dh(sym: &mut SymmetricState, private: &agreement::PrivateKey, public: &[u8; DH_LEN], which: &'static str) -> Result<(), NoiseError> {
-    agreement::agree(private, UnparsedPublicKey::new(&X25519, public), NoiseError::InvalidPublicKey { which }, |shared| sym.mix_key(shared))
+fn mix_dh(
+    sym: &mut SymmetricState,
+    private: &agreement::PrivateKey,
+    public: &[u8; DH_LEN],
+    which: &'static str,
+) -> Result<(), NoiseError> {
+    agreement::agree(
+        private,
+        UnparsedPublicKey::new(&X25519, public),
+        NoiseError::InvalidPublicKey { which },
+        |shared| sym.mix_key(shared),
+    )
 }
 
 fn new_state(flavour: Flavour, prologue: &[u8]) -> SymmetricState {
@@ -127,7 +140,12 @@ impl Initiator {
 
     /// A client with another prologue (e.g. an older connection header).
     pub fn with_prologue(static_key: StaticKeypair, flavour: Flavour, prologue: &[u8]) -> Result<Self, NoiseError> {
-        Ok(Self { sym: new_state(flavour, prologue), s: static_key, e: Ephemeral::generate()?, state: InitiatorState::Start })
+        Ok(Self {
+            sym: new_state(flavour, prologue),
+            s: static_key,
+            e: Ephemeral::generate()?,
+            state: InitiatorState::Start,
+        })
     }
 
     /// The current handshake hash.
@@ -173,7 +191,12 @@ impl Initiator {
 
     /// [`read_server_hello`](Self::read_server_hello), then the certificate checks at
     /// `now_unix_secs`. A rejected chain fails the handshake.
-    pub fn read_server_hello_verified(&mut self, msg: &[u8], verifier: &CertVerifier, now_unix_secs: u64) -> Result<VerifiedChain, NoiseError> {
+    pub fn read_server_hello_verified(
+        &mut self,
+        msg: &[u8],
+        verifier: &CertVerifier,
+        now_unix_secs: u64,
+    ) -> Result<VerifiedChain, NoiseError> {
         let info = self.read_server_hello(msg)?;
         verifier.verify(&info.cert_chain, &info.server_static, now_unix_secs).map_err(|e| {
             self.state = InitiatorState::Failed;
@@ -181,7 +204,12 @@ impl Initiator {
         })
     }
 
-    fn read_hello(&mut self, call: &'static str, msg: &[u8], parse: fn(&[u8]) -> Result<HelloParts, NoiseError>) -> Result<ServerHelloInfo, NoiseError> {
+    fn read_hello(
+        &mut self,
+        call: &'static str,
+        msg: &[u8],
+        parse: fn(&[u8]) -> Result<HelloParts, NoiseError>,
+    ) -> Result<ServerHelloInfo, NoiseError> {
         if !matches!(self.state, InitiatorState::SentHello) {
             return Err(NoiseError::OutOfOrder { call, state: self.state.describe() });
         }
@@ -203,7 +231,11 @@ impl Initiator {
         self.sym.mix_hash(&re);
         mix_dh(&mut self.sym, &self.e.private, &re, "server ephemeral")?;
         let rs = self.sym.decrypt_and_hash(&parts.enc_static, HandshakeStage::ServerHelloStatic)?;
-        let rs: [u8; DH_LEN] = rs.as_slice().try_into().map_err(|_| NoiseError::FieldLength { field: "ServerHello static", len: rs.len(), expected: DH_LEN })?;
+        let rs: [u8; DH_LEN] = rs.as_slice().try_into().map_err(|_| NoiseError::FieldLength {
+            field: "ServerHello static",
+            len: rs.len(),
+            expected: DH_LEN,
+        })?;
         mix_dh(&mut self.sym, &self.e.private, &rs, "server static")?;
         let cert_chain = self.sym.decrypt_and_hash(&parts.enc_payload, HandshakeStage::ServerHelloPayload)?;
         Ok((ServerHelloInfo { server_static: rs, cert_chain }, re))
@@ -283,12 +315,21 @@ impl Responder {
     /// A server with prologue [`WA_CONN_HEADER`], sending `cert_chain_bytes` (an encoded
     /// `CertChain`, e.g. from [`crate::cert::CertIssuer::issue`]) as its ServerHello payload.
     /// Passing a `Bytes` shares one chain between connections without copying.
-    pub fn new(static_key: StaticKeypair, cert_chain_bytes: impl Into<Bytes>, flavour: Flavour) -> Result<Self, NoiseError> {
+    pub fn new(
+        static_key: StaticKeypair,
+        cert_chain_bytes: impl Into<Bytes>,
+        flavour: Flavour,
+    ) -> Result<Self, NoiseError> {
         Self::with_prologue(static_key, cert_chain_bytes, flavour, &WA_CONN_HEADER)
     }
 
     /// A server with another prologue.
-    pub fn with_prologue(static_key: StaticKeypair, cert_chain_bytes: impl Into<Bytes>, flavour: Flavour, prologue: &[u8]) -> Result<Self, NoiseError> {
+    pub fn with_prologue(
+        static_key: StaticKeypair,
+        cert_chain_bytes: impl Into<Bytes>,
+        flavour: Flavour,
+        prologue: &[u8],
+    ) -> Result<Self, NoiseError> {
         Ok(Self {
             sym: new_state(flavour, prologue),
             s: static_key,
@@ -314,43 +355,56 @@ impl Responder {
         self.read_hello("read_client_hello_raw", msg, |msg| exact(msg, "ClientHello"))
     }
 
-    fn read_hello(&mut self, call: &'static str, msg: &[u8], parse: fn(&[u8]) -> Result<[u8; DH_LEN], NoiseError>) -> Result<(), NoiseError> {
+    fn read_hello(
+        &mut self,
+        call: &'static str,
+        msg: &[u8],
+        parse: fn(&[u8]) -> Result<[u8; DH_LEN], NoiseError>,
+    ) -> Result<(), NoiseError> {
         if !matches!(self.state, ResponderState::Start) {
             return Err(NoiseError::OutOfOrder { call, state: self.state.describe() });
         }
-        let re = match parse(msg) {
-            Ok(re) => re,
+        let result = parse(msg).and_then(|re| {
+            self.sym.mix_hash(&re);
+            // The empty payload: hashed in the Standard flavour only (no key yet, nothing to open).
+            self.sym.decrypt_and_hash(&[], HandshakeStage::ClientHelloPayload)?;
+            Ok(re)
+        });
+        match result {
+            Ok(re) => {
+                self.state = ResponderState::GotHello { re };
+                Ok(())
+            }
             Err(e) => {
                 self.state = ResponderState::Failed;
-                return Err(e);
+                Err(e)
             }
-        };
-        self.sym.mix_hash(&re);
-        // The empty payload: hashed in the Standard flavour only. Without a key this cannot fail.
-        self.sym.decrypt_and_hash(&[], HandshakeStage::ClientHelloPayload)?;
-        self.state = ResponderState::GotHello { re };
-        Ok(())
+        }
     }
 
     /// Message 2 as an unframed `HandshakeMessage{serverHello}`.
     pub fn server_hello(&mut self) -> Result<Vec<u8>, NoiseError> {
-        let (ephemeral, enc_static, enc_payload) = self.write_hello("server_hello")?;
-        let hello = ServerHello { ephemeral: Some(ephemeral.to_vec()), r#static: Some(enc_static), payload: Some(enc_payload) };
+        let parts = self.write_hello("server_hello")?;
+        let hello = ServerHello {
+            ephemeral: Some(parts.ephemeral.to_vec()),
+            r#static: Some(parts.enc_static),
+            payload: Some(parts.enc_payload),
+        };
         Ok(HandshakeMessage { server_hello: Some(hello), ..Default::default() }.encode_to_vec())
     }
 
     /// Message 2 in stock Noise layout: `e || Enc(s) || Enc(payload)`.
     pub fn server_hello_raw(&mut self) -> Result<Vec<u8>, NoiseError> {
-        let (ephemeral, enc_static, enc_payload) = self.write_hello("server_hello_raw")?;
-        let mut msg = Vec::with_capacity(DH_LEN + enc_static.len() + enc_payload.len());
-        msg.extend_from_slice(&ephemeral);
-        msg.extend_from_slice(&enc_static);
-        msg.extend_from_slice(&enc_payload);
+        let parts = self.write_hello("server_hello_raw")?;
+        let mut msg = Vec::with_capacity(DH_LEN + parts.enc_static.len() + parts.enc_payload.len());
+        msg.extend_from_slice(&parts.ephemeral);
+        msg.extend_from_slice(&parts.enc_static);
+        msg.extend_from_slice(&parts.enc_payload);
         Ok(msg)
     }
 
     /// `e, ee, s, es` + the certificate chain.
-    fn write_hello(&mut self, call: &'static str) -> Result<([u8; DH_LEN], Vec<u8>, Vec<u8>), NoiseError> {
+    fn write_hello(&mut self, call: &'static str) -> Result<HelloParts, NoiseError> {
         let ResponderState::GotHello { re } = self.state else {
             return Err(NoiseError::OutOfOrder { call, state: self.state.describe() });
         };
@@ -360,7 +414,7 @@ impl Responder {
             let enc_static = self.sym.encrypt_and_hash(&self.s.public())?;
             mix_dh(&mut self.sym, self.s.private(), &re, "client ephemeral")?;
             let enc_payload = self.sym.encrypt_and_hash(&self.cert_chain)?;
-            Ok((self.e.public, enc_static, enc_payload))
+            Ok(HelloParts { ephemeral: self.e.public, enc_static, enc_payload })
         })();
         self.state = match result {
             Ok(_) => ResponderState::SentHello,
@@ -381,15 +435,25 @@ impl Responder {
     }
 
     /// `s, se` + payload, then Split.
-    fn read_finish(mut self, call: &'static str, msg: &[u8], parse: fn(&[u8]) -> Result<FinishParts, NoiseError>) -> Result<ClientFinished, NoiseError> {
+    fn read_finish(
+        mut self,
+        call: &'static str,
+        msg: &[u8],
+        parse: fn(&[u8]) -> Result<FinishParts, NoiseError>,
+    ) -> Result<ClientFinished, NoiseError> {
         if !matches!(self.state, ResponderState::SentHello) {
             return Err(NoiseError::OutOfOrder { call, state: self.state.describe() });
         }
         let parts = parse(msg)?;
         let rs = self.sym.decrypt_and_hash(&parts.enc_static, HandshakeStage::ClientFinishStatic)?;
-        let rs: [u8; DH_LEN] = rs.as_slice().try_into().map_err(|_| NoiseError::FieldLength { field: "ClientFinish static", len: rs.len(), expected: DH_LEN })?;
+        let rs: [u8; DH_LEN] = rs.as_slice().try_into().map_err(|_| NoiseError::FieldLength {
+            field: "ClientFinish static",
+            len: rs.len(),
+            expected: DH_LEN,
+        })?;
         mix_dh(&mut self.sym, &self.e.private, &rs, "client static")?;
-        let payload = Zeroizing::new(self.sym.decrypt_and_hash(&parts.enc_payload, HandshakeStage::ClientFinishPayload)?);
+        let payload =
+            Zeroizing::new(self.sym.decrypt_and_hash(&parts.enc_payload, HandshakeStage::ClientFinishPayload)?);
         let transport = self.sym.split(Role::Responder)?;
         Ok(ClientFinished { client_static: rs, client_payload: payload, transport })
     }
@@ -398,6 +462,7 @@ impl Responder {
 // ---------------------------------------------------------------------------------------------
 // Parsing
 
+/// The three fields of a ServerHello (encrypted fields still encrypted).
 struct HelloParts {
     ephemeral: [u8; DH_LEN],
     enc_static: Vec<u8>,
@@ -532,10 +597,17 @@ mod tests {
         let (_, ss) = keys();
         let mut r = Responder::new(ss, Vec::new(), Flavour::WhatsApp).unwrap();
         let ik = HandshakeMessage {
-            client_hello: Some(ClientHello { ephemeral: Some(vec![9; 32]), r#static: Some(vec![1; 48]), payload: None }),
+            client_hello: Some(ClientHello {
+                ephemeral: Some(vec![9; 32]),
+                r#static: Some(vec![1; 48]),
+                payload: None,
+            }),
             ..Default::default()
         };
-        assert!(matches!(r.read_client_hello(&ik.encode_to_vec()), Err(NoiseError::UnexpectedField { field: "static", .. })));
+        assert!(matches!(
+            r.read_client_hello(&ik.encode_to_vec()),
+            Err(NoiseError::UnexpectedField { field: "static", .. })
+        ));
         assert!(matches!(r.server_hello(), Err(NoiseError::OutOfOrder { .. })), "poisoned");
     }
 
@@ -550,7 +622,10 @@ mod tests {
         let mut msg = vec![0u8; 32];
         msg[0] = 1; // u = 1: small order
         msg.extend_from_slice(&[0u8; 64]);
-        assert!(matches!(i.read_server_hello_raw(&msg), Err(NoiseError::InvalidPublicKey { which: "server ephemeral" })));
+        assert!(matches!(
+            i.read_server_hello_raw(&msg),
+            Err(NoiseError::InvalidPublicKey { which: "server ephemeral" })
+        ));
     }
 
     #[test]
@@ -561,12 +636,19 @@ mod tests {
         let mut r = Responder::new(ss.clone(), Vec::new(), Flavour::WhatsApp).unwrap();
         assert!(matches!(r.read_client_hello(b""), Err(NoiseError::MissingField { field: "client_hello", .. })));
         let mut r = Responder::new(ss, Vec::new(), Flavour::WhatsApp).unwrap();
-        assert!(matches!(r.read_client_hello(&[0x12, 0x03, 0x0A, 0x01, 0x00]), Err(NoiseError::FieldLength { len: 1, expected: 32, .. })));
+        assert!(matches!(
+            r.read_client_hello(&[0x12, 0x03, 0x0A, 0x01, 0x00]),
+            Err(NoiseError::FieldLength { len: 1, expected: 32, .. })
+        ));
 
         let mut i = Initiator::new(cs, Flavour::WhatsApp).unwrap();
         i.client_hello().unwrap();
         let short = HandshakeMessage {
-            server_hello: Some(ServerHello { ephemeral: Some(vec![9; 32]), r#static: Some(vec![0; 47]), payload: Some(vec![0; 16]) }),
+            server_hello: Some(ServerHello {
+                ephemeral: Some(vec![9; 32]),
+                r#static: Some(vec![0; 47]),
+                payload: Some(vec![0; 16]),
+            }),
             ..Default::default()
         };
         assert!(matches!(

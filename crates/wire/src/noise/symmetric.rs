@@ -70,7 +70,9 @@ impl CipherState {
         if self.exhausted {
             return Err(NoiseError::NonceExhausted { direction: Direction::Send });
         }
-        let tag = key.seal_in_place_separate_tag(nonce(self.n), Aad::from(ad), buf).map_err(|_| NoiseError::Crypto { op: "AES-GCM seal" })?;
+        let tag = key
+            .seal_in_place_separate_tag(nonce(self.n), Aad::from(ad), buf)
+            .map_err(|_| NoiseError::Crypto { op: "AES-GCM seal" })?;
         buf.extend_from_slice(tag.as_ref());
         self.advance();
         Ok(())
@@ -78,7 +80,12 @@ impl CipherState {
 
     /// `DecryptWithAd`: with a key, authenticates and decrypts `ciphertext || tag`; without one,
     /// returns it unchanged. On failure `n` does not advance (Noise spec 5.1).
-    pub fn decrypt_with_ad(&mut self, ad: &[u8], ciphertext: &[u8], stage: HandshakeStage) -> Result<Vec<u8>, NoiseError> {
+    pub fn decrypt_with_ad(
+        &mut self,
+        ad: &[u8],
+        ciphertext: &[u8],
+        stage: HandshakeStage,
+    ) -> Result<Vec<u8>, NoiseError> {
         let Some(key) = &self.key else { return Ok(ciphertext.to_vec()) };
         if ciphertext.len() < TAG_LEN {
             return Err(NoiseError::Decrypt { stage });
@@ -87,7 +94,8 @@ impl CipherState {
             return Err(NoiseError::NonceExhausted { direction: Direction::Receive });
         }
         let mut buf = ciphertext.to_vec();
-        let len = key.open_in_place(nonce(self.n), Aad::from(ad), &mut buf).map_err(|_| NoiseError::Decrypt { stage })?.len();
+        let len =
+            key.open_in_place(nonce(self.n), Aad::from(ad), &mut buf).map_err(|_| NoiseError::Decrypt { stage })?.len();
         buf.truncate(len);
         self.advance();
         Ok(buf)
@@ -203,7 +211,7 @@ impl SymmetricState {
 /// Noise's `HKDF(chaining_key, input_key_material, 2)` (spec section 4.3) on HMAC-SHA256:
 /// `temp = HMAC(ck, ikm)`, `out1 = HMAC(temp, 0x01)`, `out2 = HMAC(temp, out1 || 0x02)`.
 /// Our copies of the secrets are wiped on drop; aws-lc wipes its HMAC contexts.
-fn hkdf2(ck: &[u8; HASH_LEN], ikm: &[u8]) -> Result<(Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>), NoiseError> {
+fn hkdf2(ck: &[u8; HASH_LEN], ikm: &[u8]) -> Result<SecretPair, NoiseError> {
     let temp = Zeroizing::new(to32(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, ck), ikm).as_ref())?);
     let temp_key = hmac::Key::new(hmac::HMAC_SHA256, &temp[..]);
     let out1 = Zeroizing::new(to32(hmac::sign(&temp_key, &[0x01]).as_ref())?);
@@ -213,6 +221,9 @@ fn hkdf2(ck: &[u8; HASH_LEN], ikm: &[u8]) -> Result<(Zeroizing<[u8; 32]>, Zeroiz
     let out2 = Zeroizing::new(to32(ctx.sign().as_ref())?);
     Ok((out1, out2))
 }
+
+/// Two 32-byte secrets, wiped on drop.
+type SecretPair = (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>);
 
 fn to32(bytes: &[u8]) -> Result<[u8; 32], NoiseError> {
     bytes.try_into().map_err(|_| NoiseError::Crypto { op: "HMAC-SHA256 output length" })
@@ -301,6 +312,9 @@ mod tests {
         let mut c = CipherState::new(&[0; 32]).unwrap();
         c.n = u32::MAX;
         c.encrypt_with_ad(&[], &mut Vec::new()).unwrap();
-        assert!(matches!(c.encrypt_with_ad(&[], &mut Vec::new()), Err(NoiseError::NonceExhausted { direction: Direction::Send })));
+        assert!(matches!(
+            c.encrypt_with_ad(&[], &mut Vec::new()),
+            Err(NoiseError::NonceExhausted { direction: Direction::Send })
+        ));
     }
 }

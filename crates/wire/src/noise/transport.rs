@@ -93,7 +93,10 @@ impl SendCipher {
             return Err(NoiseError::PayloadTooLarge { len: plaintext.len(), max: MAX_PLAINTEXT_LEN });
         }
         let n = checked_nonce(self.counter, Direction::Send)?;
-        let tag = self.key.seal_in_place_separate_tag(nonce(n), Aad::empty(), plaintext).map_err(|_| NoiseError::Crypto { op: "AES-GCM seal" })?;
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce(n), Aad::empty(), plaintext)
+            .map_err(|_| NoiseError::Crypto { op: "AES-GCM seal" })?;
         self.counter += 1;
         let mut out = [0u8; TAG_LEN];
         out.copy_from_slice(tag.as_ref());
@@ -137,7 +140,10 @@ impl RecvCipher {
             return Err(NoiseError::PayloadTooLarge { len: frame.len(), max: MAX_FRAME_LEN });
         }
         let n = checked_nonce(self.counter, Direction::Receive)?;
-        let plaintext = self.key.open_in_place(nonce(n), Aad::empty(), frame).map_err(|_| NoiseError::Open { counter: self.counter })?;
+        let plaintext = self
+            .key
+            .open_in_place(nonce(n), Aad::empty(), frame)
+            .map_err(|_| NoiseError::Open { counter: self.counter })?;
         // Only an authentic frame moves the counter, so a replayed or reordered one cannot
         // desynchronise the stream (Noise spec 5.1).
         self.counter += 1;
@@ -197,7 +203,8 @@ mod tests {
         let key = aead_key(&[7; 32]).unwrap();
         let mut n = [0u8; 12];
         n[8..].copy_from_slice(&[1, 2, 3, 4]);
-        let plain = key.open_in_place(aws_lc_rs::aead::Nonce::assume_unique_for_key(n), Aad::empty(), &mut buf).unwrap();
+        let plain =
+            key.open_in_place(aws_lc_rs::aead::Nonce::assume_unique_for_key(n), Aad::empty(), &mut buf).unwrap();
         assert_eq!(plain, b"abc");
     }
 

@@ -70,7 +70,8 @@ fn from_json_at(v: &Json, depth: usize) -> Result<Node, TextError> {
             Content::Nodes(children.iter().map(|c| from_json_at(c, depth + 1)).collect::<Result<_, _>>()?)
         }
         Some(Json::Object(o)) if o.len() == 1 => {
-            let b64 = o.get("bytes_b64").and_then(Json::as_str).ok_or_else(|| bad("byte content is {\"bytes_b64\": str}"))?;
+            let b64 =
+                o.get("bytes_b64").and_then(Json::as_str).ok_or_else(|| bad("byte content is {\"bytes_b64\": str}"))?;
             Content::Bytes(B64.decode(b64)?)
         }
         Some(_) => return Err(bad("\"content\" must be null, a string, {\"bytes_b64\": str} or an array of nodes")),

@@ -185,7 +185,8 @@ fn start_node(e: &quick_xml::events::BytesStart<'_>) -> Result<Node, TextError> 
     let mut node = Node::new(e.name().as_ref());
     for attr in e.attributes().with_checks(true) {
         let attr = attr.map_err(|e| TextError::Xml(e.to_string()))?;
-        let value = attr.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(|e| TextError::Xml(e.to_string()))?;
+        let value =
+            attr.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(|e| TextError::Xml(e.to_string()))?;
         node.attrs.push((attr.key.as_ref().to_owned(), Value::from_text(&value)));
     }
     Ok(node)

@@ -1,0 +1,212 @@
+//! One chat connection: intro, Noise handshake, login, then stanzas both ways until either side
+//! ends it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::codec::Framed;
+use tracing::{debug, info};
+use wire::Node;
+use wire::decode::Decoder;
+use wire::frame::FrameCodec;
+use wire::noise::{Flavour, Responder, Transport};
+use wire::proto::ClientPayload;
+
+use super::handler::Handler;
+use super::intro::{IntroError, read_intro};
+use super::login;
+use crate::auth::TokenVerifier;
+use crate::sim::{Control, LiveConn, Sim};
+
+/// Why a connection ended before or outside the normal flow.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("intro: {0}")]
+    Intro(#[from] IntroError),
+    #[error("frame: {0}")]
+    Frame(#[from] wire::frame::FrameError),
+    #[error("noise: {0}")]
+    Noise(#[from] wire::noise::NoiseError),
+    #[error("handshake took longer than {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("peer closed during the handshake")]
+    ClosedInHandshake,
+    #[error("login payload is not a ClientPayload: {0}")]
+    Payload(#[from] prost::DecodeError),
+    #[error("encoding a reply: {0}")]
+    Encode(#[from] wire::encode::EncodeError),
+}
+
+type Conn<S> = Framed<S, FrameCodec>;
+
+/// Serves one accepted connection to the end.
+pub async fn serve<S>(sim: Arc<Sim>, verifier: Arc<dyn TokenVerifier>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    sim.totals.connections_accepted.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = serve_inner(&sim, verifier.as_ref(), stream, peer).await {
+        sim.totals.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+        debug!(%peer, error = %e, "connection ended");
+    }
+}
+
+async fn serve_inner<S>(
+    sim: &Arc<Sim>,
+    verifier: &dyn TokenVerifier,
+    mut stream: S,
+    peer: SocketAddr,
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limit = Duration::from_secs(sim.config.chat.handshake_timeout_secs);
+    let handshake = async {
+        let intro = read_intro(&mut stream).await?;
+        let mut framed = Framed::new(stream, FrameCodec::new());
+        let mut responder = Responder::new(sim.server_keypair()?, sim.cert_chain.clone(), Flavour::WhatsApp)?;
+        let hello = framed.next().await.ok_or(ConnError::ClosedInHandshake)??;
+        responder.read_client_hello(&hello)?;
+        framed.send(responder.server_hello()?).await?;
+        let finish = framed.next().await.ok_or(ConnError::ClosedInHandshake)??;
+        let finished = responder.read_client_finish(&finish)?;
+        Ok::<_, ConnError>((intro, framed, finished))
+    };
+    let (intro, mut framed, finished) =
+        tokio::time::timeout(limit, handshake).await.map_err(|_| ConnError::HandshakeTimeout(limit))??;
+    let mut transport = finished.transport;
+    let payload = ClientPayload::decode(&finished.client_payload[..])?;
+    let ip = intro.proxied_source.map(|a| a.ip()).unwrap_or(peer.ip());
+
+    let claimed = login::claimed_account(sim, &payload);
+    let _observed = claimed.as_deref().map(|jid| sim.observe_connect(jid, ip));
+    match login::check(sim, verifier, &payload, &finished.client_static).await {
+        Err(failure) => {
+            sim.totals.logins_failed.fetch_add(1, Ordering::Relaxed);
+            info!(%peer, %ip, account = ?failure.account, reason = failure.reason, why = %failure.why, "login refused");
+            let node = Node::new("failure").attr("reason", failure.reason.to_string());
+            send(&mut framed, &mut transport, &node).await?;
+            Ok(())
+        }
+        Ok(ok) => {
+            sim.totals.logins_ok.fetch_add(1, Ordering::Relaxed);
+            info!(%peer, %ip, account = %ok.jid, proxied = intro.proxy_version.is_some(), "logged in");
+            session(sim, framed, transport, &ok.jid).await
+        }
+    }
+}
+
+/// Seals and sends one node.
+async fn send<S>(framed: &mut Conn<S>, transport: &mut Transport, node: &Node) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = Vec::with_capacity(128);
+    wire::encode::Encoder::default().encode_payload(node, &mut buf)?;
+    send_payload(framed, transport, &buf).await
+}
+
+async fn send_payload<S>(framed: &mut Conn<S>, transport: &mut Transport, payload: &[u8]) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(payload.len() + 16);
+    buf.extend_from_slice(payload);
+    transport.seal(&mut buf)?;
+    framed.send(buf).await?;
+    Ok(())
+}
+
+/// A logged-in connection: live registration, offline delivery, then the stanza loop.
+async fn session<S>(sim: &Arc<Sim>, mut framed: Conn<S>, mut transport: Transport, jid: &str) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let conn_id = sim.next_conn_id();
+    let notify = Arc::new(Notify::new());
+    let (control_tx, mut control_rx) = mpsc::channel(4);
+    if let Some(old) = sim.register_live(jid, LiveConn { conn_id, notify: Arc::clone(&notify), control: control_tx }) {
+        let _ = old.control.try_send(Control::Replaced);
+    }
+    let now = sim.clock.now();
+    let mut queued = 0;
+    sim.store.with(jid, &mut |a| {
+        a.last_active = now;
+        queued = a.mailbox.len();
+    });
+    let result = async {
+        send(&mut framed, &mut transport, &Node::new("success").attr("t", now.to_string()).attr("location", "sim"))
+            .await?;
+        let offline = Node::new("ib").children(vec![Node::new("offline").attr("count", queued.to_string())]);
+        send(&mut framed, &mut transport, &offline).await?;
+        let mut sent_upto = None;
+        let mut decoder = Decoder::default();
+        let idle = Duration::from_secs(sim.config.chat.idle_timeout_secs);
+        loop {
+            sent_upto = deliver_pending(sim, jid, &mut framed, &mut transport, sent_upto).await?;
+            tokio::select! {
+                frame = tokio::time::timeout(idle, framed.next()) => {
+                    let Ok(Some(frame)) = frame else { return Ok(()) };
+                    let mut frame = frame?;
+                    let plain = transport.open(&mut frame)?;
+                    let node = match decoder.decode_payload(plain) {
+                        Ok(node) => node,
+                        Err(e) => {
+                            debug!(account = %jid, error = %e, "undecodable stanza dropped");
+                            continue;
+                        }
+                    };
+                    let outcome = Handler { sim, jid }.handle(node);
+                    for reply in &outcome.replies {
+                        send(&mut framed, &mut transport, reply).await?;
+                    }
+                    if outcome.close {
+                        return Ok(());
+                    }
+                }
+                _ = notify.notified() => {}
+                control = control_rx.recv() => {
+                    let node = match control {
+                        Some(Control::Replaced) | None => Node::new("stream:error")
+                            .children(vec![Node::new("conflict").attr("type", "replaced")]),
+                        Some(Control::Removed) => Node::new("stream:error").attr("code", "401"),
+                    };
+                    send(&mut framed, &mut transport, &node).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    .await;
+    sim.unregister_live(jid, conn_id);
+    result
+}
+
+/// Sends mailbox entries newer than `sent_upto`; returns the new high-water mark. Entries stay in
+/// the mailbox until the client acks them.
+async fn deliver_pending<S>(
+    sim: &Sim,
+    jid: &str,
+    framed: &mut Conn<S>,
+    transport: &mut Transport,
+    sent_upto: Option<u64>,
+) -> Result<Option<u64>, ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut pending = Vec::new();
+    sim.store.with(jid, &mut |a| pending = a.mailbox.after(sent_upto).map(|e| (e.seq, e.payload.clone())).collect());
+    let mut upto = sent_upto;
+    for (seq, payload) in pending {
+        send_payload(framed, transport, &payload).await?;
+        upto = Some(seq);
+    }
+    Ok(upto)
+}

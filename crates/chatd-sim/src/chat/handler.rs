@@ -1,0 +1,355 @@
+//! What chatd does with each stanza a logged-in client sends: routing, acks, receipts, and the
+//! IQs clients send after login. Pure logic over the shared state; the connection driver does
+//! the I/O.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use wire::decode::NodeRef;
+use wire::{Jid, Node, Server, Value};
+
+use crate::account::{AckClass, SignedPreKey};
+use crate::sim::{DeliverError, Sim};
+
+/// What the connection must do after a stanza.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Stanzas to send back on this connection.
+    pub replies: Vec<Node>,
+    /// The account was deleted: close after the replies.
+    pub close: bool,
+}
+
+/// Handles stanzas for one logged-in account.
+pub struct Handler<'s> {
+    pub sim: &'s Sim,
+    pub jid: &'s str,
+}
+
+fn server_jid() -> Value {
+    Value::Jid(Jid::server(Server::Whatsapp))
+}
+
+/// The text form of a JID or string attribute.
+fn attr_text(node: &NodeRef<'_>, key: &str) -> Option<String> {
+    node.attr(key).map(|v| v.to_string())
+}
+
+fn iq_result(id: &str) -> Node {
+    Node::new("iq").attr("from", server_jid()).attr("id", id).attr("type", "result")
+}
+
+fn iq_error(id: &str, code: u16, text: &str) -> Node {
+    Node::new("iq")
+        .attr("from", server_jid())
+        .attr("id", id)
+        .attr("type", "error")
+        .children(vec![Node::new("error").attr("code", code.to_string()).attr("text", text)])
+}
+
+fn bytes_of<'a>(node: &NodeRef<'a>, child: &str) -> Option<&'a [u8]> {
+    node.child(child).and_then(|c| c.bytes())
+}
+
+fn fixed<const N: usize>(b: Option<&[u8]>) -> Option<[u8; N]> {
+    b.and_then(|b| b.try_into().ok())
+}
+
+/// A 1-4 byte big-endian number (registration ids, prekey ids).
+fn be_number(b: Option<&[u8]>) -> Option<u32> {
+    let b = b.filter(|b| !b.is_empty() && b.len() <= 4)?;
+    Some(b.iter().fold(0u32, |n, &x| n << 8 | u32::from(x)))
+}
+
+/// Verifies a signed prekey the Signal way: XEdDSA by the identity key over `0x05 || public`.
+pub fn signed_prekey_valid(identity: &[u8; 32], prekey: &[u8; 32], signature: &[u8; 64]) -> bool {
+    let mut message = [0u8; 33];
+    message[0] = 0x05;
+    message[1..].copy_from_slice(prekey);
+    wire::xeddsa::verify(identity, &message, signature).is_ok()
+}
+
+impl Handler<'_> {
+    pub fn handle(&self, node: NodeRef<'_>) -> Outcome {
+        match node.tag() {
+            "iq" => self.iq(node),
+            "message" => self.route(node, AckClass::Message),
+            "receipt" => self.route(node, AckClass::Receipt),
+            "ack" => {
+                self.ack(node);
+                Outcome::default()
+            }
+            // Presence and chat states are accepted and not relayed: the simulator has no rosters.
+            _ => Outcome::default(),
+        }
+    }
+
+    /// `<ack class id to>` from the client: the stanza it names leaves the mailbox.
+    fn ack(&self, node: NodeRef<'_>) {
+        let (Some(class), Some(id)) = (node.attr_str("class").and_then(AckClass::parse), node.attr_str("id")) else {
+            return;
+        };
+        let peer = attr_text(&node, "to");
+        self.sim.store.with(self.jid, &mut |a| {
+            a.mailbox.ack(class, id, peer.as_deref());
+        });
+    }
+
+    /// Relays a message or receipt to its `to`, as `from` this account, and acks the sender.
+    fn route(&self, node: NodeRef<'_>, class: AckClass) -> Outcome {
+        let id = node.attr_str("id").unwrap_or_default().to_owned();
+        let to = node.attr("to").and_then(|v| v.as_jid()).map(|j| j.to_owned().to_account());
+        let mut ack = Node::new("ack").attr("class", class.as_str()).attr("id", id.as_str());
+        if let Some(t) = node.attr_str("type").filter(|_| class == AckClass::Receipt) {
+            ack = ack.attr("type", t);
+        }
+        let Some(to) = to else {
+            return Outcome { replies: vec![ack.attr("error", "400")], close: false };
+        };
+        ack = ack.attr("from", to.clone());
+        let now = self.sim.clock.now().to_string();
+        let mut forward = Node::new(node.tag());
+        for (k, v) in node.attrs() {
+            if k != "to" && k != "t" {
+                forward.attrs.push((k.to_owned(), v.to_owned()));
+            }
+        }
+        forward.attrs.insert(
+            0,
+            ("from".into(), Value::Jid(Jid::parse(self.jid).unwrap_or_else(|_| Jid::server(Server::Whatsapp)))),
+        );
+        forward.attrs.push(("t".into(), Value::Str(now)));
+        forward.content = node.to_owned().content;
+        let payload = match wire::encode::encode(&forward) {
+            Ok(p) => Bytes::from(p),
+            Err(_) => return Outcome { replies: vec![ack.attr("error", "400")], close: false },
+        };
+        let error = match self.sim.deliver(&to.to_string(), class, &id, self.jid, payload) {
+            Ok(()) => None,
+            Err(DeliverError::UnknownRecipient) => Some("404"),
+            Err(DeliverError::Blocked) => Some("403"),
+            Err(DeliverError::MailboxFull(_)) => Some("503"),
+        };
+        if let Some(code) = error {
+            ack = ack.attr("error", code);
+        }
+        Outcome { replies: vec![ack], close: false }
+    }
+
+    fn iq(&self, node: NodeRef<'_>) -> Outcome {
+        let id = node.attr_str("id").unwrap_or_default();
+        let xmlns = node.attr_str("xmlns").unwrap_or_default();
+        let kind = node.attr_str("type").unwrap_or_default();
+        let reply = match (xmlns, kind) {
+            ("w:p", "get") => iq_result(id),
+            ("passive", "set") | ("w", _) | ("abt", "get") | ("privacy", _) => match xmlns {
+                "abt" => iq_result(id).children(vec![Node::new("props").attr("protocol", "1")]),
+                _ => iq_result(id),
+            },
+            ("encrypt", "set") => self.upload_keys(id, node),
+            ("encrypt", "get") if node.child("count").is_some() => {
+                let mut count = 0;
+                self.sim.store.with(self.jid, &mut |a| count = a.keys.one_time.len());
+                iq_result(id).children(vec![Node::new("count").attr("value", count.to_string())])
+            }
+            ("encrypt", "get") if node.child("key").is_some() => self.fetch_keys(id, node),
+            ("blocklist", "get") => {
+                let mut items = Vec::new();
+                self.sim.store.with(self.jid, &mut |a| {
+                    items = a.blocklist.iter().map(|j| Node::new("item").attr("jid", Value::from_text(j))).collect();
+                });
+                iq_result(id).children(vec![Node::new("list").children(items)])
+            }
+            ("blocklist", "set") => self.set_blocklist(id, node),
+            ("usync", "get") => self.usync(id, node),
+            ("w:m", "set") => {
+                let host = self.sim.config.http.public_url.clone().unwrap_or_default();
+                iq_result(id).children(vec![
+                    Node::new("media_conn")
+                        .attr("auth", "sim")
+                        .attr("ttl", "3600")
+                        .children(vec![Node::new("host").attr("hostname", host)]),
+                ])
+            }
+            ("urn:xmpp:whatsapp:account", _) if node.child("remove").is_some() => {
+                self.sim.remove_account(self.jid);
+                return Outcome { replies: vec![iq_result(id)], close: true };
+            }
+            _ => iq_error(id, 501, "feature-not-implemented"),
+        };
+        Outcome { replies: vec![reply], close: false }
+    }
+
+    /// Prekey upload: identity, registration id, signed prekey (signature checked), one-time
+    /// prekeys. A new identity key tells the account's contacts.
+    fn upload_keys(&self, id: &str, node: NodeRef<'_>) -> Node {
+        let identity = fixed::<32>(bytes_of(&node, "identity"));
+        let registration = be_number(bytes_of(&node, "registration"));
+        let mut one_time = Vec::new();
+        if let Some(list) = node.child("list") {
+            for key in list.children() {
+                match (be_number(bytes_of(&key, "id")), fixed::<32>(bytes_of(&key, "value"))) {
+                    (Some(kid), Some(value)) => one_time.push((kid, value)),
+                    _ => return iq_error(id, 400, "bad-request"),
+                }
+            }
+        }
+        let skey = node.child("skey").map(|s| {
+            (be_number(bytes_of(&s, "id")), fixed::<32>(bytes_of(&s, "value")), fixed::<64>(bytes_of(&s, "signature")))
+        });
+        let max = self.sim.config.limits.max_prekeys;
+        let mut changed_identity = false;
+        let mut bad = false;
+        self.sim.store.with(self.jid, &mut |a| {
+            let identity = identity.unwrap_or(a.keys.identity);
+            if let Some(skey) = skey {
+                match skey {
+                    (Some(sid), Some(public), Some(signature))
+                        if signed_prekey_valid(&identity, &public, &signature) =>
+                    {
+                        a.keys.signed_prekey = SignedPreKey { id: sid, public, signature };
+                    }
+                    _ => {
+                        bad = true;
+                        return;
+                    }
+                }
+            } else if identity != a.keys.identity {
+                // A new identity needs a signed prekey signed by it.
+                bad = true;
+                return;
+            }
+            changed_identity = identity != a.keys.identity;
+            a.keys.identity = identity;
+            if let Some(r) = registration {
+                a.keys.registration_id = r;
+            }
+            if changed_identity {
+                a.keys.one_time.clear();
+            }
+            for k in &one_time {
+                if a.keys.one_time.len() < max && !a.keys.one_time.iter().any(|(i, _)| *i == k.0) {
+                    a.keys.one_time.push_back(*k);
+                }
+            }
+        });
+        if bad {
+            return iq_error(id, 406, "not-acceptable");
+        }
+        if changed_identity {
+            self.announce_identity_change();
+        }
+        iq_result(id)
+    }
+
+    /// `<notification type="encrypt"><identity/></notification>` from this account to each contact.
+    pub fn announce_identity_change(&self) {
+        let mut contacts = Vec::new();
+        self.sim.store.with(self.jid, &mut |a| contacts = a.contacts.iter().cloned().collect());
+        let from = Jid::parse(self.jid).map(Value::Jid).unwrap_or_else(|_| Value::Str(self.jid.into()));
+        for contact in contacts {
+            let id = notification_id(self.sim);
+            let node = Node::new("notification")
+                .attr("from", from.clone())
+                .attr("type", "encrypt")
+                .attr("id", id.as_str())
+                .attr("t", self.sim.clock.now().to_string())
+                .children(vec![Node::new("identity")]);
+            if let Ok(p) = wire::encode::encode(&node) {
+                let _ = self.sim.deliver(&contact, AckClass::Notification, &id, self.jid, Bytes::from(p));
+            }
+        }
+    }
+
+    /// Key bundles for the users asked for, each using up one one-time prekey.
+    fn fetch_keys(&self, id: &str, node: NodeRef<'_>) -> Node {
+        let mut users = Vec::new();
+        for user in node.child("key").into_iter().flat_map(|k| k.children()) {
+            let Some(jid) = user.attr("jid").and_then(|v| v.as_jid()).map(|j| j.to_owned()) else { continue };
+            let account = jid.to_account().to_string();
+            let mut bundle = None;
+            self.sim.store.with(&account, &mut |a| {
+                let one_time = a.keys.one_time.pop_front();
+                bundle = Some((a.keys.clone(), one_time));
+            });
+            let user_node = Node::new("user").attr("jid", jid);
+            users.push(match bundle {
+                Some((keys, one_time)) => {
+                    let mut children = vec![
+                        Node::new("registration").bytes(keys.registration_id.to_be_bytes().to_vec()),
+                        Node::new("type").bytes(vec![5]),
+                        Node::new("identity").bytes(keys.identity.to_vec()),
+                        Node::new("skey").children(vec![
+                            Node::new("id").bytes(keys.signed_prekey.id.to_be_bytes()[1..].to_vec()),
+                            Node::new("value").bytes(keys.signed_prekey.public.to_vec()),
+                            Node::new("signature").bytes(keys.signed_prekey.signature.to_vec()),
+                        ]),
+                    ];
+                    if let Some((kid, value)) = one_time {
+                        children.push(Node::new("key").children(vec![
+                            Node::new("id").bytes(kid.to_be_bytes()[1..].to_vec()),
+                            Node::new("value").bytes(value.to_vec()),
+                        ]));
+                    }
+                    user_node.children(children)
+                }
+                None => user_node.children(vec![Node::new("error").attr("code", "404").attr("text", "item-not-found")]),
+            });
+        }
+        iq_result(id).children(vec![Node::new("list").children(users)])
+    }
+
+    fn set_blocklist(&self, id: &str, node: NodeRef<'_>) -> Node {
+        let max = self.sim.config.limits.max_blocklist;
+        let mut changes = Vec::new();
+        for item in node.children().filter(|c| c.tag() == "item") {
+            let (Some(jid), Some(action)) = (item.attr("jid").and_then(|v| v.as_jid()), item.attr_str("action")) else {
+                return iq_error(id, 400, "bad-request");
+            };
+            let block = match action {
+                "block" => true,
+                "unblock" => false,
+                _ => return iq_error(id, 400, "bad-request"),
+            };
+            changes.push((jid.to_owned().to_account().to_string(), block));
+        }
+        let mut full = false;
+        self.sim.store.with(self.jid, &mut |a| {
+            for (jid, block) in &changes {
+                if !*block {
+                    a.blocklist.remove(jid);
+                } else if a.blocklist.len() < max {
+                    a.blocklist.insert(jid.clone());
+                } else {
+                    full = true;
+                }
+            }
+        });
+        if full { iq_error(id, 419, "resource-limit") } else { iq_result(id) }
+    }
+
+    /// Device lists and registration status for the users asked for: one device (0) per account.
+    fn usync(&self, id: &str, node: NodeRef<'_>) -> Node {
+        let list = node.child("usync").and_then(|u| u.child("list"));
+        let mut users = Vec::new();
+        for user in list.into_iter().flat_map(|l| l.children()) {
+            let Some(jid) = user.attr("jid").and_then(|v| v.as_jid()).map(|j| j.to_owned()) else { continue };
+            let exists = self.sim.store.with(&jid.to_account().to_string(), &mut |_| {});
+            let mut children = vec![Node::new("contact").attr("type", if exists { "in" } else { "out" })];
+            if exists {
+                children.insert(
+                    0,
+                    Node::new("devices")
+                        .children(vec![Node::new("device-list").children(vec![Node::new("device").attr("id", "0")])]),
+                );
+            }
+            users.push(Node::new("user").attr("jid", jid).children(children));
+        }
+        iq_result(id).children(vec![Node::new("usync").children(vec![Node::new("list").children(users)])])
+    }
+}
+
+/// A fresh id for server-originated stanzas.
+pub fn notification_id(sim: &Sim) -> String {
+    sim.totals.stanzas_routed.load(Ordering::Relaxed).to_string() + &sim.next_conn_id().to_string()
+}

@@ -1,0 +1,137 @@
+//! A stand-in for WhatsApp's side of the interop: the chat server (chatd) and the enlistment API.
+//!
+//! It is the proxy's embedded default upstream and its conformance oracle: besides speaking the
+//! protocol it reports what it saw (connections per account, client IPs, the most concurrent
+//! connections an account ever had) on an observation API. Start it in-process with
+//! [`ChatdSim::start`], or run the `chatd-sim` binary.
+
+pub mod account;
+pub mod auth;
+pub mod chat;
+pub mod clock;
+pub mod config;
+pub mod enlist;
+pub mod http;
+pub mod media;
+pub mod push;
+pub mod sim;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use auth::{JwksTokenVerifier, TokenVerifier};
+pub use clock::{Clock, ShiftedClock};
+pub use config::Config;
+pub use sim::Sim;
+
+/// Why the simulator did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("config: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("keys: {0}")]
+    Keys(#[from] sim::KeyError),
+    #[error("push signing keys: {0}")]
+    PushKeys(#[from] jwks::KeyError),
+}
+
+/// The simulator, not yet started.
+pub struct ChatdSim;
+
+/// A running simulator; dropping it (or [`RunningSim::shutdown`]) stops every task.
+pub struct RunningSim {
+    pub sim: Arc<Sim>,
+    /// The clock the admin API and tests can move.
+    pub clock: Arc<ShiftedClock>,
+    pub chat_addr: SocketAddr,
+    pub ws_addr: Option<SocketAddr>,
+    pub http_addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl RunningSim {
+    /// `http://{http_addr}`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// The root public key clients must trust for this simulator's certificate chain.
+    pub fn root_public_key(&self) -> [u8; 32] {
+        self.sim.root_public
+    }
+
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    let _ = socket.set_reuseaddr(true);
+    socket.bind(addr).map_err(|source| StartError::Bind { what, addr, source })?;
+    // A deep backlog: reconnect storms arrive as bursts of SYNs.
+    socket.listen(4096).map_err(|source| StartError::Bind { what, addr, source })
+}
+
+impl ChatdSim {
+    /// Binds the listeners and starts serving with the JWKS-backed token verifier.
+    pub async fn start(config: Config) -> Result<RunningSim, StartError> {
+        Self::start_with(config, Arc::new(JwksTokenVerifier::new(jwks::VerifierConfig::default()))).await
+    }
+
+    /// Like [`ChatdSim::start`] with a chosen token verifier.
+    pub async fn start_with(mut config: Config, verifier: Arc<dyn TokenVerifier>) -> Result<RunningSim, StartError> {
+        config.validate()?;
+        let chat = bind("chat listener", config.chat.listen).await?;
+        let ws = match config.chat.ws_listen {
+            Some(addr) => Some(bind("websocket listener", addr).await?),
+            None => None,
+        };
+        let http = bind("http listener", config.http.listen).await?;
+        let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        let (chat_addr, http_addr) = (local(&chat), local(&http));
+        let ws_addr = ws.as_ref().map(local);
+        config.http.public_url.get_or_insert_with(|| format!("http://{http_addr}"));
+
+        let clock = Arc::new(ShiftedClock::default());
+        let store = Arc::new(store::MemoryStore::new(config.limits.max_accounts));
+        let (push_tx, push_rx) = tokio::sync::mpsc::channel(4096);
+        let sim = Arc::new(Sim::new(config, store, Arc::clone(&clock) as Arc<dyn Clock>, push_tx)?);
+        let push_keys = Arc::new(jwks::SigningKeys::generate()?);
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(chat::serve_tcp(chat, Arc::clone(&sim), Arc::clone(&verifier)));
+        if let Some(ws) = ws {
+            tasks.spawn(chat::serve_ws(ws, Arc::clone(&sim), Arc::clone(&verifier)));
+        }
+        let state = Arc::new(http::HttpState {
+            sim: Arc::clone(&sim),
+            verifier,
+            push_keys: Arc::clone(&push_keys),
+            media: media::MediaStore::new(sim.config.http.max_body_bytes.saturating_mul(16)),
+            clock: Some(Arc::clone(&clock)),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        });
+        tasks.spawn(http::serve(http, state));
+        tasks.spawn(push::run(Arc::clone(&sim), push_keys, push_rx));
+        let sweeper = Arc::clone(&sim);
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                sweeper.sweep();
+            }
+        });
+        Ok(RunningSim { sim, clock, chat_addr, ws_addr, http_addr, tasks })
+    }
+}

@@ -1,0 +1,81 @@
+//! Push: when a Partner user has something waiting and no connection, the simulator tells the
+//! Partner server, `POST {base_url}/push` with `{"to": user_identifier}` and a JWT it signs
+//! itself (public keys at `/.well-known/jwks`). Retried with doubling backoff; one push per burst
+//! (the next one only after the user has connected again, or after this one finally failed).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jwks::{PushClaims, SigningKeys};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::sim::{PushRequest, Sim};
+
+/// Delivers queued pushes until the queue closes.
+pub async fn run(sim: Arc<Sim>, keys: Arc<SigningKeys>, mut queue: mpsc::Receiver<PushRequest>) {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    while let Some(req) = queue.recv().await {
+        let (sim, keys, client) = (Arc::clone(&sim), Arc::clone(&keys), client.clone());
+        tokio::spawn(async move {
+            let ok = deliver(&sim, &keys, &client, &req).await;
+            let counter = if ok { &sim.totals.pushes_sent } else { &sim.totals.pushes_failed };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if !ok {
+                sim.push_failed(&req.account_jid);
+            }
+        });
+    }
+}
+
+async fn deliver(
+    sim: &Sim,
+    keys: &SigningKeys,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: &PushRequest,
+) -> bool {
+    let Some(integrator) = sim.config.integrators.iter().find(|i| i.id == req.integrator) else { return false };
+    let url = format!("{}/push", integrator.base_url.trim_end_matches('/'));
+    let body = serde_json::json!({ "to": req.user_identifier }).to_string();
+    let mut backoff = Duration::from_millis(sim.config.push.initial_backoff_ms);
+    for attempt in 1..=sim.config.push.max_attempts.max(1) {
+        // As in the seed's sample: iss "WHATSAPP" (configurable), aud the Partner's base URL.
+        let claims = PushClaims::new(
+            sim.config.push.issuer.clone(),
+            integrator.base_url.clone(),
+            Some(req.user_identifier.clone()),
+            Duration::from_secs(60),
+        );
+        let token = match keys.sign(&claims) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "signing a push token failed");
+                return false;
+            }
+        };
+        let request = hyper::Request::post(&url)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::from(body.clone())));
+        let Ok(request) = request else { return false };
+        match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => {
+                debug!(account = %req.account_jid, attempt, "push delivered");
+                return true;
+            }
+            Ok(Ok(resp)) => debug!(account = %req.account_jid, attempt, status = %resp.status(), "push refused"),
+            Ok(Err(e)) => debug!(account = %req.account_jid, attempt, error = %e, "push failed"),
+            Err(_) => debug!(account = %req.account_jid, attempt, "push timed out"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
+    }
+    warn!(account = %req.account_jid, "push gave up");
+    false
+}
