@@ -399,3 +399,31 @@ async fn ws_login(url: &str, noise: &[u8; 32], payload: &wire::proto::ClientPayl
 
 #[allow(dead_code)]
 fn unused(_: IpAddr) {}
+
+#[tokio::test]
+async fn whatsapp_side_media_upload_and_download() {
+    let partner = Partner::start(1).await;
+    let sim = sim_with(&partner, |_| {}).await;
+    let blob: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    let (status, body) = request("POST", &format!("{}/mms/image", sim.http_url()), "image/jpeg", blob.clone()).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let path = v["direct_path"].as_str().unwrap();
+    assert!(path.starts_with("/v/t62.7118-24/"), "{path}");
+    let resp = http()
+        .request(
+            hyper::Request::get(format!("{}{path}", sim.http_url()))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    assert_eq!(resp.headers()["content-length"], blob.len().to_string().as_str());
+    use http_body_util::BodyExt;
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), blob);
+    let (status, _) = request("GET", &format!("{}/v/t62.7118-24/nope", sim.http_url()), "", vec![]).await;
+    assert_eq!(status, 404);
+    let (status, _) = request("POST", &format!("{}/mms/image", sim.http_url()), "image/jpeg", vec![0; 17 << 20]).await;
+    assert_eq!(status, 413, "over http.max_body_bytes");
+}

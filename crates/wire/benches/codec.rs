@@ -131,6 +131,7 @@ fn codec(c: &mut Criterion) {
         })
         .collect();
     let total: usize = payloads.iter().map(Vec::len).sum();
+    eprintln!("stanza mix: {} stanzas, {total} bytes", payloads.len());
 
     // Same input for both: wacore decodes our bytes, and its encoder reproduces them exactly.
     let theirs: Vec<wacore_binary::Node> = payloads

@@ -457,7 +457,9 @@ impl Reader<'_, '_> {
         let header = self.byte()?;
         let n = usize::from(header & 0x7F);
         let odd = header & 0x80 != 0;
-        if odd && n == 0 {
+        // No encoder packs an empty string (it goes out as `BINARY_8 0`): refusing the empty form
+        // keeps every accepted input a fixed point of decode -> encode -> decode.
+        if n == 0 {
             return Err(fail(DecodeError::InvalidPacked { offset: at, byte: header }));
         }
         let start = self.take(n)?;

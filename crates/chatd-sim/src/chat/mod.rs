@@ -75,15 +75,6 @@ async fn serve_ws_conn(
     verifier: Arc<dyn TokenVerifier>,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let _ = stream.set_nodelay(true);
-    let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() == "/ws/chat" {
-            Ok(resp)
-        } else {
-            let mut not_found = ErrorResponse::new(Some("not found".into()));
-            *not_found.status_mut() = http_status_404();
-            Err(not_found)
-        }
-    };
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(WS_MAX_MESSAGE))
         .max_frame_size(Some(WS_MAX_MESSAGE));
@@ -95,11 +86,7 @@ async fn serve_ws_conn(
     let inbound = async move {
         while let Some(Ok(msg)) = ws_rx.next().await {
             match msg {
-                Message::Binary(data) => {
-                    if bridge_tx.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(data) if bridge_tx.write_all(&data).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
@@ -120,10 +107,24 @@ async fn serve_ws_conn(
         }
         let _ = ws_tx.close().await;
     };
-    tokio::join!(conn::serve(sim, verifier, app, peer), inbound, outbound);
+    let (inbound, outbound) = (tokio::spawn(inbound), tokio::spawn(outbound));
+    conn::serve(sim, verifier, app, peer).await;
+    // The driver dropped its end: the outbound pump drains and closes the WebSocket; the inbound
+    // pump may be waiting on a silent client, so it is stopped rather than awaited.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), outbound).await;
+    inbound.abort();
     Ok(())
 }
 
-fn http_status_404() -> tokio_tungstenite::tungstenite::http::StatusCode {
-    tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND
+/// Accepts the upgrade only on `/ws/chat`.
+// The signature is tungstenite's header-callback contract, large error type included.
+#[allow(clippy::result_large_err)]
+fn check_path(req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
+    if req.uri().path() == "/ws/chat" {
+        Ok(resp)
+    } else {
+        let mut not_found = ErrorResponse::new(Some("not found".into()));
+        *not_found.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+        Err(not_found)
+    }
 }

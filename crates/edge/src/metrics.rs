@@ -1,0 +1,109 @@
+//! Edge metrics. Names follow Prometheus conventions (`waproxy_` prefix, `_total` counters,
+//! `_seconds` durations); labels are bounded enums, never user identities.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `waproxy_edge_connections_total` | counter | `listener` (tcp, tls) | client connections accepted |
+//! | `waproxy_logins_total` | counter | `result` (see [`LoginResult`]) | login attempts by outcome |
+//! | `waproxy_login_duration_seconds` | histogram | | accept to chatd's first answer relayed to the client |
+//! | `waproxy_jwks_refreshes_total` | counter | | successful Partner JWKS fetches |
+//! | `waproxy_jwks_refresh_failures_total` | counter | | failed Partner JWKS fetches |
+//! | `waproxy_jwks_refetches_suppressed_total` | counter | | unknown-kid refetches skipped by the rate limit |
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+/// How a login attempt ended, as the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginResult {
+    /// chatd accepted it; a session runs.
+    Ok,
+    /// No login frame before the login timeout.
+    Timeout,
+    /// The first frame was not a well-formed login (400).
+    BadLogin,
+    /// The token failed verification or names another account (401); no upstream was opened.
+    Unauthorized,
+    /// chatd answered with its own `<failure>`.
+    RejectedUpstream,
+    /// chatd could not be reached or the handshake failed (503).
+    UpstreamUnavailable,
+    /// The proxy is at its session limit (429).
+    Overloaded,
+    /// The proxy is draining (503, reconnect elsewhere).
+    Draining,
+}
+
+impl LoginResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginResult::Ok => "ok",
+            LoginResult::Timeout => "timeout",
+            LoginResult::BadLogin => "bad_login",
+            LoginResult::Unauthorized => "unauthorized",
+            LoginResult::RejectedUpstream => "rejected_upstream",
+            LoginResult::UpstreamUnavailable => "upstream_unavailable",
+            LoginResult::Overloaded => "overloaded",
+            LoginResult::Draining => "draining",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    pub connections: IntCounterVec,
+    pub logins: IntCounterVec,
+    pub login_duration: Histogram,
+    pub jwks_refreshes: IntCounter,
+    pub jwks_refresh_failures: IntCounter,
+    pub jwks_refetches_suppressed: IntCounter,
+}
+
+impl EdgeMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<EdgeMetrics> {
+        let m = EdgeMetrics {
+            connections: IntCounterVec::new(
+                Opts::new("waproxy_edge_connections_total", "Client connections accepted."),
+                &["listener"],
+            )?,
+            logins: IntCounterVec::new(Opts::new("waproxy_logins_total", "Login attempts by outcome."), &["result"])?,
+            login_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "waproxy_login_duration_seconds",
+                    "Time from accepting a client to relaying chatd's first answer.",
+                )
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )?,
+            jwks_refreshes: IntCounter::new("waproxy_jwks_refreshes_total", "Successful Partner JWKS fetches.")?,
+            jwks_refresh_failures: IntCounter::new(
+                "waproxy_jwks_refresh_failures_total",
+                "Failed Partner JWKS fetches.",
+            )?,
+            jwks_refetches_suppressed: IntCounter::new(
+                "waproxy_jwks_refetches_suppressed_total",
+                "Unknown-kid JWKS refetches skipped by the rate limit.",
+            )?,
+        };
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.logins.clone()))?;
+        registry.register(Box::new(m.login_duration.clone()))?;
+        registry.register(Box::new(m.jwks_refreshes.clone()))?;
+        registry.register(Box::new(m.jwks_refresh_failures.clone()))?;
+        registry.register(Box::new(m.jwks_refetches_suppressed.clone()))?;
+        Ok(m)
+    }
+
+    pub fn login(&self, result: LoginResult) {
+        self.logins.with_label_values(&[result.as_str()]).inc();
+    }
+
+    /// Brings the JWKS counters up to the verifier's own counts (called before each scrape).
+    pub fn sync_jwks(&self, stats: &jwks::VerifierStats) {
+        for (counter, value) in [
+            (&self.jwks_refreshes, stats.refreshes),
+            (&self.jwks_refresh_failures, stats.refresh_failures),
+            (&self.jwks_refetches_suppressed, stats.refetches_suppressed),
+        ] {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
+    }
+}
