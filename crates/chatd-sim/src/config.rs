@@ -18,6 +18,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub push: PushConfig,
+    #[serde(default)]
+    pub tokens: TokensConfig,
     /// The Partners allowed to enlist users.
     #[serde(default)]
     pub integrators: Vec<IntegratorConfig>,
@@ -125,6 +127,33 @@ impl Default for PushConfig {
     }
 }
 
+/// How Partner JWKS are cached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// Seconds between refreshes of a Partner's JWKS.
+    pub jwks_refresh_secs: u64,
+    /// Least seconds between refetches caused by a token with an unknown key id (a Partner's
+    /// key rotation is seen at most this late; junk tokens cannot make the simulator hammer it).
+    pub jwks_min_refetch_secs: u64,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig { jwks_refresh_secs: 300, jwks_min_refetch_secs: 10 }
+    }
+}
+
+impl TokensConfig {
+    pub fn verifier_config(&self) -> jwks::VerifierConfig {
+        jwks::VerifierConfig {
+            refresh_interval: std::time::Duration::from_secs(self.jwks_refresh_secs.max(1)),
+            min_refetch_interval: std::time::Duration::from_secs(self.jwks_min_refetch_secs.max(1)),
+            ..jwks::VerifierConfig::default()
+        }
+    }
+}
+
 /// A Partner allowed to enlist users.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +203,7 @@ impl Config {
             keys: KeysConfig::default(),
             limits: LimitsConfig::default(),
             push: PushConfig::default(),
+            tokens: TokensConfig::default(),
             integrators: Vec::new(),
         }
     }

@@ -86,7 +86,8 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 impl ChatdSim {
     /// Binds the listeners and starts serving with the JWKS-backed token verifier.
     pub async fn start(config: Config) -> Result<RunningSim, StartError> {
-        Self::start_with(config, Arc::new(JwksTokenVerifier::new(jwks::VerifierConfig::default()))).await
+        let verifier = Arc::new(JwksTokenVerifier::new(config.tokens.verifier_config()));
+        Self::start_with(config, verifier).await
     }
 
     /// Like [`ChatdSim::start`] with a chosen token verifier.

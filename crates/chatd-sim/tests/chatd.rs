@@ -427,3 +427,20 @@ async fn whatsapp_side_media_upload_and_download() {
     let (status, _) = request("POST", &format!("{}/mms/image", sim.http_url()), "image/jpeg", vec![0; 17 << 20]).await;
     assert_eq!(status, 413, "over http.max_body_bytes");
 }
+
+#[tokio::test]
+async fn a_partner_key_rotation_is_picked_up_by_refetch() {
+    let partner = Partner::start(1).await;
+    let sim = sim_with(&partner, |c| c.tokens.jwks_min_refetch_secs = 1).await;
+    let first = Device::new();
+    enlist(&sim, &partner, &first, "gina").await;
+    let fetches = partner.jwks.requests();
+    partner.keys.rotate().unwrap();
+    // Within the refetch interval the new key id is not yet known.
+    let second = Device::new();
+    let early = enlist_raw(&sim, &second.enlist_form(1, "hank", &partner.token("hank"))).await;
+    assert_eq!(early["reason"], "bad_token");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    enlist(&sim, &partner, &second, "hank").await;
+    assert_eq!(partner.jwks.requests(), fetches + 1, "one refetch for the new key id");
+}

@@ -5,6 +5,9 @@
 //! the client to the session layer, which holds the one chatd connection for that account.
 
 pub mod auth;
+pub mod client;
+pub mod conn;
+pub mod listener;
 pub mod login;
 pub mod metrics;
 pub mod tls;

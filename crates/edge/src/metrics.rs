@@ -4,28 +4,27 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `waproxy_edge_connections_total` | counter | `listener` (tcp, tls) | client connections accepted |
-//! | `waproxy_logins_total` | counter | `result` (see [`LoginResult`]) | login attempts by outcome |
-//! | `waproxy_login_duration_seconds` | histogram | | accept to chatd's first answer relayed to the client |
+//! | `waproxy_logins_total` | counter | `result` (see [`LoginResult`]) | login attempts by the edge's decision |
+//! | `waproxy_edge_login_check_duration_seconds` | histogram | | accept to the login frame parsed and the token verified: the edge's share of login latency (the session layer's `waproxy_upstream_login_duration_seconds` is the rest) |
 //! | `waproxy_jwks_refreshes_total` | counter | | successful Partner JWKS fetches |
 //! | `waproxy_jwks_refresh_failures_total` | counter | | failed Partner JWKS fetches |
 //! | `waproxy_jwks_refetches_suppressed_total` | counter | | unknown-kid refetches skipped by the rate limit |
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
-/// How a login attempt ended, as the `result` label.
+/// What the edge decided about a login attempt, as the `result` label. chatd's own answer to the
+/// logins the edge forwards is the session layer's `waproxy_upstream_logins_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginResult {
-    /// chatd accepted it; a session runs.
-    Ok,
+    /// Passed the edge's checks and was handed to the session layer.
+    Forwarded,
     /// No login frame before the login timeout.
     Timeout,
     /// The first frame was not a well-formed login (400).
     BadLogin,
     /// The token failed verification or names another account (401); no upstream was opened.
     Unauthorized,
-    /// chatd answered with its own `<failure>`.
-    RejectedUpstream,
-    /// chatd could not be reached or the handshake failed (503).
+    /// chatd's address did not resolve (503).
     UpstreamUnavailable,
     /// The proxy is at its session limit (429).
     Overloaded,
@@ -36,11 +35,10 @@ pub enum LoginResult {
 impl LoginResult {
     pub fn as_str(self) -> &'static str {
         match self {
-            LoginResult::Ok => "ok",
+            LoginResult::Forwarded => "forwarded",
             LoginResult::Timeout => "timeout",
             LoginResult::BadLogin => "bad_login",
             LoginResult::Unauthorized => "unauthorized",
-            LoginResult::RejectedUpstream => "rejected_upstream",
             LoginResult::UpstreamUnavailable => "upstream_unavailable",
             LoginResult::Overloaded => "overloaded",
             LoginResult::Draining => "draining",
@@ -52,7 +50,7 @@ impl LoginResult {
 pub struct EdgeMetrics {
     pub connections: IntCounterVec,
     pub logins: IntCounterVec,
-    pub login_duration: Histogram,
+    pub login_check_duration: Histogram,
     pub jwks_refreshes: IntCounter,
     pub jwks_refresh_failures: IntCounter,
     pub jwks_refetches_suppressed: IntCounter,
@@ -66,10 +64,10 @@ impl EdgeMetrics {
                 &["listener"],
             )?,
             logins: IntCounterVec::new(Opts::new("waproxy_logins_total", "Login attempts by outcome."), &["result"])?,
-            login_duration: Histogram::with_opts(
+            login_check_duration: Histogram::with_opts(
                 HistogramOpts::new(
-                    "waproxy_login_duration_seconds",
-                    "Time from accepting a client to relaying chatd's first answer.",
+                    "waproxy_edge_login_check_duration_seconds",
+                    "Time from accepting a client to its login frame parsed and token verified.",
                 )
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             )?,
@@ -85,7 +83,7 @@ impl EdgeMetrics {
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.logins.clone()))?;
-        registry.register(Box::new(m.login_duration.clone()))?;
+        registry.register(Box::new(m.login_check_duration.clone()))?;
         registry.register(Box::new(m.jwks_refreshes.clone()))?;
         registry.register(Box::new(m.jwks_refresh_failures.clone()))?;
         registry.register(Box::new(m.jwks_refetches_suppressed.clone()))?;

@@ -1,0 +1,77 @@
+//! The admin listener: `/metrics` (Prometheus text), `/livez` (the process serves), `/readyz`
+//! (ready to take clients: listeners up and not draining).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus::{Encoder as _, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tracing::debug;
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub registry: Registry,
+    /// Set once every listener is accepting.
+    pub ready: AtomicBool,
+    /// Set when the proxy starts draining: readiness flips first.
+    pub draining: AtomicBool,
+    /// Called before each scrape, to copy counters kept elsewhere into the registry.
+    pub before_scrape: Box<dyn Fn() + Send + Sync>,
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static(content_type));
+    r
+}
+
+fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            (state.before_scrape)();
+            let mut out = Vec::new();
+            match TextEncoder::new().encode(&state.registry.gather(), &mut out) {
+                Ok(()) => text(StatusCode::OK, out, "text/plain; version=0.0.4"),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "text/plain"),
+            }
+        }
+        (&Method::GET, "/livez") => text(StatusCode::OK, "ok\n", "text/plain"),
+        (&Method::GET, "/readyz") => {
+            if state.draining.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain")
+            } else if state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ready\n", "text/plain")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n", "text/plain")
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+    }
+}
+
+/// Serves the admin endpoints until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = handle(&state, &req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}

@@ -1,0 +1,146 @@
+//! `interop-proxy`: the WhatsApp DMA interoperability connection proxy.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use proxy::config::Config;
+use proxy::demo::{DemoTargets, run as run_demo};
+
+#[derive(Parser)]
+#[command(name = "interop-proxy", version, about = "WhatsApp DMA interoperability connection proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML configuration (config/proxy.toml documents every key). Without it: the embedded
+    /// default (chatd simulator and partner server in-process, loopback listeners).
+    #[arg(long, global = true)]
+    config: Option<String>,
+    /// Override `edge.listen`.
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+    /// Override `admin.listen`.
+    #[arg(long, global = true)]
+    admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGTERM or Ctrl-C (the default).
+    Run,
+    /// Validate the configuration and exit.
+    CheckConfig,
+    /// Start the embedded default on ephemeral loopback ports, run the demo traffic through the
+    /// proxy, print the proxy's metrics and exit.
+    Demo,
+}
+
+fn load(cli: &Cli) -> Result<Config, String> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::local(),
+    };
+    if let Some(a) = cli.listen {
+        config.edge.listen = Some(a);
+    }
+    if let Some(a) = cli.admin_listen {
+        config.admin.listen = a;
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::CheckConfig) => load(&cli).map(|c| {
+            println!("configuration OK (embedded: {})", c.embedded);
+        }),
+        Some(Command::Demo) => demo(&cli).await,
+        Some(Command::Run) | None => run(&cli).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("interop-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn banner(proxy: &proxy::RunningProxy) {
+    if let Some(a) = proxy.tcp_addr {
+        println!("clients connect to   tcp://{a}");
+    }
+    if let Some(a) = proxy.tls_addr {
+        println!("clients connect to   tls://{a}");
+    }
+    println!("metrics at           http://{}/metrics (and /livez, /readyz)", proxy.admin_addr);
+    if let Some(e) = &proxy.embedded {
+        println!("embedded chatd-sim   chat {} http {}", e.sim.chat_addr, e.sim.http_url());
+        println!("embedded partner     {}", e.partner.base_url());
+    }
+}
+
+async fn run(cli: &Cli) -> Result<(), String> {
+    let config = load(cli)?;
+    let proxy = proxy::start(config).await.map_err(|e| e.to_string())?;
+    banner(&proxy);
+    if let (Some(e), Some(edge_addr)) = (&proxy.embedded, proxy.tcp_addr) {
+        let targets =
+            DemoTargets { partner_url: e.partner.base_url().to_owned(), sim_url: e.sim.http_url(), edge_addr };
+        if let Err(e) = run_demo(&targets).await {
+            eprintln!("interop-proxy: {e}");
+        }
+    }
+    wait_for_shutdown().await;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+async fn demo(cli: &Cli) -> Result<(), String> {
+    let mut config = load(cli)?;
+    if !config.embedded {
+        return Err("the demo runs on the embedded default; drop --config or use config/local.toml".into());
+    }
+    // Ephemeral ports unless overridden, so the demo never collides with a running proxy.
+    if cli.listen.is_none() {
+        config.edge.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
+    if cli.admin_listen.is_none() {
+        config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    }
+    let proxy = proxy::start(config).await.map_err(|e| e.to_string())?;
+    banner(&proxy);
+    let (Some(e), Some(edge_addr)) = (&proxy.embedded, proxy.tcp_addr) else {
+        return Err("no embedded servers".into());
+    };
+    let targets = DemoTargets { partner_url: e.partner.base_url().to_owned(), sim_url: e.sim.http_url(), edge_addr };
+    let outcome = run_demo(&targets).await.map_err(|e| e.to_string());
+    let mut text = Vec::new();
+    (proxy.admin.before_scrape)();
+    let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &proxy.admin.registry.gather(), &mut text);
+    println!("proxy metrics after the demo:");
+    for line in String::from_utf8_lossy(&text).lines() {
+        let interesting = ["waproxy_logins_total", "waproxy_sessions", "waproxy_relay", "waproxy_upstream"];
+        if !line.starts_with('#') && interesting.iter().any(|p| line.starts_with(p)) && !line.contains("_bucket") {
+            println!("  {line}");
+        }
+    }
+    proxy.shutdown().await;
+    outcome
+}
