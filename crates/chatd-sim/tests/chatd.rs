@@ -1,11 +1,9 @@
 //! The simulator over real loopback sockets: enlistment, login, routing, mailbox, conflict,
 //! blocklist, deletion, un-enlistment, identity changes and the observation API.
 
-mod support;
-
 use std::net::IpAddr;
 
-use support::*;
+use testkit::*;
 use wire::proto::AppVersion;
 use wire::{Content, Node};
 

@@ -1,15 +1,13 @@
 //! The simulator with the reference partner server: push verified on the Partner's side, Partner
 //! media through the download path, and both binaries run as processes.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chatd_sim::{ChatdSim, Config, RunningSim};
 use partner_server::{PartnerServer, RunningPartnerServer};
-use support::*;
+use testkit::*;
 
 async fn token(partner: &str, user: &str) -> String {
     let (status, v) = post_json(&format!("{partner}/oauth/token"), serde_json::json!({"user_identifier": user})).await;

@@ -74,7 +74,11 @@ impl Refusal {
 }
 
 /// Reads one whole frame into `buf` (bytes past it stay in `buf`); `None` on EOF or error.
-async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, ()> {
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<BytesMut>, ()> {
     loop {
         match wire::frame::peek_len(buf) {
             Some(len) if len > max => return Err(()),
@@ -107,7 +111,12 @@ where
     let started = Instant::now();
     let mut buf = BytesMut::with_capacity(1024);
     let outcome = async {
-        let frame = match tokio::time::timeout(ctx.login_timeout, read_frame(&mut stream, &mut buf, LOGIN_FRAME_MAX.min(ctx.max_frame_size))).await {
+        let frame = match tokio::time::timeout(
+            ctx.login_timeout,
+            read_frame(&mut stream, &mut buf, LOGIN_FRAME_MAX.min(ctx.max_frame_size)),
+        )
+        .await
+        {
             Err(_) => return Err(Refusal::Timeout),
             Ok(Err(())) => return Err(Refusal::BadLogin),
             Ok(Ok(None)) => return Ok(None),

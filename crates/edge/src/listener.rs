@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
@@ -19,26 +19,29 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Accept errors (EMFILE when out of descriptors, for one) back off instead of spinning.
-async fn accept_backoff(e: std::io::Error) {
-    warn!(error = %e, "accept failed; backing off");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+/// The next connection, with TCP_NODELAY set and counted for `listener`. Accept errors (EMFILE
+/// when out of descriptors, for one) back off instead of spinning.
+async fn accept(listener: &TcpListener, ctx: &EdgeContext, kind: &str) -> (TcpStream, SocketAddr, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                ctx.metrics.connections.with_label_values(&[kind]).inc();
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().unwrap_or(peer);
+                return (stream, peer, local);
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Serves plain TCP clients until the task is dropped.
 pub async fn serve_tcp(listener: TcpListener, ctx: Arc<EdgeContext>) {
-    let local = listener.local_addr().ok();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                accept_backoff(e).await;
-                continue;
-            }
-        };
-        ctx.metrics.connections.with_label_values(&["tcp"]).inc();
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+        let (stream, peer, local) = accept(&listener, &ctx, "tcp").await;
         tokio::spawn(serve_client(Arc::clone(&ctx), stream, peer, local));
     }
 }
@@ -46,16 +49,7 @@ pub async fn serve_tcp(listener: TcpListener, ctx: Arc<EdgeContext>) {
 /// Serves TLS clients until the task is dropped. The TLS handshake shares the login deadline.
 pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<EdgeContext>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                accept_backoff(e).await;
-                continue;
-            }
-        };
-        ctx.metrics.connections.with_label_values(&["tls"]).inc();
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
+        let (stream, peer, local) = accept(&listener, &ctx, "tls").await;
         let (acceptor, ctx) = (acceptor.clone(), Arc::clone(&ctx));
         tokio::spawn(async move {
             match tokio::time::timeout(ctx.login_timeout, acceptor.accept(stream)).await {

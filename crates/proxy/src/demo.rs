@@ -47,7 +47,12 @@ pub struct User {
 impl User {
     /// A user with fresh random keys.
     pub fn new(name: &str) -> Result<User, DemoError> {
-        Ok(User { name: name.to_owned(), noise: random32()?, identity_private: random32()?, signed_prekey: random32()? })
+        Ok(User {
+            name: name.to_owned(),
+            noise: random32()?,
+            identity_private: random32()?,
+            signed_prekey: random32()?,
+        })
     }
 }
 
@@ -65,7 +70,8 @@ async fn http(method: &str, url: &str, content_type: &str, body: Vec<u8>) -> Res
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| err(url, e))?;
-    let resp = tokio::time::timeout(WAIT, client.request(req)).await.map_err(|e| err(url, e))?.map_err(|e| err(url, e))?;
+    let resp =
+        tokio::time::timeout(WAIT, client.request(req)).await.map_err(|e| err(url, e))?.map_err(|e| err(url, e))?;
     let body = resp.into_body().collect().await.map_err(|e| err(url, e))?.to_bytes();
     serde_json::from_slice(&body).map_err(|e| err(url, e))
 }
@@ -76,8 +82,9 @@ pub async fn token(targets: &DemoTargets, user: &str, account: Option<&str>) -> 
     if let Some(a) = account {
         req["wa_account"] = a.into();
     }
-    let v = http("POST", &format!("{}/oauth/token", targets.partner_url), "application/json", req.to_string().into_bytes())
-        .await?;
+    let v =
+        http("POST", &format!("{}/oauth/token", targets.partner_url), "application/json", req.to_string().into_bytes())
+            .await?;
     v["access_token"].as_str().map(str::to_owned).ok_or_else(|| DemoError(format!("no token for {user}: {v}")))
 }
 
@@ -101,8 +108,13 @@ pub async fn enlist(targets: &DemoTargets, user: &User) -> Result<Jid, DemoError
         .append_pair("user_identifier", &user.name)
         .append_pair("token", &token)
         .finish();
-    let v = http("POST", &format!("{}/3p/interop_reg", targets.sim_url), "application/x-www-form-urlencoded", form.into_bytes())
-        .await?;
+    let v = http(
+        "POST",
+        &format!("{}/3p/interop_reg", targets.sim_url),
+        "application/x-www-form-urlencoded",
+        form.into_bytes(),
+    )
+    .await?;
     let login = v["login"].as_str().ok_or_else(|| DemoError(format!("enlisting {}: {v}", user.name)))?;
     Jid::parse(login).map_err(|e| err("login JID", e))
 }
@@ -121,7 +133,8 @@ pub fn login_frame(user: &User, jid: &Jid, token: &str) -> Result<Vec<u8>, DemoE
 /// Logs `user` in through the proxy and returns the connection.
 async fn login(targets: &DemoTargets, user: &User, jid: &Jid) -> Result<EdgeClient<tokio::net::TcpStream>, DemoError> {
     let token = token(targets, &user.name, Some(&jid.to_string())).await?;
-    let mut client = EdgeClient::connect(targets.edge_addr, None).await.map_err(|e| err("connecting to the proxy", e))?;
+    let mut client =
+        EdgeClient::connect(targets.edge_addr, None).await.map_err(|e| err("connecting to the proxy", e))?;
     client.send_payload(&login_frame(user, jid, &token)?).await.map_err(|e| err("login", e))?;
     println!("  {:<5} -> <login jid=\"{jid}\"> (static key and ClientPayload, sent to the proxy only)", user.name);
     let first = client.recv(WAIT).await.map_err(|e| err("login answer", e))?;
@@ -163,7 +176,8 @@ pub async fn run(targets: &DemoTargets) -> Result<(), DemoError> {
     if received.child("enc") != message.child("enc") {
         return Err(DemoError("the ciphertext changed on the way".into()));
     }
-    let bob_ack = Node::new("ack").attr("class", "message").attr("id", "3EB0DEMO0001").attr("to", Value::Jid(jids[0].clone()));
+    let bob_ack =
+        Node::new("ack").attr("class", "message").attr("id", "3EB0DEMO0001").attr("to", Value::Jid(jids[0].clone()));
     bob.send(&bob_ack).await.map_err(|e| err("ack", e))?;
     show("bob", "->", &bob_ack);
     let receipt = Node::new("receipt").attr("to", Value::Jid(jids[0].clone())).attr("id", "3EB0DEMO0001");
@@ -171,7 +185,8 @@ pub async fn run(targets: &DemoTargets) -> Result<(), DemoError> {
     show("bob", "->", &receipt);
     let (delivered, _) = alice.recv_tag("receipt", WAIT).await.map_err(|e| err("receipt delivery", e))?;
     show("alice", "<-", &delivered);
-    let ack = Node::new("ack").attr("class", "receipt").attr("id", "3EB0DEMO0001").attr("to", Value::Jid(jids[1].clone()));
+    let ack =
+        Node::new("ack").attr("class", "receipt").attr("id", "3EB0DEMO0001").attr("to", Value::Jid(jids[1].clone()));
     alice.send(&ack).await.map_err(|e| err("ack", e))?;
     println!("demo: done: the message crossed the proxy with its ciphertext byte for byte");
     Ok(())

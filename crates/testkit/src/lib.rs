@@ -1,6 +1,6 @@
-//! Test support: a real chat client (Noise initiator over TCP), a Partner's JWKS, enlistment and
-//! HTTP helpers. Everything runs on loopback sockets.
-#![allow(dead_code)]
+//! Test support shared by the crates that test against the chatd simulator: a Partner's JWKS, a
+//! simulator, device keys, enlistment and provisioning, a real chat client (Noise initiator over
+//! TCP), and HTTP helpers. Everything runs on loopback sockets; panics are test failures.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +84,12 @@ pub fn random32() -> [u8; 32] {
     let mut k = [0u8; 32];
     aws_lc_rs::rand::fill(&mut k).unwrap();
     k
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device::new()
+    }
 }
 
 impl Device {

@@ -1,0 +1,128 @@
+//! Test support: the proxy on its embedded default (chatd-sim and partner-server in-process), on
+//! ephemeral loopback ports, with helpers to enlist users and log them in through the edge.
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use edge::client::EdgeClient;
+use proxy::RunningProxy;
+use proxy::config::Config;
+use proxy::demo::{DemoTargets, User, enlist, login_frame, token};
+use tokio::net::TcpStream;
+use wire::{Jid, Node};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub async fn start(edit: impl FnOnce(&mut Config)) -> RunningProxy {
+    let mut config = Config::local();
+    config.edge.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    edit(&mut config);
+    proxy::start(config).await.unwrap()
+}
+
+pub fn targets(p: &RunningProxy) -> DemoTargets {
+    let e = p.embedded.as_ref().unwrap();
+    DemoTargets {
+        partner_url: e.partner.base_url().to_owned(),
+        sim_url: e.sim.http_url(),
+        edge_addr: p.tcp_addr.unwrap(),
+    }
+}
+
+/// A user enlisted with the simulator, and a token bound to its account.
+pub struct Enlisted {
+    pub user: User,
+    pub jid: Jid,
+    pub token: String,
+}
+
+pub async fn enlisted(p: &RunningProxy, name: &str) -> Enlisted {
+    let t = targets(p);
+    let user = User::new(name).unwrap();
+    let jid = enlist(&t, &user).await.unwrap();
+    let token = token(&t, name, Some(&jid.to_string())).await.unwrap();
+    Enlisted { user, jid, token }
+}
+
+/// Connects to the edge (from `from` when given) and sends the login frame with `token`.
+pub async fn connect_with(
+    p: &RunningProxy,
+    who: &Enlisted,
+    token: &str,
+    from: Option<IpAddr>,
+) -> EdgeClient<TcpStream> {
+    let mut c = EdgeClient::connect(p.tcp_addr.unwrap(), from).await.unwrap();
+    c.send_payload(&login_frame(&who.user, &who.jid, token).unwrap()).await.unwrap();
+    c
+}
+
+/// Logs in and expects `<success>` (and the offline marker after it).
+pub async fn logged_in(p: &RunningProxy, who: &Enlisted) -> EdgeClient<TcpStream> {
+    let mut c = connect_with(p, who, &who.token, None).await;
+    let first = c.recv(WAIT).await.unwrap();
+    assert_eq!(first.tag, "success", "{first:?}");
+    c.recv_tag("ib", WAIT).await.unwrap();
+    c
+}
+
+pub async fn get_json(url: &str) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let resp = client.get(url.parse().unwrap()).await.unwrap();
+    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+pub async fn get_text(url: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let resp = client.get(url.parse().unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+}
+
+/// What the simulator saw for an account.
+pub async fn observed(p: &RunningProxy, jid: &Jid) -> serde_json::Value {
+    get_json(&format!("{}/admin/accounts/{}/connections", targets(p).sim_url, jid)).await
+}
+
+/// Polls the simulator until `current` for `jid` is `want`; returns how long that took.
+pub async fn wait_current(p: &RunningProxy, jid: &Jid, want: u64, limit: Duration) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        if observed(p, jid).await["current"] == want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "current never reached {want} for {jid}: {}", observed(p, jid).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+pub fn message(to: &Jid, id: &str, enc: &[u8]) -> Node {
+    Node::new("message")
+        .attr("to", to.clone())
+        .attr("id", id)
+        .attr("type", "text")
+        .children(vec![Node::new("enc").attr("v", "2").attr("type", "msg").bytes(enc.to_vec())])
+}
+
+pub fn ack_for(stanza: &Node) -> Node {
+    let mut ack = Node::new("ack").attr("class", stanza.tag.as_str()).attr("id", stanza.get_str("id").unwrap());
+    if let Some(from) = stanza.get("from") {
+        ack = ack.attr("to", from.clone());
+    }
+    ack
+}
+
+/// The value of a metric line (first match) from the proxy's /metrics.
+pub async fn metric(p: &RunningProxy, prefix: &str) -> f64 {
+    let (_, text) = get_text(&format!("http://{}/metrics", p.admin_addr)).await;
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,40 @@
+//! One Noise-authenticated chatd session per online client.
+//!
+//! The edge terminates the Partner client, checks its login and token, and hands the client's
+//! plaintext frame stream to this crate, which:
+//!
+//! - claims the account in the [`Registry`] (invariant 1: never two upstreams for one account; an
+//!   older session is cancelled and its upstream closed before the new one dials);
+//! - logs in upstream ([`upstream::connect`]): TCP, a PROXY header with the client's address
+//!   (invariant 3), `WA` 6 3, WhatsApp's Noise XX with the client's static key, the certificate
+//!   chain (cached, [`CertCache`]), the client's `ClientPayload`, chatd's first stanza;
+//! - relays ([`relay::relay`]): client stanzas sealed in place toward chatd, chatd's opened toward
+//!   the client, bytes untouched (invariant 4), bounded buffers with backpressure (invariant 5),
+//!   and the lifecycle mirrored (invariant 2): client gone or idle → upstream closed at once;
+//!   chatd closed or `<stream:error>` → relayed, then the client closed;
+//! - [`run_session`] does all of it in one call.
+//!
+//! Sans-IO where it can be: [`proxy_header`] and [`stanza`] are pure functions; the async parts
+//! are thin drivers over them and the `wire` crate. `docs/session.md` documents the API, the
+//! lifecycle, every close reason, and the buffer design with its idle memory cost.
+
+pub mod cancel;
+pub mod cert_cache;
+pub mod error;
+pub mod metrics;
+pub mod proxy_header;
+pub mod registry;
+pub mod relay;
+pub mod session;
+pub mod stanza;
+pub mod upstream;
+
+pub use cancel::{CancelHandle, CancelReason};
+pub use cert_cache::{CacheOutcome, CertCache};
+pub use error::{CloseReason, SessionError};
+pub use metrics::{Direction, SessionMetrics};
+pub use proxy_header::ProxyProtocol;
+pub use registry::{Claim, Registry};
+pub use relay::{DirectionStats, EndReason, RelayConfig, RelayEnd, relay};
+pub use session::{FirstReply, SessionContext, SessionOutcome, run_session};
+pub use upstream::{Login, LoginInfo, LoginRequest, Upstream, UpstreamConfig, connect};

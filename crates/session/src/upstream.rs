@@ -1,0 +1,286 @@
+//! The upstream login: TCP to chatd, the PROXY header, `WA` 6 3, WhatsApp's Noise XX as the
+//! initiator with the client's static key, the certificate chain, the client's `ClientPayload`,
+//! and chatd's first stanza.
+//!
+//! The client's secrets stay in [`LoginRequest`]: the static key lives inside aws-lc (wiped when
+//! the last clone drops) and the `ClientPayload` (which carries the Partner JWT) is
+//! [`Zeroizing`]. Neither is logged, and `Debug` shows neither.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tracing::debug;
+use wire::cert::CertVerifier;
+use wire::decode::Decoder;
+use wire::frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN, decode_frame, encode_frame, put_header};
+use wire::noise::{Flavour, Initiator, NoiseError, RecvCipher, SendCipher, StaticKeypair, WA_CONN_HEADER};
+use zeroize::Zeroizing;
+
+use crate::cert_cache::{CacheOutcome, CertCache};
+use crate::error::SessionError;
+use crate::proxy_header::{self, ProxyProtocol};
+use crate::stanza::StanzaKind;
+
+/// How to reach and trust chatd.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// chatd's chat listener.
+    pub addr: SocketAddr,
+    /// Limit for the TCP connect.
+    pub connect_timeout: Duration,
+    /// Limit for everything after the TCP connect: headers, Noise XX, login, first stanza.
+    pub handshake_timeout: Duration,
+    /// The PROXY header to send first (v1 by default).
+    pub proxy_protocol: ProxyProtocol,
+    /// The root key chatd's certificate chain must chain to:
+    /// [`wire::cert::WHATSAPP_ROOT_PUBLIC_KEY`] against WhatsApp, the simulator's own otherwise.
+    pub root_public_key: [u8; 32],
+    /// Largest frame body accepted from chatd during the handshake (at most
+    /// [`MAX_FRAME_LEN`]).
+    pub max_frame_len: usize,
+    /// Verified certificate chains; clones of the config share it.
+    pub cert_cache: CertCache,
+}
+
+impl UpstreamConfig {
+    /// chatd at `addr`, trusting `root_public_key`, with the defaults: 5 s connect, 10 s
+    /// handshake, PROXY v1, frames up to the protocol maximum.
+    pub fn new(addr: SocketAddr, root_public_key: [u8; 32]) -> Self {
+        UpstreamConfig {
+            addr,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            proxy_protocol: ProxyProtocol::V1,
+            root_public_key,
+            max_frame_len: MAX_FRAME_LEN,
+            cert_cache: CertCache::new(),
+        }
+    }
+
+    /// Checks the values `connect` relies on.
+    pub fn validate(&self) -> Result<(), SessionError> {
+        let bad = |key, message: &str| Err(SessionError::Config { key, message: message.into() });
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout", "must be above zero");
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake_timeout", "must be above zero");
+        }
+        if !(1024..=MAX_FRAME_LEN).contains(&self.max_frame_len) {
+            return bad("max_frame_len", "must be between 1024 and 16777215 bytes");
+        }
+        Ok(())
+    }
+}
+
+/// One client's login, as the edge verified it.
+pub struct LoginRequest {
+    /// The account's interop JID, text form (`1-10853634039893@interop`).
+    pub account: String,
+    /// The client's chat static (Noise) keypair.
+    pub static_key: StaticKeypair,
+    /// The encoded `ClientPayload` the client wants sent; it holds the Partner JWT.
+    pub client_payload: Zeroizing<Vec<u8>>,
+    /// Where the client connected from: the PROXY header's source.
+    pub client_addr: SocketAddr,
+    /// The proxy's edge address the client connected to: the PROXY header's destination.
+    pub local_addr: SocketAddr,
+}
+
+impl fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("account", &self.account)
+            .field("static_key", &self.static_key)
+            .field("client_payload_len", &self.client_payload.len())
+            .field("client_addr", &self.client_addr)
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+/// Facts about a completed upstream login.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginInfo {
+    /// Whether the certificate chain check was answered from the cache.
+    pub cert_cache: CacheOutcome,
+    /// TCP connect to chatd's first stanza.
+    pub elapsed: Duration,
+}
+
+/// chatd's answer to a login.
+// Returned once per login and taken apart at once: boxing the upstream would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Login {
+    /// `<success>`: the session is live. `first_payload` is that stanza's plaintext payload (flags
+    /// byte + node) for the client; more stanzas may already be buffered inside `upstream`.
+    Accepted { first_payload: Bytes, upstream: Upstream, info: LoginInfo },
+    /// Anything else (`<failure reason=...>`, a `<stream:error>`): send `first_payload` to the
+    /// client and close. The upstream connection is already closed.
+    Rejected { first_payload: Bytes, info: LoginInfo },
+}
+
+/// A logged-in chatd connection, ready for [`crate::relay::relay`].
+pub struct Upstream {
+    pub(crate) stream: TcpStream,
+    pub(crate) send: SendCipher,
+    pub(crate) recv: RecvCipher,
+    /// Sealed bytes chatd sent after the first stanza, read during the login.
+    pub(crate) sealed_leftover: BytesMut,
+    /// Plaintext frames queued for the client ahead of everything relayed.
+    pub(crate) to_client: BytesMut,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .field("send", &self.send)
+            .field("recv", &self.recv)
+            .field("sealed_leftover", &self.sealed_leftover.len())
+            .field("to_client", &self.to_client.len())
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// chatd's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The proxy's side of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Queues a plaintext stanza payload for the client, ahead of anything the relay forwards
+    /// (typically chatd's `<success>`), so it is written with the relay's buffering and
+    /// backpressure. Refused above the frame limit.
+    pub fn queue_to_client(&mut self, payload: &[u8]) -> Result<(), SessionError> {
+        put_header(payload.len(), MAX_FRAME_LEN, &mut self.to_client)
+            .map_err(|_| SessionError::UpstreamFrameTooLarge { len: payload.len(), max: MAX_FRAME_LEN })?;
+        self.to_client.extend_from_slice(payload);
+        Ok(())
+    }
+}
+
+/// Connects to chatd and logs the client in (see the module docs).
+///
+/// The TCP connect is bounded by `connect_timeout`, everything after it by `handshake_timeout`.
+/// Dropping the future closes the connection.
+pub async fn connect(cfg: &UpstreamConfig, req: LoginRequest) -> Result<Login, SessionError> {
+    cfg.validate()?;
+    let started = Instant::now();
+    let stream = tokio::time::timeout(cfg.connect_timeout, dial(cfg.addr))
+        .await
+        .map_err(|_| SessionError::ConnectTimeout { addr: cfg.addr, after: cfg.connect_timeout })??;
+    let login = tokio::time::timeout(cfg.handshake_timeout, handshake(cfg, stream, &req, started))
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout(cfg.handshake_timeout))?;
+    // `req` (key and payload) is dropped and wiped here, whatever the outcome.
+    drop(req);
+    login
+}
+
+async fn dial(addr: SocketAddr) -> Result<TcpStream, SessionError> {
+    let err = |source| SessionError::Connect { addr, source };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    // Dead-peer detection below chatd's own idle rule; failure to set it is not fatal.
+    let _ = socket.set_keepalive(true);
+    let stream = socket.connect(addr).await.map_err(err)?;
+    stream.set_nodelay(true).map_err(err)?;
+    Ok(stream)
+}
+
+async fn handshake(
+    cfg: &UpstreamConfig,
+    mut stream: TcpStream,
+    req: &LoginRequest,
+    started: Instant,
+) -> Result<Login, SessionError> {
+    let (peer, local) =
+        (stream.peer_addr().map_err(SessionError::UpstreamIo)?, stream.local_addr().map_err(SessionError::UpstreamIo)?);
+    let mut initiator = Initiator::new(req.static_key.clone(), Flavour::WhatsApp).map_err(SessionError::Handshake)?;
+
+    // PROXY header, `WA` header and ClientHello leave in one write.
+    let mut out = Vec::with_capacity(256);
+    proxy_header::write(cfg.proxy_protocol, req.client_addr, req.local_addr, &mut out)
+        .map_err(SessionError::ProxyHeader)?;
+    out.extend_from_slice(&WA_CONN_HEADER);
+    frame_into(&initiator.client_hello().map_err(SessionError::Handshake)?, &mut out)?;
+    stream.write_all(&out).await.map_err(SessionError::UpstreamIo)?;
+
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let server_hello = read_frame(&mut stream, &mut rbuf, cfg.max_frame_len).await?;
+    let info = initiator.read_server_hello(&server_hello).map_err(SessionError::Handshake)?;
+    let verifier = CertVerifier::new(cfg.root_public_key);
+    // On a chain error we return here, so the (unverified) initiator is never finished.
+    let (_, cert_cache) = cfg
+        .cert_cache
+        .verify(&verifier, &info.cert_chain, &info.server_static, unix_now())
+        .map_err(|e| SessionError::Handshake(NoiseError::Cert(e)))?;
+
+    let (finish, transport) = initiator.client_finish(&req.client_payload).map_err(SessionError::Handshake)?;
+    out.clear();
+    frame_into(&finish, &mut out)?;
+    stream.write_all(&out).await.map_err(SessionError::UpstreamIo)?;
+
+    let (send, mut recv) = transport.split();
+    let mut first = read_frame(&mut stream, &mut rbuf, cfg.max_frame_len).await?;
+    let first_payload = Bytes::copy_from_slice(recv.open(&mut first).map_err(SessionError::Open)?);
+    let kind = match Decoder::default().decode_payload(&first_payload) {
+        Ok(node) if node.tag() == "success" => StanzaKind::Success,
+        Ok(_) => StanzaKind::Failure,
+        Err(e) => return Err(SessionError::FirstStanza(e)),
+    };
+    let info = LoginInfo { cert_cache, elapsed: started.elapsed() };
+    debug!(account = %req.account, %peer, ?kind, elapsed = ?info.elapsed, "upstream login answered");
+    if kind != StanzaKind::Success {
+        return Ok(Login::Rejected { first_payload, info });
+    }
+    let upstream = Upstream { stream, send, recv, sealed_leftover: rbuf, to_client: BytesMut::new(), peer, local };
+    Ok(Login::Accepted { first_payload, upstream, info })
+}
+
+fn frame_into(body: &[u8], out: &mut Vec<u8>) -> Result<(), SessionError> {
+    encode_frame(body, out).map_err(|e| match e {
+        FrameError::TooLarge { len, max } => SessionError::UpstreamFrameTooLarge { len, max },
+        FrameError::Truncated { .. } => SessionError::UpstreamClosedInHandshake,
+        FrameError::Io(e) => SessionError::UpstreamIo(e),
+    })
+}
+
+/// Reads one whole frame body; bytes after it stay in `rbuf`.
+async fn read_frame(stream: &mut TcpStream, rbuf: &mut BytesMut, max: usize) -> Result<BytesMut, SessionError> {
+    loop {
+        match decode_frame(rbuf, max) {
+            Ok(Some((body, _))) => {
+                let len = body.len();
+                rbuf.advance(HEADER_LEN);
+                return Ok(rbuf.split_to(len));
+            }
+            Ok(None) => {}
+            Err(FrameError::TooLarge { len, max }) => return Err(SessionError::UpstreamFrameTooLarge { len, max }),
+            Err(_) => return Err(SessionError::UpstreamClosedInHandshake),
+        }
+        // The header is checked against `max` above, so this reserve is bounded.
+        let need = wire::frame::peek_len(rbuf).map_or(HEADER_LEN, |len| HEADER_LEN + len).saturating_sub(rbuf.len());
+        rbuf.reserve(need.max(1024));
+        if stream.read_buf(rbuf).await.map_err(SessionError::UpstreamIo)? == 0 {
+            return Err(SessionError::UpstreamClosedInHandshake);
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

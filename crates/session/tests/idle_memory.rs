@@ -1,0 +1,77 @@
+//! What an idle session costs in heap, measured with glibc's `mallinfo2` (its own test binary, so
+//! nothing else allocates meanwhile; aws-lc allocates its cipher contexts with C `malloc`, which a
+//! Rust allocator hook would not see). The relay's own state is measured in `sessions.rs`
+//! (`idle_sessions_hold_no_relay_buffers`); this adds the parts that live on the heap outside it.
+
+use wire::cert::{CertIssuer, ChainParams};
+use wire::noise::{Flavour, Initiator, RecvCipher, Responder, SendCipher, StaticKeypair};
+
+/// glibc's `struct mallinfo2`: every field is a `size_t`.
+#[repr(C)]
+#[derive(Default)]
+struct MallInfo2 {
+    arena: usize,
+    ordblks: usize,
+    smblks: usize,
+    hblks: usize,
+    hblkhd: usize,
+    usmblks: usize,
+    fsmblks: usize,
+    uordblks: usize,
+    fordblks: usize,
+    keepcost: usize,
+}
+
+unsafe extern "C" {
+    fn mallinfo2() -> MallInfo2;
+}
+
+/// Bytes allocated through malloc now (Rust's allocator and aws-lc's both end up there).
+fn live() -> isize {
+    // SAFETY: mallinfo2 takes no arguments and only reads allocator statistics.
+    let info = unsafe { mallinfo2() };
+    (info.uordblks + info.hblkhd) as isize
+}
+
+fn ciphers(issuer: &CertIssuer) -> (SendCipher, RecvCipher) {
+    let server = StaticKeypair::generate().unwrap();
+    let chain = issuer.issue(&server.public(), &ChainParams::new(1, 2, 0, u64::MAX)).unwrap();
+    let mut i = Initiator::new(StaticKeypair::generate().unwrap(), Flavour::WhatsApp).unwrap();
+    let mut r = Responder::new(server, chain, Flavour::WhatsApp).unwrap();
+    r.read_client_hello(&i.client_hello().unwrap()).unwrap();
+    i.read_server_hello(&r.server_hello().unwrap()).unwrap();
+    let (finish, transport) = i.client_finish(b"payload").unwrap();
+    drop(r.read_client_finish(&finish).unwrap());
+    transport.split()
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn an_idle_sessions_heap_beyond_the_relay_state() {
+    let issuer = CertIssuer::generate().unwrap();
+    drop(ciphers(&issuer));
+    let n = 200;
+    let before = live();
+    let held: Vec<_> = (0..n).map(|_| ciphers(&issuer)).collect();
+    let inline_size = std::mem::size_of::<(SendCipher, RecvCipher)>();
+    let per_pair = (live() - before) as usize / n - inline_size;
+    drop(held);
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let before = live();
+    let timers: Vec<_> = rt
+        .block_on(async { (0..n).map(|_| Box::pin(tokio::time::sleep(std::time::Duration::from_secs(60)))).collect() });
+    let per_timer = (live() - before) as usize / n;
+    drop(timers);
+
+    let before = live();
+    let handles: Vec<_> = (0..n).map(|_| session::CancelHandle::new()).collect();
+    let per_handle = (live() - before) as usize / n;
+    drop(handles);
+
+    println!(
+        "idle session heap outside the relay state: ciphers {per_pair} B on the heap + {inline_size} B inline \
+         (both directions), idle timer {per_timer} B, cancel handle {per_handle} B"
+    );
+    assert!(per_pair > 0 && per_pair < 4096, "{per_pair}");
+}
