@@ -7,6 +7,8 @@
 //! | `waproxy_upstream_connections` | gauge | | chatd connections owned by running relays |
 //! | `waproxy_upstream_logins_total` | counter | `result` (`accepted`, `rejected`, `failed`) | upstream logins by chatd's answer |
 //! | `waproxy_upstream_login_duration_seconds` | histogram | | TCP connect to chatd's first stanza |
+//! | `waproxy_upstream_connect_duration_seconds` | histogram | | the TCP connect to chatd alone |
+//! | `waproxy_upstream_handshake_duration_seconds` | histogram | | connection header, Noise XX and certificate check, to the ClientFinish written |
 //! | `waproxy_upstream_cert_cache_total` | counter | `result` (`hit`, `miss`) | certificate chain checks answered from the cache or not |
 //! | `waproxy_relay_frames_total` | counter | `direction` (`to_upstream`, `to_client`) | stanzas relayed |
 //! | `waproxy_relay_payload_bytes_total` | counter | `direction` | plaintext stanza payload bytes relayed (no frame headers, no tags) |
@@ -82,6 +84,8 @@ pub struct SessionMetrics {
     pub upstream_connections: IntGauge,
     pub upstream_logins: IntCounterVec,
     pub upstream_login_duration: Histogram,
+    pub upstream_connect_duration: Histogram,
+    pub upstream_handshake_duration: Histogram,
     pub cert_cache: IntCounterVec,
     pub relay_frames: IntCounterVec,
     pub relay_bytes: IntCounterVec,
@@ -166,6 +170,17 @@ impl SessionMetrics {
                 )
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             )?,
+            upstream_connect_duration: Histogram::with_opts(
+                HistogramOpts::new("waproxy_upstream_connect_duration_seconds", "Time to establish the TCP connection to chatd.")
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            )?,
+            upstream_handshake_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "waproxy_upstream_handshake_duration_seconds",
+                    "Time from the TCP connection to the Noise handshake's last message written.",
+                )
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            )?,
             cert_cache,
             relay_frames,
             relay_bytes,
@@ -191,6 +206,8 @@ impl SessionMetrics {
         registry.register(Box::new(m.upstream_connections.clone()))?;
         registry.register(Box::new(m.upstream_logins.clone()))?;
         registry.register(Box::new(m.upstream_login_duration.clone()))?;
+        registry.register(Box::new(m.upstream_connect_duration.clone()))?;
+        registry.register(Box::new(m.upstream_handshake_duration.clone()))?;
         registry.register(Box::new(m.cert_cache.clone()))?;
         registry.register(Box::new(m.relay_frames.clone()))?;
         registry.register(Box::new(m.relay_bytes.clone()))?;

@@ -14,7 +14,7 @@ use crate::metrics::{LoginResult, SessionMetrics};
 use crate::registry::Registry;
 use crate::relay::{RelayConfig, RelayEnd, relay};
 use crate::stanza;
-use crate::upstream::{Login, LoginRequest, UpstreamConfig, connect};
+use crate::upstream::{Login, LoginInfo, LoginRequest, UpstreamConfig, connect};
 
 /// What every session of a proxy shares. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ where
 
     match attempt {
         Ok(Login::Accepted { first_payload, mut upstream, info }) => {
-            count_login(metrics, LoginResult::Accepted, info.elapsed, info.cert_cache);
+            count_login(metrics, LoginResult::Accepted, &info);
             if let Err(error) = upstream.queue_to_client(&first_payload) {
                 drop(upstream);
                 return refuse(&mut client, Some(&claim), error, metrics, linger, session_id).await;
@@ -120,7 +120,7 @@ where
             SessionOutcome { first: FirstReply::Accepted(first_payload), relay: Some(end), reason, session_id }
         }
         Ok(Login::Rejected { first_payload, info }) => {
-            count_login(metrics, LoginResult::Rejected, info.elapsed, info.cert_cache);
+            count_login(metrics, LoginResult::Rejected, &info);
             drop(claim);
             let _ = send_and_close(&mut client, &first_payload, linger).await;
             metrics.closed(CloseReason::LoginRejected);
@@ -213,10 +213,12 @@ async fn watch_client<C: AsyncRead + Unpin>(client: &mut C, kept: &mut BytesMut,
     }
 }
 
-fn count_login(metrics: &SessionMetrics, result: LoginResult, elapsed: Duration, cache: CacheOutcome) {
+fn count_login(metrics: &SessionMetrics, result: LoginResult, info: &LoginInfo) {
     metrics.upstream_logins.with_label_values(&[result.as_str()]).inc();
-    metrics.upstream_login_duration.observe(elapsed.as_secs_f64());
-    let label = match cache {
+    metrics.upstream_login_duration.observe(info.elapsed.as_secs_f64());
+    metrics.upstream_connect_duration.observe(info.connect.as_secs_f64());
+    metrics.upstream_handshake_duration.observe(info.handshake.as_secs_f64());
+    let label = match info.cert_cache {
         CacheOutcome::Hit => "hit",
         CacheOutcome::Miss => "miss",
     };

@@ -110,6 +110,11 @@ pub struct LoginInfo {
     pub cert_cache: CacheOutcome,
     /// TCP connect to chatd's first stanza.
     pub elapsed: Duration,
+    /// The TCP connect alone.
+    pub connect: Duration,
+    /// The handshake alone: connection header, Noise XX and certificate check, up to the
+    /// ClientFinish written (chatd's login decision comes after).
+    pub handshake: Duration,
 }
 
 /// chatd's answer to a login.
@@ -183,7 +188,8 @@ pub async fn connect(cfg: &UpstreamConfig, req: LoginRequest) -> Result<Login, S
     let stream = tokio::time::timeout(cfg.connect_timeout, dial(cfg.addr))
         .await
         .map_err(|_| SessionError::ConnectTimeout { addr: cfg.addr, after: cfg.connect_timeout })??;
-    let login = tokio::time::timeout(cfg.handshake_timeout, handshake(cfg, stream, &req, started))
+    let connected = Instant::now();
+    let login = tokio::time::timeout(cfg.handshake_timeout, handshake(cfg, stream, &req, started, connected))
         .await
         .map_err(|_| SessionError::HandshakeTimeout(cfg.handshake_timeout))?;
     // `req` (key and payload) is dropped and wiped here, whatever the outcome.
@@ -206,6 +212,7 @@ async fn handshake(
     mut stream: TcpStream,
     req: &LoginRequest,
     started: Instant,
+    connected: Instant,
 ) -> Result<Login, SessionError> {
     let (peer, local) =
         (stream.peer_addr().map_err(SessionError::UpstreamIo)?, stream.local_addr().map_err(SessionError::UpstreamIo)?);
@@ -233,6 +240,7 @@ async fn handshake(
     out.clear();
     frame_into(&finish, &mut out)?;
     stream.write_all(&out).await.map_err(SessionError::UpstreamIo)?;
+    let handshake = connected.elapsed();
 
     let (send, mut recv) = transport.split();
     let mut first = read_frame(&mut stream, &mut rbuf, cfg.max_frame_len).await?;
@@ -242,7 +250,7 @@ async fn handshake(
         Ok(_) => StanzaKind::Failure,
         Err(e) => return Err(SessionError::FirstStanza(e)),
     };
-    let info = LoginInfo { cert_cache, elapsed: started.elapsed() };
+    let info = LoginInfo { cert_cache, elapsed: started.elapsed(), connect: connected - started, handshake };
     debug!(account = %req.account, %peer, ?kind, elapsed = ?info.elapsed, "upstream login answered");
     if kind != StanzaKind::Success {
         return Ok(Login::Rejected { first_payload, info });
