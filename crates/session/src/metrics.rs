@@ -171,8 +171,11 @@ impl SessionMetrics {
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             )?,
             upstream_connect_duration: Histogram::with_opts(
-                HistogramOpts::new("waproxy_upstream_connect_duration_seconds", "Time to establish the TCP connection to chatd.")
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                HistogramOpts::new(
+                    "waproxy_upstream_connect_duration_seconds",
+                    "Time to establish the TCP connection to chatd.",
+                )
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             )?,
             upstream_handshake_duration: Histogram::with_opts(
                 HistogramOpts::new(
