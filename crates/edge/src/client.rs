@@ -28,7 +28,8 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
-/// One client connection to the edge, over any byte stream (TCP, TLS).
+/// One client connection to the edge, over any byte stream (TCP, TLS, WebSocket via
+/// [`crate::ws::WsStream`]).
 pub struct EdgeClient<S> {
     stream: S,
     buf: BytesMut,
@@ -59,6 +60,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> EdgeClient<S> {
         let mut out = Vec::with_capacity(payload.len() + 3);
         wire::frame::encode_frame(payload, &mut out)?;
         self.stream.write_all(&out).await?;
+        // Buffered transports (TLS, WebSocket) send only on flush.
+        self.stream.flush().await?;
         Ok(())
     }
 

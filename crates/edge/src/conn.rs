@@ -5,17 +5,22 @@
 //! account. Only then is the account claimed (closing any older session of the same account and
 //! waiting for its upstream to be gone) and chatd dialled.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use session::{FirstReply, LoginRequest, SessionContext, UpstreamConfig, run_session, stanza};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::Authenticator;
+use crate::cidr::Cidr;
+use crate::limits::{LimitGuard, Limiter, RateLimiter, jitter, retry_after};
 use crate::login;
 use crate::metrics::{EdgeMetrics, LoginResult};
 
@@ -29,9 +34,26 @@ pub struct EdgeContext {
     pub metrics: EdgeMetrics,
     pub login_timeout: Duration,
     pub max_frame_size: usize,
-    /// One permit per session: at the limit, new logins are shed with 429.
-    pub session_slots: Arc<Semaphore>,
+    /// One slot per session: at `limits.max_sessions`, new logins are shed with 429.
+    pub session_slots: Limiter,
+    /// One slot per login whose chatd handshake has not answered yet: beyond
+    /// `limits.max_concurrent_handshakes`, new logins are shed with 429.
+    pub handshake_slots: Limiter,
+    /// New connections per second per source IP (`limits.per_ip_connections_per_sec`).
+    pub rate_limit: RateLimiter,
+    /// How long a close may take once one side is done (`edge.fin_timeout_secs`).
+    pub fin_timeout: Duration,
+    /// TCP keepalive idle time on client sockets (`edge.tcp_keepalive_secs`); `None` = off.
+    pub tcp_keepalive: Option<Duration>,
+    /// `Some`: the plain TCP listener requires a PROXY header, from these sources only.
+    pub proxy_protocol_trusted: Option<Vec<Cidr>>,
+    /// Cancelled when draining starts: the listeners stop accepting and close their sockets.
+    pub stop_accepting: CancellationToken,
 }
+
+/// Retry hint bases in seconds (the hint is `base..=2*base`, see [`retry_after`]).
+const RETRY_SESSIONS_FULL: u32 = 10;
+const RETRY_HANDSHAKES_FULL: u32 = 2;
 
 /// Largest login frame: a key, a payload of at most [`login::MAX_PAYLOAD_LEN`] and framing. Junk
 /// before the login (an HTTP request, TLS on the plain port) reads as a far larger length and is
@@ -42,7 +64,8 @@ pub const LOGIN_FRAME_MAX: usize = 64 * 1024;
 enum Refusal {
     Timeout,
     BadLogin,
-    Overloaded,
+    /// Shed; the client may retry after this many seconds.
+    Overloaded(u32),
     Draining,
     Unauthorized,
     UpstreamUnavailable,
@@ -53,7 +76,7 @@ impl Refusal {
         match self {
             Refusal::Timeout => LoginResult::Timeout,
             Refusal::BadLogin => LoginResult::BadLogin,
-            Refusal::Overloaded => LoginResult::Overloaded,
+            Refusal::Overloaded(_) => LoginResult::Overloaded,
             Refusal::Draining => LoginResult::Draining,
             Refusal::Unauthorized => LoginResult::Unauthorized,
             Refusal::UpstreamUnavailable => LoginResult::UpstreamUnavailable,
@@ -65,11 +88,82 @@ impl Refusal {
         match self {
             Refusal::Timeout => stanza::failure("408"),
             Refusal::BadLogin => stanza::failure("400"),
-            Refusal::Overloaded => stanza::failure("429"),
+            Refusal::Overloaded(secs) => overloaded(*secs),
             Refusal::Draining => stanza::draining(),
             Refusal::Unauthorized => stanza::failure("401"),
             Refusal::UpstreamUnavailable => stanza::failure("503"),
         }
+    }
+}
+
+/// `<failure reason="429" retry_after="N"/>`: shed; retry after N seconds (with backoff, possibly
+/// elsewhere).
+pub fn overloaded(retry_after_secs: u32) -> Bytes {
+    let node = wire::Node::new("failure").attr("reason", "429").attr("retry_after", retry_after_secs.to_string());
+    wire::encode::encode(&node).map(Bytes::from).unwrap_or_else(|_| stanza::failure("429"))
+}
+
+/// Writes `payload` as one frame and closes, all within `linger`; then reads and discards what
+/// the client still sends (at most 64 KiB, within `linger`), so that the close is a FIN and the
+/// refusal is not lost to a reset.
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, payload: &[u8], linger: Duration) {
+    let _ = tokio::time::timeout(linger, async {
+        write_payload(stream, payload).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
+/// A client stream that gives its handshake slot back at the first byte written to the client:
+/// chatd's answer (or the proxy's refusal) is the end of the handshake.
+struct HandshakeSlot<S> {
+    inner: S,
+    slot: Option<LimitGuard>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for HandshakeSlot<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HandshakeSlot<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        self.slot = None;
+        Poll::Ready(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
+        self.slot = None;
+        Poll::Ready(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.slot = None;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -104,12 +198,34 @@ async fn write_payload<S: AsyncWrite + Unpin>(stream: &mut S, payload: &[u8]) ->
 }
 
 /// Serves one client connection to its end.
-pub async fn serve_client<S>(ctx: Arc<EdgeContext>, mut stream: S, peer: SocketAddr, local: SocketAddr)
+pub async fn serve_client<S>(ctx: Arc<EdgeContext>, stream: S, peer: SocketAddr, local: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    serve_client_with(ctx, stream, peer, local, BytesMut::with_capacity(1024)).await
+}
+
+/// Serves one client connection whose first bytes (after a PROXY header) are already in `buf`.
+/// `peer` is the client's address as trusted by the listener (the PROXY header's or a trusted
+/// `X-Forwarded-For`'s source, else the TCP peer).
+pub async fn serve_client_with<S>(
+    ctx: Arc<EdgeContext>,
+    mut stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    buf: BytesMut,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let started = Instant::now();
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = buf;
+    if let Err(wait) = ctx.rate_limit.check(peer.ip()) {
+        ctx.metrics.connections_rate_limited.inc();
+        let secs = (wait.as_secs_f64().ceil() as u32).max(1) + jitter(2);
+        debug!(%peer, retry_after = secs, "connection rate limit for this source");
+        refuse(&mut stream, &overloaded(secs), ctx.fin_timeout).await;
+        return;
+    }
     let outcome = async {
         let frame = match tokio::time::timeout(
             ctx.login_timeout,
@@ -129,24 +245,33 @@ where
             debug!(%peer, error = %e, "bad login frame");
             Refusal::BadLogin
         })?;
-        let permit = Arc::clone(&ctx.session_slots).try_acquire_owned().map_err(|_| Refusal::Overloaded)?;
+        let permit =
+            ctx.session_slots.try_acquire().ok_or_else(|| Refusal::Overloaded(retry_after(RETRY_SESSIONS_FULL)))?;
         if let Err(e) = ctx.auth.check(&login).await {
             info!(%peer, account = %login.account, error = %e, "login refused before any upstream");
             return Err(Refusal::Unauthorized);
         }
-        Ok(Some((login, permit)))
+        // Only logins that passed every check compete for a handshake slot.
+        let handshake =
+            ctx.handshake_slots.try_acquire().ok_or_else(|| Refusal::Overloaded(retry_after(RETRY_HANDSHAKES_FULL)))?;
+        Ok(Some((login, permit, handshake)))
     }
     .await;
-    let (login, _permit) = match outcome {
+    let (login, _permit, handshake) = match outcome {
         Ok(Some(l)) => l,
         Ok(None) => return,
         Err(refusal) => {
             ctx.metrics.login(refusal.result());
-            let _ = write_payload(&mut stream, &refusal.stanza()).await;
-            let _ = stream.shutdown().await;
+            let payload = refusal.stanza();
+            let _ = tokio::time::timeout(ctx.fin_timeout, async {
+                write_payload(&mut stream, &payload).await?;
+                stream.shutdown().await
+            })
+            .await;
             return;
         }
     };
+    let mut stream = HandshakeSlot { inner: stream, slot: Some(handshake) };
 
     ctx.metrics.login_check_duration.observe(started.elapsed().as_secs_f64());
 
@@ -157,7 +282,8 @@ where
         None => {
             warn!(upstream = %ctx.upstream_host, "cannot resolve chatd");
             ctx.metrics.login(LoginResult::UpstreamUnavailable);
-            let _ = write_payload(&mut stream, &Refusal::UpstreamUnavailable.stanza()).await;
+            let payload = Refusal::UpstreamUnavailable.stanza();
+            let _ = tokio::time::timeout(ctx.fin_timeout, write_payload(&mut stream, &payload)).await;
             return;
         }
     };

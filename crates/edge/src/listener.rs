@@ -1,14 +1,22 @@
-//! Accept loops for the edge's listeners.
+//! Accept loops for the edge's listeners: plain TCP (optionally requiring a PROXY header from
+//! trusted sources), TLS and WebSocket. Each loop ends, closing its socket, when
+//! [`EdgeContext::stop_accepting`] is cancelled (draining) or its task is dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, warn};
 
-use crate::conn::{EdgeContext, serve_client};
+use crate::cidr::any_contains;
+use crate::conn::{EdgeContext, serve_client, serve_client_with};
+use crate::proxy_header::{self, HeaderRefusal};
+use crate::ws::{WsOptions, WsStream, client_addr};
 
 /// Binds a listener with a deep backlog: reconnect storms arrive as bursts of SYNs, and the
 /// default of 128 drops them into 1 s SYN retransmits.
@@ -19,43 +27,136 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// The next connection, with TCP_NODELAY set and counted for `listener`. Accept errors (EMFILE
-/// when out of descriptors, for one) back off instead of spinning.
-async fn accept(listener: &TcpListener, ctx: &EdgeContext, kind: &str) -> (TcpStream, SocketAddr, SocketAddr) {
+/// TCP_NODELAY, and keepalive probes after `idle` without traffic (then every `idle / 6`, at
+/// least 1 s), so dead clients behind silent NATs are found even between application pings.
+pub fn tune_socket(stream: &TcpStream, keepalive: Option<Duration>) {
+    let _ = stream.set_nodelay(true);
+    if let Some(idle) = keepalive {
+        let ka = socket2::TcpKeepalive::new().with_time(idle).with_interval((idle / 6).max(Duration::from_secs(1)));
+        if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+            debug!(error = %e, "cannot set TCP keepalive");
+        }
+    }
+}
+
+/// The next connection, tuned and counted for `kind` (when given); `None` once the edge stops
+/// accepting. Accept errors (EMFILE when out of descriptors, for one) back off instead of spinning.
+async fn accept(
+    listener: &TcpListener,
+    ctx: &EdgeContext,
+    kind: Option<&str>,
+) -> Option<(TcpStream, SocketAddr, SocketAddr)> {
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = ctx.stop_accepting.cancelled() => return None,
+            r = listener.accept() => r,
+        };
+        match accepted {
             Ok((stream, peer)) => {
-                ctx.metrics.connections.with_label_values(&[kind]).inc();
-                let _ = stream.set_nodelay(true);
+                if let Some(kind) = kind {
+                    ctx.metrics.connections.with_label_values(&[kind]).inc();
+                }
+                tune_socket(&stream, ctx.tcp_keepalive);
                 let local = stream.local_addr().unwrap_or(peer);
-                return (stream, peer, local);
+                return Some((stream, peer, local));
             }
             Err(e) => {
                 warn!(error = %e, "accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    _ = ctx.stop_accepting.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
             }
         }
     }
 }
 
-/// Serves plain TCP clients until the task is dropped.
+/// Serves plain TCP clients until the edge stops accepting or the task is dropped. With
+/// `proxy_protocol_trusted` set, every connection must come from a trusted source and start with
+/// a PROXY v1 or v2 header (read within the login timeout), whose source address becomes the
+/// client's; anything else is closed and counted in `waproxy_proxy_protocol_refused_total`.
 pub async fn serve_tcp(listener: TcpListener, ctx: Arc<EdgeContext>) {
-    loop {
-        let (stream, peer, local) = accept(&listener, &ctx, "tcp").await;
-        tokio::spawn(serve_client(Arc::clone(&ctx), stream, peer, local));
+    while let Some((mut stream, peer, local)) = accept(&listener, &ctx, Some("tcp")).await {
+        let ctx = Arc::clone(&ctx);
+        let Some(trusted) = &ctx.proxy_protocol_trusted else {
+            tokio::spawn(serve_client(ctx, stream, peer, local));
+            continue;
+        };
+        if !any_contains(trusted, peer.ip()) {
+            ctx.metrics.proxy_protocol_refused.with_label_values(&["untrusted"]).inc();
+            debug!(%peer, "PROXY header required and the peer is not trusted; closing");
+            drop(stream);
+            continue;
+        }
+        tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            let refused = match tokio::time::timeout(ctx.login_timeout, proxy_header::read(&mut stream, &mut buf)).await
+            {
+                Ok(Ok(source)) => {
+                    let client = source.unwrap_or(peer);
+                    return serve_client_with(Arc::clone(&ctx), stream, client, local, buf).await;
+                }
+                Ok(Err(HeaderRefusal::Invalid)) => "invalid",
+                Ok(Err(HeaderRefusal::Closed)) => "closed",
+                Err(_) => "timeout",
+            };
+            ctx.metrics.proxy_protocol_refused.with_label_values(&[refused]).inc();
+            debug!(%peer, reason = refused, "no valid PROXY header; closing");
+        });
     }
 }
 
-/// Serves TLS clients until the task is dropped. The TLS handshake shares the login deadline.
+/// Serves TLS clients until the edge stops accepting or the task is dropped. The TLS handshake
+/// shares the login deadline.
 pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<EdgeContext>) {
-    loop {
-        let (stream, peer, local) = accept(&listener, &ctx, "tls").await;
+    while let Some((stream, peer, local)) = accept(&listener, &ctx, Some("tls")).await {
         let (acceptor, ctx) = (acceptor.clone(), Arc::clone(&ctx));
         tokio::spawn(async move {
             match tokio::time::timeout(ctx.login_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => serve_client(ctx, tls, peer, local).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Serves WebSocket clients (upgrade on `options.path`, binary messages carrying the frame
+/// stream) until the edge stops accepting or the task is dropped. The upgrade shares the login
+/// deadline. Counted in `waproxy_edge_connections_total{listener="ws"}` once upgraded.
+pub async fn serve_ws(listener: TcpListener, options: WsOptions, ctx: Arc<EdgeContext>) {
+    let options = Arc::new(options);
+    while let Some((stream, peer, local)) = accept(&listener, &ctx, None).await {
+        let (options, ctx) = (Arc::clone(&options), Arc::clone(&ctx));
+        tokio::spawn(async move {
+            // One message may carry a whole frame; nothing larger is accepted.
+            let max = ctx.max_frame_size + 3;
+            let config = WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(0)
+                .max_message_size(Some(max))
+                .max_frame_size(Some(max));
+            let mut client = peer;
+            // The signature is tungstenite's header-callback contract, large error type included.
+            #[allow(clippy::result_large_err)]
+            let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+                if req.uri().path() != options.path {
+                    let mut not_found = ErrorResponse::new(Some("not found".into()));
+                    *not_found.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+                    return Err(not_found);
+                }
+                client = client_addr(peer, req.headers(), &options.trusted_forwarded);
+                Ok(resp)
+            };
+            let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
+            match tokio::time::timeout(ctx.login_timeout, upgrade).await {
+                Ok(Ok(ws)) => {
+                    ctx.metrics.connections.with_label_values(&["ws"]).inc();
+                    serve_client(ctx, WsStream::new(ws), client, local).await
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket upgrade failed"),
+                Err(_) => debug!(%peer, "WebSocket upgrade timed out"),
             }
         });
     }

@@ -3,14 +3,17 @@
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `waproxy_edge_connections_total` | counter | `listener` (tcp, tls) | client connections accepted |
+//! | `waproxy_edge_connections_total` | counter | `listener` (tcp, tls, ws) | client connections accepted (a WebSocket connection counts once its upgrade succeeded) |
 //! | `waproxy_logins_total` | counter | `result` (see [`LoginResult`]) | login attempts by the edge's decision |
 //! | `waproxy_edge_login_check_duration_seconds` | histogram | | accept to the login frame parsed and the token verified: the edge's share of login latency (the session layer's `waproxy_upstream_login_duration_seconds` is the rest) |
 //! | `waproxy_jwks_refreshes_total` | counter | | successful Partner JWKS fetches |
 //! | `waproxy_jwks_refresh_failures_total` | counter | | failed Partner JWKS fetches |
 //! | `waproxy_jwks_refetches_suppressed_total` | counter | | unknown-kid refetches skipped by the rate limit |
+//! | `waproxy_handshakes_in_flight` | gauge | | logins past the edge's checks whose chatd handshake has not answered yet (bounded by `limits.max_concurrent_handshakes`) |
+//! | `waproxy_connections_rate_limited_total` | counter | | connections refused by the per-source-IP rate limit (`limits.per_ip_connections_per_sec`) with `<failure reason="429" retry_after="N"/>` |
+//! | `waproxy_proxy_protocol_refused_total` | counter | `reason` (untrusted, invalid, closed) | plain-TCP connections closed because `edge.proxy_protocol` is on and the peer is not trusted, sent no valid header, or closed before one |
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// What the edge decided about a login attempt, as the `result` label. chatd's own answer to the
 /// logins the edge forwards is the session layer's `waproxy_upstream_logins_total`.
@@ -26,7 +29,8 @@ pub enum LoginResult {
     Unauthorized,
     /// chatd's address did not resolve (503).
     UpstreamUnavailable,
-    /// The proxy is at its session limit (429).
+    /// Shed with 429 and a retry hint: the proxy is at `limits.max_sessions`, or
+    /// `limits.max_concurrent_handshakes` logins are already waiting for chatd.
     Overloaded,
     /// The proxy is draining (503, reconnect elsewhere).
     Draining,
@@ -54,6 +58,9 @@ pub struct EdgeMetrics {
     pub jwks_refreshes: IntCounter,
     pub jwks_refresh_failures: IntCounter,
     pub jwks_refetches_suppressed: IntCounter,
+    pub handshakes_in_flight: IntGauge,
+    pub connections_rate_limited: IntCounter,
+    pub proxy_protocol_refused: IntCounterVec,
 }
 
 impl EdgeMetrics {
@@ -80,6 +87,21 @@ impl EdgeMetrics {
                 "waproxy_jwks_refetches_suppressed_total",
                 "Unknown-kid JWKS refetches skipped by the rate limit.",
             )?,
+            handshakes_in_flight: IntGauge::new(
+                "waproxy_handshakes_in_flight",
+                "Logins whose chatd handshake is in progress (bounded by limits.max_concurrent_handshakes).",
+            )?,
+            connections_rate_limited: IntCounter::new(
+                "waproxy_connections_rate_limited_total",
+                "Connections refused by the per-source-IP connection rate limit.",
+            )?,
+            proxy_protocol_refused: IntCounterVec::new(
+                Opts::new(
+                    "waproxy_proxy_protocol_refused_total",
+                    "Plain-TCP connections closed for lack of a trusted PROXY protocol header.",
+                ),
+                &["reason"],
+            )?,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.logins.clone()))?;
@@ -87,6 +109,9 @@ impl EdgeMetrics {
         registry.register(Box::new(m.jwks_refreshes.clone()))?;
         registry.register(Box::new(m.jwks_refresh_failures.clone()))?;
         registry.register(Box::new(m.jwks_refetches_suppressed.clone()))?;
+        registry.register(Box::new(m.handshakes_in_flight.clone()))?;
+        registry.register(Box::new(m.connections_rate_limited.clone()))?;
+        registry.register(Box::new(m.proxy_protocol_refused.clone()))?;
         Ok(m)
     }
 

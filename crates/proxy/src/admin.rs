@@ -1,7 +1,9 @@
 //! The admin listener: `/metrics` (Prometheus text), `/livez` (the process serves), `/readyz`
-//! (ready to take clients: listeners up and not draining).
+//! (ready to take clients: listeners up and not draining), and `POST /drain` (start draining;
+//! accepted only from a loopback peer, else 403).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,7 +13,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use tokio::net::TcpListener;
-use tracing::debug;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -22,6 +25,8 @@ pub struct AdminState {
     pub draining: AtomicBool,
     /// Called before each scrape, to copy counters kept elsewhere into the registry.
     pub before_scrape: Box<dyn Fn() + Send + Sync>,
+    /// Cancelled to ask for a drain (`POST /drain`, SIGTERM); the proxy's drain task acts on it.
+    pub drain_requested: CancellationToken,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
@@ -31,8 +36,20 @@ fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) 
     r
 }
 
-fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
+        (&Method::POST, "/drain") => {
+            if !peer.ip().to_canonical().is_loopback() {
+                warn!(%peer, "POST /drain refused: not from loopback");
+                return text(StatusCode::FORBIDDEN, "drain is accepted from loopback only\n", "text/plain");
+            }
+            if !state.drain_requested.is_cancelled() {
+                info!(%peer, "drain requested over the admin listener");
+            }
+            state.drain_requested.cancel();
+            text(StatusCode::ACCEPTED, "draining\n", "text/plain")
+        }
+        (_, "/drain") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n", "text/plain"),
         (&Method::GET, "/metrics") => {
             (state.before_scrape)();
             let mut out = Vec::new();
@@ -58,14 +75,14 @@ fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>) -> Response<
 /// Serves the admin endpoints until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = handle(&state, &req);
+                let response = handle(&state, &req, peer);
                 async move { Ok::<_, Infallible>(response) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

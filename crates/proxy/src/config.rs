@@ -25,6 +25,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub drain: DrainConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +42,34 @@ pub struct EdgeConfig {
     /// Largest frame a client may send, in bytes (at most 16,777,215).
     #[serde(default = "defaults::max_frame_size")]
     pub max_frame_size: usize,
+    /// WebSocket listener: binary messages carry the frame stream.
+    pub websocket: Option<WebSocketConfig>,
+    /// Require a PROXY v1/v2 header on the plain TCP listener (`listen`), from
+    /// `proxy_protocol_trusted_cidrs` only.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Load balancers allowed to send PROXY headers.
+    #[serde(default)]
+    pub proxy_protocol_trusted_cidrs: Vec<String>,
+
+    #[serde(default = "defaults::tcp_keepalive_secs")]
+    pub tcp_keepalive_secs: u64,
+    /// Once one side of a connection is done (FIN, or a close stanza sent), the other direction
+    /// gets at most this long before the connection is closed (HAProxy's `timeout client-fin`).
+    #[serde(default = "defaults::fin_timeout_secs")]
+    pub fin_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    pub listen: SocketAddr,
+    /// The upgrade path; other paths get 404.
+    #[serde(default = "defaults::ws_path")]
+    pub path: String,
+    /// Peers (reverse proxies) whose `Forwarded` / `X-Forwarded-For` headers name the client.
+    #[serde(default)]
+    pub trusted_forwarded_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,16 +160,36 @@ impl Default for AdminConfig {
     }
 }
 
+/// Reloadable on SIGHUP.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Sessions (online clients) at once; further logins are refused with 429.
     pub max_sessions: usize,
+    /// Logins waiting for chatd's answer at once; further ones are shed with 429.
+    pub max_concurrent_handshakes: usize,
+    /// New connections per second per source IP (burst: twice this); 0 = no limit.
+    pub per_ip_connections_per_sec: u32,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_sessions: 100_000 }
+        LimitsConfig { max_sessions: 100_000, max_concurrent_handshakes: 1024, per_ip_connections_per_sec: 20 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Sessions are closed spread evenly over this many seconds.
+    pub window_secs: u64,
+    /// The process exits by this many seconds after the drain began, whatever still runs.
+    pub deadline_secs: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { window_secs: 30, deadline_secs: 45 }
     }
 }
 
@@ -172,6 +222,15 @@ mod defaults {
     pub fn jwks_min_refetch_secs() -> u64 {
         10
     }
+    pub fn tcp_keepalive_secs() -> u64 {
+        60
+    }
+    pub fn fin_timeout_secs() -> u64 {
+        1
+    }
+    pub fn ws_path() -> String {
+        "/ws/chat".into()
+    }
 }
 
 /// A configuration that cannot be used.
@@ -200,8 +259,34 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.into() });
-        if self.edge.listen.is_none() && self.edge.tls.is_none() {
-            return invalid("edge", "set edge.listen, edge.tls, or both");
+        if self.edge.listen.is_none() && self.edge.tls.is_none() && self.edge.websocket.is_none() {
+            return invalid("edge", "set edge.listen, edge.tls, edge.websocket, or several");
+        }
+        if let Err(e) = edge::cidr::parse_list(&self.edge.proxy_protocol_trusted_cidrs) {
+            return invalid("edge.proxy_protocol_trusted_cidrs", &e);
+        }
+        if self.edge.proxy_protocol && self.edge.proxy_protocol_trusted_cidrs.is_empty() {
+            return invalid("edge.proxy_protocol_trusted_cidrs", "required with edge.proxy_protocol = true");
+        }
+        if self.edge.proxy_protocol && self.edge.listen.is_none() {
+            return invalid("edge.proxy_protocol", "applies to edge.listen, which is not set");
+        }
+        if let Some(ws) = &self.edge.websocket {
+            if !ws.path.starts_with('/') {
+                return invalid("edge.websocket.path", "must start with /");
+            }
+            if let Err(e) = edge::cidr::parse_list(&ws.trusted_forwarded_cidrs) {
+                return invalid("edge.websocket.trusted_forwarded_cidrs", &e);
+            }
+        }
+        if !(1..=60).contains(&self.edge.fin_timeout_secs) {
+            return invalid("edge.fin_timeout_secs", "must be 1..=60");
+        }
+        if self.edge.tcp_keepalive_secs > 7200 {
+            return invalid("edge.tcp_keepalive_secs", "must be 0..=7200");
+        }
+        if self.drain.deadline_secs == 0 || self.drain.deadline_secs < self.drain.window_secs {
+            return invalid("drain.deadline_secs", "must be at least 1 and at least drain.window_secs");
         }
         if !(1..=wire::frame::MAX_FRAME_LEN).contains(&self.edge.max_frame_size) {
             return invalid("edge.max_frame_size", "must be 1..=16777215");
@@ -242,6 +327,9 @@ impl Config {
         if self.limits.max_sessions == 0 {
             return invalid("limits.max_sessions", "must be at least 1");
         }
+        if self.limits.max_concurrent_handshakes == 0 {
+            return invalid("limits.max_concurrent_handshakes", "must be at least 1");
+        }
         Ok(())
     }
 
@@ -262,12 +350,20 @@ impl Config {
                 tls: None,
                 login_timeout_secs: defaults::login_timeout_secs(),
                 max_frame_size: defaults::max_frame_size(),
+                websocket: None,
+                proxy_protocol: false,
+                proxy_protocol_trusted_cidrs: Vec::new(),
+                tcp_keepalive_secs: defaults::tcp_keepalive_secs(),
+                fin_timeout_secs: defaults::fin_timeout_secs(),
             },
             upstream: None,
             auth: None,
             session: SessionConfig::default(),
             admin: AdminConfig::default(),
-            limits: LimitsConfig::default(),
+            // Every client of the one-machine setup shares 127.0.0.1: no per-IP rate limit.
+            limits: LimitsConfig { per_ip_connections_per_sec: 0, ..LimitsConfig::default() },
+            // Quick to stop when trying things out; config/local.toml says the same.
+            drain: DrainConfig { window_secs: 2, deadline_secs: 5 },
         }
     }
 

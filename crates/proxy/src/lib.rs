@@ -4,6 +4,18 @@
 //! [`start`] wires the parts together: the edge (`edge` crate), the session layer (`session`
 //! crate) and the admin listener. With `embedded = true` it first starts the chatd simulator and
 //! the partner server in-process and points the proxy at them.
+//!
+//! Fleet operations: [`RunningProxy::begin_drain`] (SIGTERM, `POST /drain`) flips readiness,
+//! stops the listeners and closes sessions spread over `drain.window_secs`;
+//! [`RunningProxy::reload`] (SIGHUP) swaps the TLS certificate and applies `[limits]`.
+//!
+//! Process metrics (defined here):
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `waproxy_build_info` | gauge | `version` | always 1 |
+//! | `waproxy_draining` | gauge | | 1 from the moment a drain starts (readiness is 503), else 0 |
+//! | `waproxy_config_reloads_total` | counter | `result` (ok, error) | SIGHUP reloads; on error the old certificate and limits stay |
 
 pub mod admin;
 pub mod config;
@@ -17,12 +29,14 @@ use std::time::Duration;
 use chatd_sim::{ChatdSim, RunningSim};
 use edge::auth::{AuthConfig, Authenticator};
 use edge::conn::EdgeContext;
+use edge::limits::{Limiter, RateLimiter};
 use edge::metrics::EdgeMetrics;
+use edge::tls::ReloadableCert;
 use partner_server::{PartnerServer, RunningPartnerServer};
 use session::{ProxyProtocol, RelayConfig, SessionContext, SessionMetrics, UpstreamConfig};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::warn;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 use crate::admin::AdminState;
 use crate::config::{Config, ProxyProtocolVersion};
@@ -58,15 +72,80 @@ pub struct Embedded {
 pub struct RunningProxy {
     pub tcp_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
+    pub ws_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub context: Arc<EdgeContext>,
     pub admin: Arc<AdminState>,
     /// Present with `embedded = true`.
     pub embedded: Option<Embedded>,
+    /// The TLS edge's certificate, when there is a TLS listener.
+    pub tls_cert: Option<Arc<ReloadableCert>>,
+    pub drain_config: config::DrainConfig,
+    /// Cancelled when a drain has closed every session.
+    drained: CancellationToken,
+    reloads: prometheus::IntCounterVec,
     tasks: JoinSet<()>,
 }
 
 impl RunningProxy {
+    /// Starts draining (idempotent): `/readyz` answers 503 and `waproxy_draining` is 1 at once,
+    /// the listeners stop accepting, then the sessions are closed with
+    /// `<stream:error code="503" text="draining"/>` spread over `drain.window_secs`.
+    pub fn begin_drain(&self) {
+        self.admin.drain_requested.cancel();
+    }
+
+    /// Completes when a drain has closed every session.
+    pub async fn drained(&self) {
+        self.drained.cancelled().await
+    }
+
+    /// Drains and waits until every session is closed or `drain.deadline_secs` has passed since
+    /// the drain began; at the deadline whatever is left is cut off (no farewell). Returns
+    /// whether the drain completed in time.
+    pub async fn drain(&self) -> bool {
+        self.begin_drain();
+        let deadline = Duration::from_secs(self.drain_config.deadline_secs);
+        let clean = tokio::time::timeout(deadline, self.drained()).await.is_ok();
+        if !clean {
+            warn!(left = self.context.session.registry.len(), "drain deadline reached; cutting the rest off");
+            self.context.session.registry.shutdown_now();
+        }
+        clean
+    }
+
+    /// Applies a re-read configuration (SIGHUP): the TLS certificate and key are read again (from
+    /// `config`'s `[edge.tls]` paths, else the ones in use) and `[limits]` takes effect for new
+    /// connections. Other keys need a restart. Nothing changes if any part fails: the old
+    /// certificate and limits stay, and the error is logged and returned. Sessions are never
+    /// touched. Counted in `waproxy_config_reloads_total{result}`.
+    pub fn reload(&self, config: Result<&Config, String>) -> Result<(), String> {
+        let result = (|| {
+            let config = config?;
+            config.validate().map_err(|e| e.to_string())?;
+            if let Some(current) = &self.tls_cert {
+                let paths = config.edge.tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()));
+                current.reload(paths).map_err(|e| e.to_string())?;
+            }
+            let limits = &config.limits;
+            self.context.session_slots.set_limit(limits.max_sessions);
+            self.context.handshake_slots.set_limit(limits.max_concurrent_handshakes);
+            self.context.rate_limit.set_rate(limits.per_ip_connections_per_sec);
+            Ok(())
+        })();
+        match &result {
+            Ok(()) => {
+                info!(tls = self.tls_cert.is_some(), "configuration reloaded");
+                self.reloads.with_label_values(&["ok"]).inc();
+            }
+            Err(e) => {
+                error!(error = %e, "configuration reload failed; keeping the old certificate and limits");
+                self.reloads.with_label_values(&["error"]).inc();
+            }
+        }
+        result
+    }
+
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
         if let Some(e) = self.embedded.take() {
@@ -138,6 +217,16 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
 
     let registry = prometheus::Registry::new();
     let metrics = EdgeMetrics::register(&registry)?;
+    let draining_gauge = prometheus::IntGauge::new("waproxy_draining", "1 while the proxy drains, else 0.")?;
+    registry.register(Box::new(draining_gauge.clone()))?;
+    let reloads = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("waproxy_config_reloads_total", "Configuration reloads (SIGHUP) by result."),
+        &["result"],
+    )?;
+    registry.register(Box::new(reloads.clone()))?;
+    for result in ["ok", "error"] {
+        reloads.with_label_values(&[result]);
+    }
     let session_metrics = SessionMetrics::register(&registry)?;
     let build_info = prometheus::IntGaugeVec::new(
         prometheus::Opts::new("waproxy_build_info", "Build information; the value is always 1."),
@@ -166,7 +255,16 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         max_frame_len: config.edge.max_frame_size,
         max_buffered_bytes: config.session.max_buffered_bytes,
         idle_timeout: Duration::from_secs(config.session.idle_timeout_secs),
+        close_linger: Duration::from_secs(config.edge.fin_timeout_secs),
         ..RelayConfig::default()
+    };
+    let trusted = |list: &[String], key: &'static str| {
+        edge::cidr::parse_list(list).map_err(|message| config::ConfigError::Invalid { key, message })
+    };
+    let proxy_protocol_trusted = if config.edge.proxy_protocol {
+        Some(trusted(&config.edge.proxy_protocol_trusted_cidrs, "edge.proxy_protocol_trusted_cidrs")?)
+    } else {
+        None
     };
     let context = Arc::new(EdgeContext {
         auth: authenticator,
@@ -175,7 +273,17 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         metrics: metrics.clone(),
         login_timeout: config.login_timeout(),
         max_frame_size: config.edge.max_frame_size,
-        session_slots: Arc::new(Semaphore::new(config.limits.max_sessions)),
+        session_slots: Limiter::new(config.limits.max_sessions, None),
+        handshake_slots: Limiter::new(
+            config.limits.max_concurrent_handshakes,
+            Some(metrics.handshakes_in_flight.clone()),
+        ),
+        rate_limit: RateLimiter::new(config.limits.per_ip_connections_per_sec),
+        fin_timeout: Duration::from_secs(config.edge.fin_timeout_secs),
+        tcp_keepalive: (config.edge.tcp_keepalive_secs > 0)
+            .then(|| Duration::from_secs(config.edge.tcp_keepalive_secs)),
+        proxy_protocol_trusted,
+        stop_accepting: CancellationToken::new(),
     });
 
     let mut tasks = JoinSet::new();
@@ -186,11 +294,24 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         tasks.spawn(edge::listener::serve_tcp(listener, Arc::clone(&context)));
     }
     let mut tls_addr = None;
+    let mut tls_cert = None;
     if let Some(tls) = &config.edge.tls {
-        let acceptor = tokio_rustls::TlsAcceptor::from(edge::tls::server_config(&tls.cert, &tls.key)?);
+        let cert = ReloadableCert::load(&tls.cert, &tls.key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
         let listener = bind("TLS edge listener", tls.listen)?;
         tls_addr = listener.local_addr().ok();
+        tls_cert = Some(cert);
         tasks.spawn(edge::listener::serve_tls(listener, acceptor, Arc::clone(&context)));
+    }
+    let mut ws_addr = None;
+    if let Some(ws) = &config.edge.websocket {
+        let options = edge::ws::WsOptions {
+            path: ws.path.clone(),
+            trusted_forwarded: trusted(&ws.trusted_forwarded_cidrs, "edge.websocket.trusted_forwarded_cidrs")?,
+        };
+        let listener = bind("WebSocket edge listener", ws.listen)?;
+        ws_addr = listener.local_addr().ok();
+        tasks.spawn(edge::listener::serve_ws(listener, options, Arc::clone(&context)));
     }
     let admin_listener = bind("admin listener", config.admin.listen)?;
     let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
@@ -204,8 +325,60 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         before_scrape: Box::new(move || scrape_context.metrics.sync_jwks(&scrape_context.auth.stats())),
+        drain_requested: CancellationToken::new(),
     });
     tasks.spawn(admin::serve(admin_listener, Arc::clone(&admin)));
+    let drained = CancellationToken::new();
+    tasks.spawn(drain_task(
+        Arc::clone(&context),
+        Arc::clone(&admin),
+        draining_gauge,
+        Duration::from_secs(config.drain.window_secs),
+        drained.clone(),
+    ));
     admin.ready.store(true, Ordering::Relaxed);
-    Ok(RunningProxy { tcp_addr, tls_addr, admin_addr, context, admin, embedded, tasks })
+    Ok(RunningProxy {
+        tcp_addr,
+        tls_addr,
+        ws_addr,
+        admin_addr,
+        context,
+        admin,
+        embedded,
+        tls_cert,
+        drain_config: config.drain.clone(),
+        drained,
+        reloads,
+        tasks,
+    })
+}
+
+/// Waits for a drain request, then drains: readiness and the gauge first, then the listeners,
+/// then the sessions spread over `window`.
+async fn drain_task(
+    context: Arc<EdgeContext>,
+    admin: Arc<AdminState>,
+    gauge: prometheus::IntGauge,
+    window: Duration,
+    drained: CancellationToken,
+) {
+    admin.drain_requested.cancelled().await;
+    admin.draining.store(true, Ordering::Relaxed);
+    gauge.set(1);
+    context.stop_accepting.cancel();
+    let registry = &context.session.registry;
+    registry.start_draining();
+    // The first close waits one slot too (window / (n + 1)), so load balancers see readiness
+    // turn 503 before any client is told to reconnect.
+    let n = registry.accounts() as u32;
+    let head = window / (n + 1);
+    info!(
+        sessions = registry.len(),
+        window_secs = window.as_secs_f64(),
+        "draining: closing sessions spread over the window"
+    );
+    tokio::time::sleep(head).await;
+    registry.drain(window.saturating_sub(head)).await;
+    info!("drained: no session left");
+    drained.cancel();
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use proxy::config::Config;
@@ -26,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve until SIGTERM or Ctrl-C (the default).
+    /// Serve (the default). SIGTERM, Ctrl-C or `POST /drain` drain and exit; SIGHUP reloads the
+    /// TLS certificate and `[limits]`.
     Run,
     /// Validate the configuration and exit.
     CheckConfig,
@@ -81,6 +83,9 @@ fn banner(proxy: &proxy::RunningProxy) {
     if let Some(a) = proxy.tls_addr {
         println!("clients connect to   tls://{a}");
     }
+    if let Some(a) = proxy.ws_addr {
+        println!("clients connect to   ws://{a}");
+    }
     println!("metrics at           http://{}/metrics (and /livez, /readyz)", proxy.admin_addr);
     if let Some(e) = &proxy.embedded {
         println!("embedded chatd-sim   chat {} http {}", e.sim.chat_addr, e.sim.http_url());
@@ -89,7 +94,11 @@ fn banner(proxy: &proxy::RunningProxy) {
 }
 
 async fn run(cli: &Cli) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
     let config = load(cli)?;
+    // Handlers first: an early SIGHUP must not kill the process (its default action).
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
     let proxy = proxy::start(config).await.map_err(|e| e.to_string())?;
     banner(&proxy);
     if let (Some(e), Some(edge_addr)) = (&proxy.embedded, proxy.tcp_addr) {
@@ -99,17 +108,46 @@ async fn run(cli: &Cli) -> Result<(), String> {
             eprintln!("interop-proxy: {e}");
         }
     }
-    wait_for_shutdown().await;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = proxy.admin.drain_requested.cancelled() => break,
+            _ = hup.recv() => {
+                let reloaded = load(cli);
+                let _ = proxy.reload(reloaded.as_ref().map_err(Clone::clone));
+            }
+        }
+    }
+    // The hard deadline holds even if the runtime is wedged: a plain thread ends the process.
+    let deadline = Duration::from_secs(proxy.drain_config.deadline_secs);
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        eprintln!("interop-proxy: drain deadline of {deadline:?} reached; exiting");
+        std::process::exit(2);
+    });
+    eprintln!(
+        "interop-proxy: draining {} sessions over {} s (deadline {} s)",
+        proxy.context.session.registry.len(),
+        proxy.drain_config.window_secs,
+        proxy.drain_config.deadline_secs
+    );
+    tokio::select! {
+        clean = proxy.drain() => {
+            if !clean {
+                eprintln!("interop-proxy: drain deadline reached; remaining sessions cut off");
+            }
+        }
+        // A second SIGTERM or Ctrl-C: stop now.
+        _ = async { tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} } } => {
+            eprintln!("interop-proxy: second signal; stopping now");
+            proxy.context.session.registry.shutdown_now();
+        }
+    }
+    // Let the relays send their FINs, then stop everything.
+    let _ = tokio::time::timeout(Duration::from_secs(1), proxy.context.session.registry.wait_idle()).await;
     proxy.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
 }
 
 async fn demo(cli: &Cli) -> Result<(), String> {

@@ -851,7 +851,7 @@ where
     /// The close sequence; returns the final counts. The upstream side and the client side run
     /// concurrently, so a slow client never delays releasing the upstream.
     async fn finish(self, reason: &EndReason, cancel: &CancelHandle) -> (DirectionStats, DirectionStats) {
-        let Driver { mut client, mut upstream, mut c2u, mut u2c, cfg, .. } = self;
+        let Driver { mut client, mut upstream, mut c2u, mut u2c, mut seal, cfg, .. } = self;
         c2u.unpublish();
         u2c.unpublish();
         let stats = (c2u.stats, u2c.stats);
@@ -862,14 +862,26 @@ where
         let upstream_failed = matches!(reason, EndReason::Error(SessionError::UpstreamIo(_)));
         let upstream_eof = matches!(reason, EndReason::UpstreamClosed);
         let client_closed = matches!(reason, EndReason::ClientClosed);
+        let cancelled = matches!(reason, EndReason::Cancelled(_));
         let upstream_side = async {
-            if client_closed {
-                // What the client sent before its FIN: one attempt, no waiting.
-                std::future::poll_fn(|cx| {
-                    let _ = c2u.poll_drain(cx, &mut upstream.io);
-                    Poll::Ready(())
-                })
-                .await;
+            if (client_closed || cancelled) && !upstream_failed {
+                // What the client sent before the end reaches chatd: every complete frame still
+                // buffered is sealed and written. After a client FIN, one attempt, so the upstream
+                // close is never delayed; after a cancel (drain, replacement) the client was told to
+                // go and its last stanzas must not be lost, so wait for them, bounded by the linger.
+                let forward = std::future::poll_fn(|cx| {
+                    loop {
+                        let Ok(sealed) = c2u.transform_one(&mut seal) else { return Poll::Ready(()) };
+                        let Ok(progress) = c2u.poll_drain(cx, &mut upstream.io) else { return Poll::Ready(()) };
+                        if c2u.out.is_empty() && !c2u.flush_pending && !sealed {
+                            return Poll::Ready(());
+                        }
+                        if !progress && !sealed {
+                            return if cancelled { Poll::Pending } else { Poll::Ready(()) };
+                        }
+                    }
+                });
+                let _ = tokio::time::timeout(linger, forward).await;
             }
             if !upstream_failed {
                 let _ = tokio::time::timeout(linger, async {

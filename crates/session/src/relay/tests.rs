@@ -64,20 +64,21 @@ struct Setup {
 }
 
 fn start(cfg: RelayConfig, pipe_capacity: usize, client_leftover: BytesMut, sealed_leftover: BytesMut) -> Setup {
-    start_with(cfg, pipe_capacity, client_leftover, sealed_leftover, BytesMut::new())
+    start_with(cfg, (pipe_capacity, pipe_capacity), client_leftover, sealed_leftover, BytesMut::new())
 }
 
+/// `pipes` = (client pipe, upstream pipe) capacities.
 fn start_with(
     cfg: RelayConfig,
-    pipe_capacity: usize,
+    pipes: (usize, usize),
     client_leftover: BytesMut,
     sealed_leftover: BytesMut,
     to_client: BytesMut,
 ) -> Setup {
     let (proxy_t, chatd_t) = transports();
     let (send, recv) = proxy_t.split();
-    let (client_proxy_side, client_side) = tokio::io::duplex(pipe_capacity);
-    let (up_proxy_side, up_chatd_side) = tokio::io::duplex(pipe_capacity);
+    let (client_proxy_side, client_side) = tokio::io::duplex(pipes.0);
+    let (up_proxy_side, up_chatd_side) = tokio::io::duplex(pipes.1);
     let cancel = CancelHandle::new();
     let metrics = SessionMetrics::new().unwrap();
     let relay = {
@@ -198,7 +199,7 @@ async fn leftovers_and_queued_frames_keep_their_order() {
     let mut to_client = BytesMut::new();
     wire::frame::encode_frame(&stanza::failure("first"), &mut to_client).unwrap();
 
-    let mut s = start_with(cfg(), 64 * 1024, client_leftover, BytesMut::new(), to_client);
+    let mut s = start_with(cfg(), (64 * 1024, 64 * 1024), client_leftover, BytesMut::new(), to_client);
     use tokio::io::AsyncWriteExt as _;
     s.client.get_mut().write_all(&third[10..]).await.unwrap();
     for want in [&a, &b, &c] {
@@ -285,6 +286,26 @@ async fn client_eof_forwards_what_it_sent_and_closes_upstream() {
     assert_eq!(s.chatd.recv().await.as_ref(), Some(&last));
     assert_eq!(s.chatd.recv().await, None, "FIN right after");
     assert!(matches!(s.relay.await.unwrap().reason, EndReason::ClientClosed));
+}
+
+#[tokio::test]
+async fn a_cancel_forwards_every_client_frame_the_relay_already_read() {
+    // chatd stops reading (a 1 KiB pipe), so the client's frames wait in the relay's buffers.
+    let mut s = start_with(cfg(), (64 * 1024, 1024), BytesMut::new(), BytesMut::new(), BytesMut::new());
+    let frames: Vec<Vec<u8>> = (0..10).map(|i| stanza_of(900, 100 + i)).collect();
+    for f in &frames {
+        s.client.send(Bytes::from(f.clone())).await.unwrap();
+    }
+    // Let the relay read everything the client sent (9 KiB, under its 16 KiB bound).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.cancel.cancel(CancelReason::Draining, Some(stanza::draining()));
+    // Every frame the client sent before its close notice reaches chatd, then the FIN.
+    for (i, want) in frames.iter().enumerate() {
+        assert_eq!(s.chatd.recv().await.as_ref(), Some(want), "frame #{i}");
+    }
+    assert_eq!(s.chatd.recv().await, None);
+    assert_eq!(recv(&mut s.client).await.as_deref(), Some(&stanza::draining()[..]));
+    assert!(matches!(s.relay.await.unwrap().reason, EndReason::Cancelled(CancelReason::Draining)));
 }
 
 #[tokio::test]
