@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 
 use bytes::{Buf, BytesMut};
-use ppp::{HeaderResult, PartialResult};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use wire::proxy_header::{self, Parsed};
 
 /// Largest header read: v1 is at most 107 bytes; v2 with TLVs is allowed up to this.
-pub const MAX_HEADER: usize = 1024;
+pub const MAX_HEADER: usize = proxy_header::MAX_LEN;
 
 /// Why a header was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,38 +30,14 @@ pub async fn read<S: AsyncRead + Unpin>(
 ) -> Result<Option<SocketAddr>, HeaderRefusal> {
     loop {
         if !buf.is_empty() {
-            let parsed = HeaderResult::parse(&buf[..]);
-            if !parsed.is_incomplete() {
-                let (len, source) = match parsed {
-                    HeaderResult::V1(Ok(h)) => (
-                        h.header.len(),
-                        match h.addresses {
-                            ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-                            ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-                            ppp::v1::Addresses::Unknown => None,
-                        },
-                    ),
-                    HeaderResult::V2(Ok(h)) => (
-                        h.len(),
-                        match (h.command, h.addresses) {
-                            (ppp::v2::Command::Local, _) => None,
-                            (_, ppp::v2::Addresses::IPv4(a)) => {
-                                Some(SocketAddr::from((a.source_address, a.source_port)))
-                            }
-                            (_, ppp::v2::Addresses::IPv6(a)) => {
-                                Some(SocketAddr::from((a.source_address, a.source_port)))
-                            }
-                            _ => None,
-                        },
-                    ),
-                    _ => return Err(HeaderRefusal::Invalid),
-                };
-                buf.advance(len);
-                return Ok(source);
+            match proxy_header::parse(buf) {
+                Ok(Parsed::Header { len, source }) => {
+                    buf.advance(len);
+                    return Ok(source);
+                }
+                Ok(Parsed::Incomplete) => {}
+                Err(_) => return Err(HeaderRefusal::Invalid),
             }
-        }
-        if buf.len() >= MAX_HEADER {
-            return Err(HeaderRefusal::Invalid);
         }
         buf.reserve(MAX_HEADER - buf.len());
         let mut limited = (&mut *stream).take((MAX_HEADER - buf.len()) as u64);
@@ -89,12 +65,13 @@ mod tests {
         assert_eq!(r, Ok(Some("198.51.100.7:40000".parse().unwrap())));
         assert_eq!(rest, b"\x00\x00\x01");
         assert_eq!(parse(b"PROXY UNKNOWN\r\n").await.0, Ok(None));
-        let v2 = ppp::v2::Builder::with_addresses(
-            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
-            ppp::v2::Protocol::Stream,
-            ("[2001:db8::7]:1234".parse::<SocketAddr>().unwrap(), "[::1]:5222".parse::<SocketAddr>().unwrap()),
+        let mut v2 = Vec::new();
+        proxy_header::write(
+            proxy_header::ProxyProtocol::V2,
+            "[2001:db8::7]:1234".parse().unwrap(),
+            "[::1]:5222".parse().unwrap(),
+            &mut v2,
         )
-        .build()
         .unwrap();
         let mut input = v2.clone();
         input.extend_from_slice(b"xyz");

@@ -22,7 +22,9 @@ pub mod cancel;
 pub mod cert_cache;
 pub mod error;
 pub mod metrics;
-pub mod proxy_header;
+/// The PROXY header written before the `WA` header; it lives in the wire crate, which the edge and
+/// the simulator also read it with.
+pub use wire::proxy_header;
 pub mod registry;
 pub mod relay;
 pub mod session;

@@ -17,6 +17,7 @@ pub mod noise;
 mod packed;
 pub mod payload;
 pub mod proto;
+pub mod proxy_header;
 pub mod text;
 pub mod xeddsa;
 

@@ -6,13 +6,10 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use wire::noise::WA_CONN_HEADER;
+use wire::proxy_header::{self, Parsed};
 
-/// The start of a PROXY v2 header.
-const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
-/// Longest PROXY v1 line, CRLF included (the spec's bound).
-const V1_MAX: usize = 107;
-/// Longest PROXY v2 address block this simulator accepts (TLVs included).
-const V2_MAX: usize = 1024;
+/// The first four bytes of a PROXY v2 signature.
+const V2_START: [u8; 4] = *b"\r\n\r\n";
 /// Longest edge-routing blob accepted.
 const ROUTING_MAX: usize = 4096;
 
@@ -45,43 +42,18 @@ pub async fn read_intro<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Intro, I
     let mut intro = Intro::default();
     let mut head = [0u8; 4];
     stream.read_exact(&mut head).await?;
-    if &head == b"PROX" {
-        let mut line = head.to_vec();
-        while !line.ends_with(b"\r\n") {
-            if line.len() >= V1_MAX {
-                return Err(IntroError::Proxy("v1 line longer than 107 bytes".into()));
+    if &head == b"PROX" || head == V2_START {
+        // Byte by byte up to the header's end: nothing past it may be consumed here.
+        let mut header = head.to_vec();
+        let source = loop {
+            match proxy_header::parse(&header) {
+                Ok(Parsed::Header { source, .. }) => break source,
+                Ok(Parsed::Incomplete) => header.push(stream.read_u8().await?),
+                Err(e) => return Err(IntroError::Proxy(e.to_string())),
             }
-            line.push(stream.read_u8().await?);
-        }
-        let text = std::str::from_utf8(&line).map_err(|_| IntroError::Proxy("v1 line is not ASCII".into()))?;
-        let header = ppp::v1::Header::try_from(text).map_err(|e| IntroError::Proxy(e.to_string()))?;
-        intro.proxied_source = match header.addresses {
-            ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-            ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-            ppp::v1::Addresses::Unknown => None,
         };
-        intro.proxy_version = Some(1);
-        stream.read_exact(&mut head).await?;
-    } else if head == V2_SIGNATURE[..4] {
-        let mut header = V2_SIGNATURE[..4].to_vec();
-        header.resize(16, 0);
-        stream.read_exact(&mut header[4..]).await?;
-        if header[..12] != V2_SIGNATURE {
-            return Err(IntroError::Proxy("v2 signature mismatch".into()));
-        }
-        let len = usize::from(u16::from_be_bytes([header[14], header[15]]));
-        if len > V2_MAX {
-            return Err(IntroError::Proxy(format!("v2 address block of {len} bytes")));
-        }
-        header.resize(16 + len, 0);
-        stream.read_exact(&mut header[16..]).await?;
-        let parsed = ppp::v2::Header::try_from(&header[..]).map_err(|e| IntroError::Proxy(e.to_string()))?;
-        intro.proxied_source = match parsed.addresses {
-            ppp::v2::Addresses::IPv4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-            ppp::v2::Addresses::IPv6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-            _ => None,
-        };
-        intro.proxy_version = Some(2);
+        intro.proxied_source = source;
+        intro.proxy_version = Some(if head == V2_START { 2 } else { 1 });
         stream.read_exact(&mut head).await?;
     }
     if &head == b"ED\x00\x01" {
@@ -123,14 +95,14 @@ mod tests {
         assert_eq!(got.proxied_source, Some("127.0.0.7:40000".parse().unwrap()));
         assert_eq!(got.proxy_version, Some(1));
 
-        let v2 = ppp::v2::Builder::with_addresses(
-            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
-            ppp::v2::Protocol::Stream,
-            ("[2001:db8::7]:1234".parse::<SocketAddr>().unwrap(), "[::1]:5222".parse::<SocketAddr>().unwrap()),
+        let mut bytes = Vec::new();
+        proxy_header::write(
+            proxy_header::ProxyProtocol::V2,
+            "[2001:db8::7]:1234".parse().unwrap(),
+            "[::1]:5222".parse().unwrap(),
+            &mut bytes,
         )
-        .build()
         .unwrap();
-        let mut bytes = v2;
         bytes.extend_from_slice(b"WA\x06\x03");
         let got = intro(&bytes).await.unwrap();
         assert_eq!(got.proxied_source, Some("[2001:db8::7]:1234".parse().unwrap()));

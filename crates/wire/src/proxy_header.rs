@@ -1,5 +1,6 @@
-//! The PROXY protocol header the proxy writes before the `WA` header (invariant 3: the client's
-//! IP on every upstream connection), sans-IO.
+//! The PROXY protocol header that carries a client's address ahead of a connection: written by
+//! the proxy before the `WA` header (invariant 3: the client's IP on every upstream connection),
+//! read by the simulator and by the proxy's edge behind a load balancer. Sans-IO.
 //!
 //! v1 is the default because WhatsApp's own proxy sends it (HAProxy `send-proxy`):
 //! `PROXY TCP4 <client ip> <proxy ip> <client port> <proxy port>\r\n`. v2 is the binary form
@@ -48,6 +49,71 @@ pub fn write(protocol: ProxyProtocol, client: SocketAddr, proxy: SocketAddr, out
     }
 }
 
+/// Largest header accepted: a v1 line is at most 107 bytes; v2 address blocks with TLVs beyond
+/// this are refused rather than buffered.
+pub const MAX_LEN: usize = 1024;
+
+/// Longest v1 line, CRLF included (the specification's bound).
+const V1_MAX: usize = 107;
+
+/// What the start of a connection holds so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// More bytes are needed.
+    Incomplete,
+    /// A whole header of `len` bytes; `source` is the client's address (`None` for v1 `UNKNOWN`
+    /// and v2 `LOCAL`).
+    Header { len: usize, source: Option<SocketAddr> },
+}
+
+/// The bytes are not a PROXY protocol header (v1 or v2), or it is longer than [`MAX_LEN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid PROXY protocol header")]
+pub struct InvalidHeader;
+
+/// Parses a PROXY v1 or v2 header at the start of `buf`, incrementally: call again with more
+/// bytes while it answers `Incomplete`. Never guesses: anything else is [`InvalidHeader`].
+pub fn parse(buf: &[u8]) -> Result<Parsed, InvalidHeader> {
+    // A v1 line is judged only once its CRLF is in: ppp calls some prefixes of a valid line
+    // invalid (a line cut after its source port, say).
+    let mut buf = buf;
+    if b"PROXY ".starts_with(&buf[..buf.len().min(6)]) {
+        match buf.windows(2).position(|w| w == b"\r\n") {
+            Some(end) => buf = &buf[..end + 2],
+            None if buf.len() < V1_MAX => return Ok(Parsed::Incomplete),
+            None => return Err(InvalidHeader),
+        }
+    }
+    let parsed = ppp::HeaderResult::parse(buf);
+    if ppp::PartialResult::is_incomplete(&parsed) {
+        return if buf.len() >= MAX_LEN { Err(InvalidHeader) } else { Ok(Parsed::Incomplete) };
+    }
+    let (len, source) = match parsed {
+        ppp::HeaderResult::V1(Ok(h)) => (
+            h.header.len(),
+            match h.addresses {
+                ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                ppp::v1::Addresses::Unknown => None,
+            },
+        ),
+        ppp::HeaderResult::V2(Ok(h)) => (
+            h.len(),
+            match (h.command, h.addresses) {
+                (v2::Command::Local, _) => None,
+                (_, v2::Addresses::IPv4(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                (_, v2::Addresses::IPv6(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                _ => None,
+            },
+        ),
+        _ => return Err(InvalidHeader),
+    };
+    if len > MAX_LEN {
+        return Err(InvalidHeader);
+    }
+    Ok(Parsed::Header { len, source })
+}
+
 /// Both addresses in one family (see the module docs).
 fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     let canon = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
@@ -62,6 +128,29 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_is_incremental_and_refuses_junk() {
+        let mut out = Vec::new();
+        write(ProxyProtocol::V2, "[2001:db8::7]:1234".parse().unwrap(), "[::1]:5222".parse().unwrap(), &mut out)
+            .unwrap();
+        let line = b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 5222\r\n".to_vec();
+        for header in [line, out] {
+            for cut in 0..header.len() {
+                assert_eq!(parse(&header[..cut]), Ok(Parsed::Incomplete), "cut {cut}");
+            }
+            let mut with_rest = header.clone();
+            with_rest.extend_from_slice(b"WA\x06\x03");
+            let Ok(Parsed::Header { len, source }) = parse(&with_rest) else { panic!("{header:?}") };
+            assert_eq!(len, header.len());
+            assert!(source.is_some());
+        }
+        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Ok(Parsed::Header { len: 15, source: None }));
+        for junk in [&b"GET / HTTP/1.1\r\n"[..], b"\x00\x00\x10login", b"WA\x06\x03"] {
+            assert_eq!(parse(junk), Err(InvalidHeader), "{junk:?}");
+        }
+        assert_eq!(parse(&[b'P'; 2000]), Err(InvalidHeader));
+    }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
