@@ -208,14 +208,20 @@ pub(crate) struct UpstreamParts<U> {
 /// `waproxy_upstream_connections` and releases the registry slot.
 struct OwnedUpstream<'a, U> {
     io: U,
+    /// Declared after `io`, so it drops after it: the socket is closed before the slot is
+    /// released and a newer login for the account may dial.
+    _release: ReleaseOnDrop<'a>,
+}
+
+/// Marks the upstream released (and counts it out) when dropped.
+struct ReleaseOnDrop<'a> {
     metrics: &'a SessionMetrics,
     cancel: &'a CancelHandle,
 }
 
-impl<U> Drop for OwnedUpstream<'_, U> {
+impl Drop for ReleaseOnDrop<'_> {
     fn drop(&mut self) {
         self.metrics.upstream_connections.dec();
-        // `io` (the socket) is dropped, and so closed, right after this body.
         self.cancel.mark_upstream_released();
     }
 }
@@ -234,7 +240,7 @@ where
 {
     let started = Instant::now();
     metrics.upstream_connections.inc();
-    let io = OwnedUpstream { io: upstream.io, metrics, cancel };
+    let io = OwnedUpstream { io: upstream.io, _release: ReleaseOnDrop { metrics, cancel } };
     if let Err(e) = cfg.validate() {
         drop(io);
         metrics.closed(e.close_reason());
@@ -941,7 +947,7 @@ where
 
 /// Reads and discards until EOF or an error; the scratch buffer lives on the stack of each poll,
 /// not in the relay's state.
-async fn discard_until_eof<U: AsyncRead + Unpin>(io: &mut U) {
+pub(crate) async fn discard_until_eof<U: AsyncRead + Unpin>(io: &mut U) {
     std::future::poll_fn(|cx| {
         loop {
             let mut scratch = [MaybeUninit::<u8>::uninit(); 2048];

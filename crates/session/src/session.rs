@@ -14,7 +14,7 @@ use crate::metrics::{LoginResult, SessionMetrics};
 use crate::registry::Registry;
 use crate::relay::{RelayConfig, RelayEnd, relay};
 use crate::stanza;
-use crate::upstream::{Login, LoginInfo, LoginRequest, UpstreamConfig, connect};
+use crate::upstream::{Login, LoginInfo, LoginRequest, UpstreamConfig, connect_cancellable};
 
 /// What every session of a proxy shares. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -97,13 +97,13 @@ where
     };
     let session_id = claim.generation();
     let cancel: &CancelHandle = claim.cancel_handle();
+    // A cancel mid-login closes the upstream gracefully before the claim is released; a client
+    // gone mid-login drops the attempt (and its socket) at once.
     let attempt = tokio::select! {
         biased;
-        _ = cancel.cancelled() => Err(SessionError::Cancelled(cancel.reason().unwrap_or(crate::CancelReason::Shutdown))),
         gone = watch_client(&mut client, &mut client_leftover, watch_limit) => Err(gone),
-        r = connect(&ctx.upstream, login) => r,
+        r = connect_cancellable(&ctx.upstream, login, cancel, linger) => r,
     };
-    // An aborted connect future has dropped (closed) its socket by now.
 
     match attempt {
         Ok(Login::Accepted { first_payload, mut upstream, info }) => {

@@ -20,6 +20,7 @@ use wire::frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN, decode_frame, encode_fr
 use wire::noise::{Flavour, Initiator, NoiseError, RecvCipher, SendCipher, StaticKeypair, WA_CONN_HEADER};
 use zeroize::Zeroizing;
 
+use crate::cancel::{CancelHandle, CancelReason};
 use crate::cert_cache::{CacheOutcome, CertCache};
 use crate::error::SessionError;
 use crate::proxy_header::{self, ProxyProtocol};
@@ -195,6 +196,57 @@ pub async fn connect(cfg: &UpstreamConfig, req: LoginRequest) -> Result<Login, S
     // `req` (key and payload) is dropped and wiped here, whatever the outcome.
     drop(req);
     login
+}
+
+/// Like [`connect`], but a `cancel` during the handshake (a newer login for the account, a drain)
+/// closes the connection gracefully: FIN, then chatd's own close awaited (bounded by `linger`),
+/// so chatd has let the connection go before the caller releases the account for a newer login.
+/// Dropping [`connect`]'s future instead closes the socket at once, and chatd may still count it
+/// while the next login arrives.
+pub async fn connect_cancellable(
+    cfg: &UpstreamConfig,
+    req: LoginRequest,
+    cancel: &CancelHandle,
+    linger: Duration,
+) -> Result<Login, SessionError> {
+    cfg.validate()?;
+    let cancelled = || SessionError::Cancelled(cancel.reason().unwrap_or(CancelReason::Shutdown));
+    let started = Instant::now();
+    let stream = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(cancelled()),
+        s = tokio::time::timeout(cfg.connect_timeout, dial(cfg.addr)) => {
+            s.map_err(|_| SessionError::ConnectTimeout { addr: cfg.addr, after: cfg.connect_timeout })??
+        }
+    };
+    let connected = Instant::now();
+    // A second handle on the socket: if the handshake is abandoned, its handle goes with it and
+    // this one still closes the connection properly.
+    let spare = socket2::SockRef::from(&stream).try_clone().map_err(SessionError::UpstreamIo)?;
+    let outcome = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        r = tokio::time::timeout(cfg.handshake_timeout, handshake(cfg, stream, &req, started, connected)) => Some(r),
+    };
+    // `req` (key and payload) is wiped here, whatever the outcome.
+    drop(req);
+    match outcome {
+        Some(login) => login.map_err(|_| SessionError::HandshakeTimeout(cfg.handshake_timeout))?,
+        None => {
+            close_gracefully(spare, linger).await;
+            Err(cancelled())
+        }
+    }
+}
+
+/// FIN through `spare`, then read and discard until chatd closes too (bounded by `linger`).
+async fn close_gracefully(spare: socket2::Socket, linger: Duration) {
+    let _ = spare.shutdown(std::net::Shutdown::Write);
+    if spare.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(mut stream) = TcpStream::from_std(std::net::TcpStream::from(spare)) else { return };
+    let _ = tokio::time::timeout(linger, crate::relay::discard_until_eof(&mut stream)).await;
 }
 
 async fn dial(addr: SocketAddr) -> Result<TcpStream, SessionError> {

@@ -2,6 +2,8 @@
 //! simulator, device keys, enlistment and provisioning, a real chat client (Noise initiator over
 //! TCP), and HTTP helpers. Everything runs on loopback sockets; panics are test failures.
 
+pub mod fault;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -23,7 +23,7 @@ use super::handler::Handler;
 use super::intro::{IntroError, read_intro};
 use super::login;
 use crate::auth::TokenVerifier;
-use crate::sim::{Control, LiveConn, Sim};
+use crate::sim::{Control, LiveConn, ObservedGuard, Sim};
 
 /// Why a connection ended before or outside the normal flow.
 #[derive(Debug, thiserror::Error)]
@@ -86,19 +86,23 @@ where
     let ip = intro.proxied_source.map(|a| a.ip()).unwrap_or(peer.ip());
 
     let claimed = login::claimed_account(sim, &payload);
-    let _observed = claimed.as_deref().map(|jid| sim.observe_connect(jid, ip));
+    // Counted out before the socket closes (see `session`), so a proxy that waits for our close
+    // before dialling again never overlaps in the observation API.
+    let observed = claimed.as_deref().map(|jid| sim.observe_connect(jid, ip));
     match login::check(sim, verifier, &payload, &finished.client_static).await {
         Err(failure) => {
             sim.totals.logins_failed.fetch_add(1, Ordering::Relaxed);
             info!(%peer, %ip, account = ?failure.account, reason = failure.reason, why = %failure.why, "login refused");
             let node = Node::new("failure").attr("reason", failure.reason.to_string());
             send(&mut framed, &mut transport, &node).await?;
+            drop(observed);
+            drop(framed);
             Ok(())
         }
         Ok(ok) => {
             sim.totals.logins_ok.fetch_add(1, Ordering::Relaxed);
             info!(%peer, %ip, account = %ok.jid, proxied = intro.proxy_version.is_some(), "logged in");
-            session(sim, framed, transport, &ok.jid).await
+            session(sim, framed, transport, &ok.jid, observed).await
         }
     }
 }
@@ -125,7 +129,13 @@ where
 }
 
 /// A logged-in connection: live registration, offline delivery, then the stanza loop.
-async fn session<S>(sim: &Arc<Sim>, mut framed: Conn<S>, mut transport: Transport, jid: &str) -> Result<(), ConnError>
+async fn session<S>(
+    sim: &Arc<Sim>,
+    mut framed: Conn<S>,
+    mut transport: Transport,
+    jid: &str,
+    observed: Option<ObservedGuard>,
+) -> Result<(), ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -186,6 +196,9 @@ where
     }
     .await;
     sim.unregister_live(jid, conn_id);
+    // Count the connection out before the socket closes: the peer may act on our close at once.
+    drop(observed);
+    drop(framed);
     result
 }
 

@@ -126,3 +126,66 @@ pub async fn metric(p: &RunningProxy, prefix: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A keepalive ping as a client sends it.
+pub fn keepalive(id: &str) -> Node {
+    Node::new("iq")
+        .attr("id", id)
+        .attr("xmlns", "w:p")
+        .attr("type", "get")
+        .attr("to", Jid::server(wire::Server::Whatsapp))
+}
+
+/// Pings through an established session and expects the pong: the session is unaffected.
+pub async fn assert_pings<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(c: &mut EdgeClient<S>, id: &str) {
+    c.send(&keepalive(id)).await.unwrap_or_else(|e| panic!("ping {id}: {e}"));
+    let (pong, _) = c.recv_tag("iq", WAIT).await.unwrap_or_else(|e| panic!("pong {id}: {e}"));
+    assert_eq!(pong.get_str("id"), Some(id));
+}
+
+/// The simulator's `/admin/stats` at `sim_url`.
+pub async fn sim_stats(sim_url: &str) -> serde_json::Value {
+    get_json(&format!("{sim_url}/admin/stats")).await
+}
+
+/// Decodes the stanzas in a raw byte stream read from the edge (whole frames only).
+pub fn decode_frames(mut bytes: &[u8]) -> Vec<Node> {
+    let mut out = Vec::new();
+    let mut decoder = wire::decode::Decoder::default();
+    while bytes.len() >= 3 {
+        let len = ((bytes[0] as usize) << 16) | ((bytes[1] as usize) << 8) | bytes[2] as usize;
+        if bytes.len() < 3 + len {
+            break;
+        }
+        if let Ok(n) = decoder.decode_payload(&bytes[3..3 + len]) {
+            out.push(n.to_owned());
+        }
+        bytes = &bytes[3 + len..];
+    }
+    out
+}
+
+/// Reads what the proxy sends until it closes (or `limit` passes): the stanzas, whether it
+/// closed, and when.
+pub async fn read_until_close<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    limit: Duration,
+) -> (Vec<Node>, bool, Duration) {
+    use tokio::io::AsyncReadExt;
+    let start = tokio::time::Instant::now();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout_at(start + limit, r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (decode_frames(&bytes), closed, start.elapsed())
+}
+
+/// `(tag, reason)` of a stanza, for compact assertions.
+pub fn tag_reason(n: &Node) -> (String, Option<String>) {
+    (n.tag.clone(), n.get_str("reason").map(str::to_owned))
+}
