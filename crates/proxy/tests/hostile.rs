@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -477,22 +476,7 @@ fn spawn_debug(dir: &std::path::Path) -> Proc {
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let (mut tcp, mut admin, mut sim, mut partner) = (None, None, None, None);
-    let addr = |line: &str, prefix: &str| line.rsplit(prefix).next().and_then(|a| a.split('/').next()?.parse().ok());
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if line.starts_with("clients connect to   tcp://") {
-            tcp = addr(&line, "tcp://");
-        } else if line.starts_with("metrics at") {
-            admin = addr(&line, "http://");
-        } else if line.starts_with("embedded chatd-sim") {
-            sim = line.split(" http ").nth(1).map(str::to_owned);
-        } else if line.starts_with("embedded partner") {
-            partner = line.split_whitespace().last().map(str::to_owned);
-        } else if line.contains("demo: done") {
-            break;
-        }
-    }
+    let Banner { tcp, admin, sim, partner, .. } = read_banner(stdout);
     let tcp = tcp.expect("tcp address");
     let targets =
         DemoTargets { partner_url: partner.expect("partner url"), sim_url: sim.expect("sim url"), edge_addr: tcp };

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use edge::client::{ClientError, EdgeClient};
 use proxy::demo::{DemoTargets, User, enlist, login_frame, token};
-use support::{WAIT, ack_for, get_text, message};
+use support::{Banner, WAIT, ack_for, get_text, message, read_banner};
 use wire::{Jid, Node, Server};
 
 /// A running `interop-proxy` process and the addresses its banner printed.
@@ -50,24 +49,7 @@ fn spawn(config: &str, dir: &std::path::Path) -> Proc {
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let (mut tcp, mut tls, mut admin, mut sim, mut partner) = (None, None, None, None, None);
-    let addr = |line: &str, prefix: &str| line.rsplit(prefix).next().and_then(|a| a.split('/').next()?.parse().ok());
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if line.starts_with("clients connect to   tcp://") {
-            tcp = addr(&line, "tcp://");
-        } else if line.starts_with("clients connect to   tls://") {
-            tls = addr(&line, "tls://");
-        } else if line.starts_with("metrics at") {
-            admin = addr(&line, "http://");
-        } else if line.starts_with("embedded chatd-sim") {
-            sim = line.split(" http ").nth(1).map(str::to_owned);
-        } else if line.starts_with("embedded partner") {
-            partner = line.split_whitespace().last().map(str::to_owned);
-        } else if line.contains("demo: done") {
-            break;
-        }
-    }
+    let Banner { tcp, tls, admin, sim, partner } = read_banner(stdout);
     let targets = DemoTargets {
         partner_url: partner.expect("partner url"),
         sim_url: sim.expect("sim url"),

@@ -189,3 +189,36 @@ pub async fn read_until_close<R: tokio::io::AsyncRead + Unpin>(
 pub fn tag_reason(n: &Node) -> (String, Option<String>) {
     (n.tag.clone(), n.get_str("reason").map(str::to_owned))
 }
+
+/// The addresses `interop-proxy` prints at start (its banner), read from its stdout until the
+/// embedded demo is done.
+#[derive(Debug, Default)]
+pub struct Banner {
+    pub tcp: Option<std::net::SocketAddr>,
+    pub tls: Option<std::net::SocketAddr>,
+    pub admin: Option<std::net::SocketAddr>,
+    pub sim: Option<String>,
+    pub partner: Option<String>,
+}
+
+pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
+    let mut b = Banner::default();
+    let addr = |line: &str, prefix: &str| line.rsplit(prefix).next().and_then(|a| a.split('/').next()?.parse().ok());
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line.starts_with("clients connect to   tcp://") {
+            b.tcp = addr(&line, "tcp://");
+        } else if line.starts_with("clients connect to   tls://") {
+            b.tls = addr(&line, "tls://");
+        } else if line.starts_with("metrics at") {
+            b.admin = addr(&line, "http://");
+        } else if line.starts_with("embedded chatd-sim") {
+            b.sim = line.split(" http ").nth(1).map(str::to_owned);
+        } else if line.starts_with("embedded partner") {
+            b.partner = line.split_whitespace().last().map(str::to_owned);
+        } else if line.contains("demo: done") {
+            break;
+        }
+    }
+    b
+}
