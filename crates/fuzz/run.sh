@@ -2,13 +2,14 @@
 # Runs every fuzz target for a bounded time and fails on any crash, timeout or memory blow-up.
 # Needs a nightly toolchain and cargo-fuzz (installed here if missing).
 #   crates/fuzz/run.sh [seconds-per-target] [target ...]     (default: 60 s, every target)
+#   FUZZ_RUNS=10000000 crates/fuzz/run.sh 3600 handshake     (stop at N executions, time as a cap)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode_payload frame_codec edge_login proxy_header handshake cert_chain)
+  targets=(decode_payload frame_codec edge_login proxy_header handshake cert_chain ws_stream)
 fi
 command -v cargo-fuzz >/dev/null || cargo +stable install cargo-fuzz --locked
 status=0
@@ -17,7 +18,7 @@ for target in "${targets[@]}"; do
   log="crates/fuzz/$target.log"
   echo "== $target (${secs}s)"
   if cargo +nightly fuzz run --fuzz-dir crates/fuzz "$target" "crates/fuzz/corpus/$target" "crates/fuzz/seeds/$target" -- \
-      -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -max_len=4096 >"$log" 2>&1; then
+      -max_total_time="$secs" ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -rss_limit_mb=2048 -timeout=10 -max_len=4096 >"$log" 2>&1; then
     grep -E '^Done' "$log" || true
   else
     echo "FAILED: see $log and crates/fuzz/artifacts/$target/"; status=1
