@@ -60,6 +60,8 @@ pub enum DecodeError {
     InvalidPacked { offset: usize, byte: u8 },
     #[error("byte {offset}: string is not valid UTF-8")]
     InvalidUtf8 { offset: usize },
+    #[error("byte {offset}: a packed string of {chars} characters; encoders pack at most 127 (longer ones go raw)")]
+    PackedTooLong { offset: usize, chars: usize },
     #[error("byte {offset}: JID server {name:?} is not a known WhatsApp server")]
     UnknownServer { offset: usize, name: String },
     #[error("byte {offset}: {count} {what} announced but only {remaining} bytes remain")]
@@ -457,10 +459,15 @@ impl Reader<'_, '_> {
         let header = self.byte()?;
         let n = usize::from(header & 0x7F);
         let odd = header & 0x80 != 0;
-        // No encoder packs an empty string (it goes out as `BINARY_8 0`): refusing the empty form
-        // keeps every accepted input a fixed point of decode -> encode -> decode.
+        // No encoder packs an empty string (it goes out as `BINARY_8 0`) or one longer than 127
+        // characters (it goes out raw): refusing those forms keeps every accepted input a fixed
+        // point of decode -> encode -> decode.
         if n == 0 {
             return Err(fail(DecodeError::InvalidPacked { offset: at, byte: header }));
+        }
+        let chars = 2 * n - usize::from(odd);
+        if chars > packed::PACKED_MAX_CHARS {
+            return Err(fail(DecodeError::PackedTooLong { offset: at, chars }));
         }
         let start = self.take(n)?;
         let text_start = self.arena.text.len();
