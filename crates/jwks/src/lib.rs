@@ -24,5 +24,5 @@ pub use fetch::FetchError;
 pub use serve::{JwksServer, RunningJwksServer};
 pub use signing::{DEFAULT_MAX_PUBLISHED, KeyError, MAX_PUBLISHED_LIMIT, SignError, SigningKeys};
 pub use verifier::{
-    ConfigError, Expectations, JwksVerifier, MAX_TOKEN_LEN, VerifierConfig, VerifierStats, VerifyError,
+    ConfigError, Expectations, JwksVerifier, MAX_TOKEN_LEN, VerifierConfig, VerifierStats, VerifyError, error_chain,
 };

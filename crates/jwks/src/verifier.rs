@@ -459,7 +459,7 @@ impl JwksVerifier {
 }
 
 /// `error: cause: cause` on one line, for logs.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use edge::client::{ClientError, EdgeClient};
 use futures_util::SinkExt;
-use proxy::demo::{DemoTargets, User, enlist, login_frame, token};
+use proxy::demo::{DemoTargets, login_frame};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -497,19 +497,6 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-struct Person {
-    user: User,
-    jid: Jid,
-    token: String,
-}
-
-async fn person(t: &DemoTargets, name: &str) -> Person {
-    let user = User::new(name).unwrap();
-    let jid = enlist(t, &user).await.unwrap();
-    let token = token(t, name, Some(&jid.to_string())).await.unwrap();
-    Person { user, jid, token }
-}
-
 async fn login_at(addr: SocketAddr, frame: &[u8]) -> EdgeClient<TcpStream> {
     let mut c = EdgeClient::connect(addr, None).await.unwrap();
     c.send_payload(frame).await.unwrap();
@@ -528,10 +515,10 @@ async fn the_binary_under_a_token_flood_keeps_secrets_out_of_debug_logs_and_memo
     let pid = p.child.id();
     let t = &p.targets;
     let (alice, bob, carol, dave) = (
-        person(t, "fl-alice").await,
-        person(t, "fl-bob").await,
-        person(t, "fl-carol").await,
-        person(t, "fl-dave").await,
+        enlisted_at(t, "fl-alice").await,
+        enlisted_at(t, "fl-bob").await,
+        enlisted_at(t, "fl-carol").await,
+        enlisted_at(t, "fl-dave").await,
     );
     let mut a = login_at(p.tcp, &login_frame(&alice.user, &alice.jid, &alice.token).unwrap()).await;
     assert_eq!(a.recv(WAIT).await.unwrap().tag, "success");

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge::client::{ClientError, EdgeClient};
-use proxy::demo::{DemoTargets, User, enlist, login_frame, token};
-use support::{Banner, WAIT, ack_for, get_text, message, read_banner};
+use proxy::demo::{DemoTargets, login_frame};
+use support::{Banner, Enlisted, WAIT, ack_for, enlisted_at, get_text, message, read_banner};
 use wire::{Jid, Node, Server};
 
 /// A running `interop-proxy` process and the addresses its banner printed.
@@ -72,20 +72,7 @@ async fn metric(admin: SocketAddr, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-struct Person {
-    user: User,
-    jid: Jid,
-    token: String,
-}
-
-async fn person(t: &DemoTargets, name: &str) -> Person {
-    let user = User::new(name).unwrap();
-    let jid = enlist(t, &user).await.unwrap();
-    let token = token(t, name, Some(&jid.to_string())).await.unwrap();
-    Person { user, jid, token }
-}
-
-async fn login<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S, who: &Person) -> EdgeClient<S> {
+async fn login<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S, who: &Enlisted) -> EdgeClient<S> {
     let mut c = EdgeClient::new(stream);
     c.send_payload(&login_frame(&who.user, &who.jid, &who.token).unwrap()).await.unwrap();
     let first = c.recv(WAIT).await.unwrap();
@@ -118,7 +105,7 @@ async fn sigterm_drains_sessions_spread_over_the_window_and_exits_before_the_dea
     let edge_addr = p.tcp.unwrap();
     let mut people = Vec::new();
     for i in 0..N {
-        people.push(person(&p.targets, &format!("drain{i}")).await);
+        people.push(enlisted_at(&p.targets, &format!("drain{i}")).await);
     }
     let mut clients = Vec::new();
     for who in &people {
@@ -267,7 +254,7 @@ async fn sighup_reloads_the_tls_certificate_without_dropping_sessions() {
     );
     let p = spawn(&config, &dir);
     let tls_addr = p.tls.unwrap();
-    let olga = person(&p.targets, "reloadolga").await;
+    let olga = enlisted_at(&p.targets, "reloadolga").await;
     let mut established = login(tls_connect(tls_addr, &old).await.unwrap(), &olga).await;
 
     let new = self_signed(&dir);
@@ -285,7 +272,7 @@ async fn sighup_reloads_the_tls_certificate_without_dropping_sessions() {
     let served = fresh.get_ref().1.peer_certificates().unwrap()[0].clone();
     assert_eq!(served.as_ref(), new.cert.der().as_ref());
     assert!(tls_connect(tls_addr, &old).await.is_err(), "the old certificate is no longer served");
-    let pia = person(&p.targets, "reloadpia").await;
+    let pia = enlisted_at(&p.targets, "reloadpia").await;
     login(fresh, &pia).await;
 
     // A broken file: the reload fails and the current certificate stays.

@@ -39,10 +39,14 @@ pub struct Enlisted {
 }
 
 pub async fn enlisted(p: &RunningProxy, name: &str) -> Enlisted {
-    let t = targets(p);
+    enlisted_at(&targets(p), name).await
+}
+
+/// Like [`enlisted`], against a proxy running as a separate process.
+pub async fn enlisted_at(t: &DemoTargets, name: &str) -> Enlisted {
     let user = User::new(name).unwrap();
-    let jid = enlist(&t, &user).await.unwrap();
-    let token = token(&t, name, Some(&jid.to_string())).await.unwrap();
+    let jid = enlist(t, &user).await.unwrap();
+    let token = token(t, name, Some(&jid.to_string())).await.unwrap();
     Enlisted { user, jid, token }
 }
 
