@@ -1,22 +1,16 @@
-//! The built-in demo: two Partner users enlist with the simulator, log in through the proxy, and
-//! exchange a message and a receipt through it. Every stanza is printed, so the run shows real
-//! traffic crossing the proxy.
+//! The built-in demo: Partner users behind the proxy and a WhatsApp-side user exchange end-to-end
+//! encrypted text and media through the client SDK. The helpers below (keys, enlistment, tokens,
+//! login frames) are also what the proxy's own tests use to drive the edge at the frame level.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use edge::client::EdgeClient;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use client::client::{enlist_partner, register_whatsapp};
+use client::services::Services;
+use client::{Client, Content, Event, Route, Store};
 use prost::Message as _;
-use wire::noise::StaticKeypair;
+use wire::Jid;
 use wire::proto::{AppVersion, ClientPayload};
-use wire::text::{XmlStyle, to_xml};
-use wire::{Jid, Node, Value};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -36,91 +30,35 @@ fn err(context: &str, e: impl std::fmt::Display) -> DemoError {
     DemoError(format!("{context}: {e}"))
 }
 
-/// A Partner user's device keys.
+/// A Partner user's device (the client SDK's store), with its private keys at hand for tests
+/// that drive the edge frame by frame.
 pub struct User {
     pub name: String,
     pub noise: [u8; 32],
     pub identity_private: [u8; 32],
-    pub signed_prekey: [u8; 32],
+    pub store: Store,
 }
 
 impl User {
     /// A user with fresh random keys.
     pub fn new(name: &str) -> Result<User, DemoError> {
-        Ok(User {
-            name: name.to_owned(),
-            noise: random32()?,
-            identity_private: random32()?,
-            signed_prekey: random32()?,
-        })
+        let store = step("device", Store::create(None))?;
+        let identity_private = *store.identity().private_key().serialize();
+        Ok(User { name: name.to_owned(), noise: *store.noise_private(), identity_private, store })
     }
-}
-
-fn random32() -> Result<[u8; 32], DemoError> {
-    let mut k = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut k).map_err(|_| DemoError("no OS randomness".into()))?;
-    Ok(k)
-}
-
-async fn http(method: &str, url: &str, content_type: &str, body: Vec<u8>) -> Result<serde_json::Value, DemoError> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| err(url, e))?;
-    let resp =
-        tokio::time::timeout(WAIT, client.request(req)).await.map_err(|e| err(url, e))?.map_err(|e| err(url, e))?;
-    let body = resp.into_body().collect().await.map_err(|e| err(url, e))?.to_bytes();
-    serde_json::from_slice(&body).map_err(|e| err(url, e))
 }
 
 /// A Partner JWT for `user` from the partner server, bound to `account` when given.
 pub async fn token(targets: &DemoTargets, user: &str, account: Option<&str>) -> Result<String, DemoError> {
-    let mut req = serde_json::json!({ "user_identifier": user });
-    if let Some(a) = account {
-        req["wa_account"] = a.into();
-    }
-    let v =
-        http("POST", &format!("{}/oauth/token", targets.partner_url), "application/json", req.to_string().into_bytes())
-            .await?;
-    v["access_token"].as_str().map(str::to_owned).ok_or_else(|| DemoError(format!("no token for {user}: {v}")))
+    step("token", Services::default().token(&targets.partner_url, user, account).await)
 }
 
 /// Enlists `user` (the seed's Part 1 request) and returns its interop JID.
 pub async fn enlist(targets: &DemoTargets, user: &User) -> Result<Jid, DemoError> {
-    let e = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
-    let noise_public = StaticKeypair::from_private(&user.noise).map_err(|e| err("noise key", e))?.public();
-    let mut signed = vec![5u8];
-    signed.extend_from_slice(&user.signed_prekey);
-    let signature = wire::xeddsa::sign_with_os_rng(&user.identity_private, &signed).map_err(|e| err("signing", e))?;
+    let services = Services::default();
     let token = token(targets, &user.name, None).await?;
-    let form = form_urlencoded::Serializer::new(String::new())
-        .append_pair("authkey", &e(&noise_public))
-        .append_pair("e_keytype", &e(&[5]))
-        .append_pair("e_regid", &e(&[0, 0, 0x30, 0x39]))
-        .append_pair("e_ident", &e(&wire::xeddsa::public_key(&user.identity_private)))
-        .append_pair("e_skey_id", &e(&[0, 0, 1]))
-        .append_pair("e_skey_val", &e(&user.signed_prekey))
-        .append_pair("e_skey_sig", &e(&signature))
-        .append_pair("integrator_id", "1")
-        .append_pair("user_identifier", &user.name)
-        .append_pair("token", &token)
-        .finish();
-    let v = http(
-        "POST",
-        &format!("{}/3p/interop_reg", targets.sim_url),
-        "application/x-www-form-urlencoded",
-        form.into_bytes(),
-    )
-    .await?;
-    let login = v["login"].as_str().ok_or_else(|| DemoError(format!("enlisting {}: {v}", user.name)))?;
-    Jid::parse(login).map_err(|e| err("login JID", e))
-}
-
-fn show(who: &str, arrow: &str, node: &Node) {
-    println!("  {who:<5} {arrow} {}", to_xml(node, XmlStyle::Compact));
+    let enlisted = step("enlisting", services.enlist(&targets.sim_url, &user.store, 1, &user.name, &token).await)?;
+    Jid::parse(&enlisted.jid).map_err(|e| err("login JID", e))
 }
 
 /// The edge login frame for `user` with `token`.
@@ -130,64 +68,118 @@ pub fn login_frame(user: &User, jid: &Jid, token: &str) -> Result<Vec<u8>, DemoE
     Ok(edge::login::build(jid, &user.noise, &payload.encode_to_vec()))
 }
 
-/// Logs `user` in through the proxy and returns the connection.
-async fn login(targets: &DemoTargets, user: &User, jid: &Jid) -> Result<EdgeClient<tokio::net::TcpStream>, DemoError> {
-    let token = token(targets, &user.name, Some(&jid.to_string())).await?;
-    let mut client =
-        EdgeClient::connect(targets.edge_addr, None).await.map_err(|e| err("connecting to the proxy", e))?;
-    client.send_payload(&login_frame(user, jid, &token)?).await.map_err(|e| err("login", e))?;
-    println!("  {:<5} -> <login jid=\"{jid}\"> (static key and ClientPayload, sent to the proxy only)", user.name);
-    let first = client.recv(WAIT).await.map_err(|e| err("login answer", e))?;
-    show(&user.name, "<-", &first);
-    if first.tag != "success" {
-        return Err(DemoError(format!("{} was not logged in", user.name)));
-    }
-    let (offline, _) = client.recv_tag("ib", WAIT).await.map_err(|e| err("offline marker", e))?;
-    show(&user.name, "<-", &offline);
-    Ok(client)
+fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, DemoError> {
+    r.map_err(|e| err(what, e))
 }
 
-/// Runs the demo once.
-pub async fn run(targets: &DemoTargets) -> Result<(), DemoError> {
-    let users = [User::new("alice")?, User::new("bob")?];
-    println!("demo: enlisting two Partner users with the simulator");
-    let mut jids = Vec::new();
-    for u in &users {
-        let jid = enlist(targets, u).await?;
-        println!("  {:<5} enlisted as {jid}", u.name);
-        jids.push(jid);
+/// Events until one matches `want`; every event is printed for `who`.
+async fn until(who: &str, c: &mut Client, want: impl Fn(&Event) -> bool) -> Result<Event, DemoError> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match step(who, c.next_event(left).await)? {
+            Some(e) => {
+                print_event(who, &e);
+                if want(&e) {
+                    return Ok(e);
+                }
+            }
+            None => return Err(DemoError(format!("{who}: nothing arrived within {WAIT:?}"))),
+        }
     }
-    println!("demo: logging in through the proxy at {}", targets.edge_addr);
-    let mut alice = login(targets, &users[0], &jids[0]).await?;
-    let mut bob = login(targets, &users[1], &jids[1]).await?;
+}
 
-    println!("demo: alice sends bob a message (the <enc> bytes stand for Signal ciphertext)");
-    let message = Node::new("message")
-        .attr("to", Value::Jid(jids[1].clone()))
-        .attr("id", "3EB0DEMO0001")
-        .attr("type", "text")
-        .children(vec![Node::new("enc").attr("v", "2").attr("type", "msg").bytes(random32()?.to_vec())]);
-    show("alice", "->", &message);
-    alice.send(&message).await.map_err(|e| err("sending", e))?;
-    let (ack, _) = alice.recv_tag("ack", WAIT).await.map_err(|e| err("server ack", e))?;
-    show("alice", "<-", &ack);
-    let (received, _) = bob.recv_tag("message", WAIT).await.map_err(|e| err("delivery", e))?;
-    show("bob", "<-", &received);
-    if received.child("enc") != message.child("enc") {
-        return Err(DemoError("the ciphertext changed on the way".into()));
+fn print_event(who: &str, e: &Event) {
+    match e {
+        Event::Message { from, content: Content::Text(t), .. } => println!("  {who:<5} <- {from}: \"{t}\""),
+        Event::Message { from, content: Content::Media(m), .. } => println!(
+            "  {who:<5} <- {from}: {} ({} bytes, {})",
+            m.label.clone().unwrap_or_default(),
+            m.file_length,
+            m.mimetype
+        ),
+        Event::Delivered { peer, id } => println!("  {who:<5}    delivery receipt from {peer} for {id}"),
+        other => println!("  {who:<5}    {other:?}"),
     }
-    let bob_ack =
-        Node::new("ack").attr("class", "message").attr("id", "3EB0DEMO0001").attr("to", Value::Jid(jids[0].clone()));
-    bob.send(&bob_ack).await.map_err(|e| err("ack", e))?;
-    show("bob", "->", &bob_ack);
-    let receipt = Node::new("receipt").attr("to", Value::Jid(jids[0].clone())).attr("id", "3EB0DEMO0001");
-    bob.send(&receipt).await.map_err(|e| err("receipt", e))?;
-    show("bob", "->", &receipt);
-    let (delivered, _) = alice.recv_tag("receipt", WAIT).await.map_err(|e| err("receipt delivery", e))?;
-    show("alice", "<-", &delivered);
-    let ack =
-        Node::new("ack").attr("class", "receipt").attr("id", "3EB0DEMO0001").attr("to", Value::Jid(jids[1].clone()));
-    alice.send(&ack).await.map_err(|e| err("ack", e))?;
-    println!("demo: done: the message crossed the proxy with its ciphertext byte for byte");
+}
+
+/// The full story on the embedded default: two Partner users behind the proxy and one
+/// WhatsApp-side user (directly on chatd) exchange end-to-end encrypted text and media with
+/// receipts. Only ciphertext crosses the proxy. `show_metrics` runs while the sessions are up.
+pub async fn run(targets: &DemoTargets, chat_addr: SocketAddr, show_metrics: &dyn Fn()) -> Result<(), DemoError> {
+    let (chatd, partner) = (targets.sim_url.as_str(), targets.partner_url.as_str());
+    println!("demo: two Partner users enlist (Signal keys made on the device); one WhatsApp user registers");
+    let mut devices = Vec::new();
+    for name in ["alice", "bob"] {
+        let mut store = step("device", Store::create(None))?;
+        let jid = step("enlisting", enlist_partner(&mut store, chatd, partner, 1, name).await)?;
+        println!("  {name:<5} enlisted as {jid}");
+        devices.push(store);
+    }
+    let mut wa_store = step("device", Store::create(None))?;
+    let wa_jid = step("registering", register_whatsapp(&mut wa_store, chatd, 15550001234).await)?;
+    println!("  wa    registered as {wa_jid} (a WhatsApp-side user of the simulator)");
+
+    println!("demo: alice and bob log in through the proxy at {}; wa connects to chatd directly", targets.edge_addr);
+    let edge = Route::Edge { addr: targets.edge_addr, tls: None };
+    let root = step("chatd root key", Services::default().chatd_root(chatd).await)?;
+    let bob_store = devices.pop().ok_or_else(|| DemoError("no device".into()))?;
+    let alice_store = devices.pop().ok_or_else(|| DemoError("no device".into()))?;
+    let mut alice = Client::login(alice_store, &edge).await.map_err(|f| err("alice login", f.error))?;
+    let mut bob = Client::login(bob_store, &edge).await.map_err(|f| err("bob login", f.error))?;
+    let mut wa = Client::login(wa_store, &Route::Direct { addr: chat_addr, root })
+        .await
+        .map_err(|f| err("wa login", f.error))?;
+    let (alice_jid, bob_jid) = (alice.jid().to_owned(), bob.jid().to_owned());
+
+    println!("demo: alice -> wa, text (X3DH from wa's published keys, then a pkmsg through the proxy)");
+    step("alice sends", alice.send_text(&wa_jid, "Hi from a Partner app!").await)?;
+    until("wa", &mut wa, |e| matches!(e, Event::Message { .. })).await?;
+    until("alice", &mut alice, |e| matches!(e, Event::Delivered { .. })).await?;
+
+    println!("demo: wa -> bob, text; bob -> wa, reply");
+    step("wa sends", wa.send_text(&bob_jid, "Hello bob, from WhatsApp").await)?;
+    until("bob", &mut bob, |e| matches!(e, Event::Message { .. })).await?;
+    until("wa", &mut wa, |e| matches!(e, Event::Delivered { .. })).await?;
+    step("bob sends", bob.send_text(&wa_jid, "Hey! Interop works.").await)?;
+    until("wa", &mut wa, |e| matches!(e, Event::Message { .. })).await?;
+    until("bob", &mut bob, |e| matches!(e, Event::Delivered { .. })).await?;
+
+    println!("demo: bob -> wa, an image: encrypted on bob's device, hosted by the partner server");
+    let picture: Vec<u8> = (0..48_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    step("bob sends media", bob.send_media(&wa_jid, &picture, "image/png", Some("sunset.png".into())).await)?;
+    let got = until("wa", &mut wa, |e| matches!(e, Event::Message { content: Content::Media(_), .. })).await?;
+    if let Event::Message { content: Content::Media(m), .. } = got {
+        let bytes = step("wa downloads", wa.download(&m).await)?;
+        println!(
+            "  wa       downloaded {} via chatd's {}..., decrypted, hashes match: {}",
+            bytes.len(),
+            &m.direct_path[..27],
+            bytes == picture
+        );
+    }
+    until("bob", &mut bob, |e| matches!(e, Event::Delivered { .. })).await?;
+
+    println!("demo: wa -> alice, a document uploaded to the WhatsApp media host");
+    let doc = b"%PDF-1.7 minutes of the interop meeting".repeat(100);
+    step("wa sends media", wa.send_media(&alice_jid, &doc, "application/pdf", Some("minutes.pdf".into())).await)?;
+    let got = until("alice", &mut alice, |e| matches!(e, Event::Message { content: Content::Media(_), .. })).await?;
+    if let Event::Message { content: Content::Media(m), .. } = got {
+        let bytes = step("alice downloads", alice.download(&m).await)?;
+        println!(
+            "  alice    downloaded {} from {}..., decrypted, hashes match: {}",
+            bytes.len(),
+            &m.direct_path[..4],
+            bytes == doc
+        );
+    }
+    until("wa", &mut wa, |e| matches!(e, Event::Delivered { .. })).await?;
+
+    println!("proxy metrics with alice and bob connected:");
+    show_metrics();
+    alice.close().await;
+    bob.close().await;
+    wa.close().await;
+    println!("demo: done: text and media crossed the proxy end-to-end encrypted, with receipts");
     Ok(())
 }

@@ -104,7 +104,7 @@ async fn run(cli: &Cli) -> Result<(), String> {
     if let (Some(e), Some(edge_addr)) = (&proxy.embedded, proxy.tcp_addr) {
         let targets =
             DemoTargets { partner_url: e.partner.base_url().to_owned(), sim_url: e.sim.http_url(), edge_addr };
-        if let Err(e) = run_demo(&targets).await {
+        if let Err(e) = run_demo(&targets, e.sim.chat_addr, &|| print_metrics(&proxy)).await {
             eprintln!("interop-proxy: {e}");
         }
     }
@@ -168,17 +168,20 @@ async fn demo(cli: &Cli) -> Result<(), String> {
         return Err("no embedded servers".into());
     };
     let targets = DemoTargets { partner_url: e.partner.base_url().to_owned(), sim_url: e.sim.http_url(), edge_addr };
-    let outcome = run_demo(&targets).await.map_err(|e| e.to_string());
+    let outcome = run_demo(&targets, e.sim.chat_addr, &|| print_metrics(&proxy)).await.map_err(|e| e.to_string());
+    proxy.shutdown().await;
+    outcome
+}
+
+/// The proxy's session, login and relay metrics, as a scrape would show them.
+fn print_metrics(proxy: &proxy::RunningProxy) {
     let mut text = Vec::new();
     (proxy.admin.before_scrape)();
     let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &proxy.admin.registry.gather(), &mut text);
-    println!("proxy metrics after the demo:");
     for line in String::from_utf8_lossy(&text).lines() {
         let interesting = ["waproxy_logins_total", "waproxy_sessions", "waproxy_relay", "waproxy_upstream"];
         if !line.starts_with('#') && interesting.iter().any(|p| line.starts_with(p)) && !line.contains("_bucket") {
             println!("  {line}");
         }
     }
-    proxy.shutdown().await;
-    outcome
 }

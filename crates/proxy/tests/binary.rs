@@ -12,9 +12,15 @@ fn demo_runs_real_traffic_through_the_proxy_and_exits() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("clients connect to   tcp://127.0.0.1:"), "{stdout}");
-    assert!(stdout.contains("bob   <- <message from=\"1-"), "{stdout}");
+    // Decrypted on the devices: text both ways, media with its hashes checked, receipts.
+    assert!(stdout.contains("wa    <- 1-10853634039893@interop: \"Hi from a Partner app!\""), "{stdout}");
+    assert!(stdout.contains("bob   <- 15550001234@s.whatsapp.net: \"Hello bob, from WhatsApp\""), "{stdout}");
+    assert_eq!(stdout.matches("hashes match: true").count(), 2, "{stdout}");
+    assert!(stdout.matches("delivery receipt from").count() >= 5, "{stdout}");
     assert!(stdout.contains("demo: done"), "{stdout}");
+    // The metrics were taken with both Partner sessions up.
     assert!(stdout.contains("waproxy_upstream_logins_total{result=\"accepted\"} 2"), "{stdout}");
+    assert!(stdout.contains("waproxy_sessions_active 2"), "{stdout}");
 }
 
 #[test]

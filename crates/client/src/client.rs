@@ -1,0 +1,743 @@
+//! The client: one logged-in chat connection over the device store. One task drives it: sends
+//! wait for their IQ result or server ack, and whatever else arrives meanwhile is queued and
+//! handled, in order, by [`Client::next_event`]. Each incoming stanza is decrypted, committed to
+//! the store (session, shown-id, thread log) in one write, and only then acked, so a crash
+//! between the two redelivers the stanza and the shown-id check keeps it from the user twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use wire::proto::{AppVersion, ClientPayload};
+use wire::{Jid, Node, Server, Value};
+
+use crate::conn::{ConnError, Connection, Route};
+use crate::e2e::{self, E2eError, EncType, KeyBundle};
+use crate::media::{self, MediaError, MediaKind};
+use crate::message::{Content, MediaRef, Message, MessageError};
+use crate::reconnect::CloseReason;
+use crate::services::{ServiceError, Services};
+use crate::store::{Account, PREKEY_BATCH, Store, StoreError};
+
+/// The app version this client declares.
+pub const APP_VERSION: (u32, u32, u32) = (2, 3000, 1);
+/// Upload more one-time prekeys when chatd holds fewer than this.
+const PREKEY_LOW_WATER: usize = 10;
+/// Retry receipts honoured per message before giving up.
+const MAX_RETRIES: u32 = 3;
+
+/// What the client tells its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A decrypted message.
+    Message { from: String, id: String, content: Content, offline: bool },
+    /// The recipient's device got our message.
+    Delivered { peer: String, id: String },
+    /// The peer read our message.
+    Read { peer: String, id: String },
+    /// The peer's security code changed (new device or reinstall): a notice in the thread.
+    IdentityChanged { peer: String },
+    /// A message could not be decrypted; a retry receipt asked the sender to re-send it.
+    Undecryptable { from: String, id: String, reason: String },
+    /// The peer could not decrypt our message; it was re-encrypted and sent again.
+    Resent { peer: String, id: String, fresh_session: bool },
+    /// The server ended the connection.
+    Closed(CloseReason),
+}
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    E2e(#[from] E2eError),
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    #[error("not enlisted: run `interop-client enlist` first")]
+    NotEnlisted,
+    #[error("login refused: {0}")]
+    Refused(CloseReason),
+    #[error("{0}")]
+    Closed(CloseReason),
+    #[error("{to} has no WhatsApp account, or no keys published")]
+    NoSuchUser { to: String },
+    #[error("chatd refused the message to {to}: {why}")]
+    Rejected { to: String, why: String },
+    #[error("chatd answered the request with error {code}: {text}")]
+    Iq { code: String, text: String },
+    #[error("chatd sent something unexpected: {0}")]
+    Protocol(String),
+    #[error("{0} is not a valid JID")]
+    BadJid(String),
+}
+
+fn server() -> Value {
+    Value::Jid(Jid::server(Server::Whatsapp))
+}
+
+fn jid_value(s: &str) -> Result<Value, ClientError> {
+    Jid::parse(s).map(Value::Jid).map_err(|_| ClientError::BadJid(s.to_owned()))
+}
+
+/// A fresh message id in WhatsApp's style.
+fn message_id() -> String {
+    let r = crate::store::random32();
+    format!("3EB0{}", hex::encode_upper(&r[..9]))
+}
+
+fn be_bytes(n: u32, len: usize) -> Vec<u8> {
+    n.to_be_bytes()[4 - len..].to_vec()
+}
+
+fn be_number(b: Option<&[u8]>) -> Option<u32> {
+    let b = b.filter(|b| !b.is_empty() && b.len() <= 4)?;
+    Some(b.iter().fold(0u32, |n, &x| n << 8 | u32::from(x)))
+}
+
+fn child_bytes<'a>(node: &'a Node, tag: &str) -> Option<&'a [u8]> {
+    match &node.child(tag)?.content {
+        wire::node::Content::Bytes(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn fixed<const N: usize>(b: Option<&[u8]>) -> Option<[u8; N]> {
+    b.and_then(|b| b.try_into().ok())
+}
+
+/// A key bundle from `<registration>`, `<identity>`, `<skey>` and `<key>` children (a key
+/// fetch's `<user>`, or a retry receipt's `<keys>` beside its `<registration>`).
+fn bundle_from(keys: &Node, registration: Option<&[u8]>) -> Option<KeyBundle> {
+    let skey = keys.child("skey")?;
+    let one_time =
+        keys.child("key").and_then(|k| Some((be_number(child_bytes(k, "id"))?, fixed::<32>(child_bytes(k, "value"))?)));
+    Some(KeyBundle {
+        registration_id: be_number(registration.or_else(|| child_bytes(keys, "registration")))?,
+        identity: fixed(child_bytes(keys, "identity"))?,
+        signed_prekey_id: be_number(child_bytes(skey, "id"))?,
+        signed_prekey: fixed(child_bytes(skey, "value"))?,
+        signature: fixed(child_bytes(skey, "signature"))?,
+        one_time,
+    })
+}
+
+/// The text form of an attribute (JID or string).
+fn attr(node: &Node, key: &str) -> Option<String> {
+    node.get(key).map(|v| v.to_string())
+}
+
+/// A login that did not succeed, with the device store handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct LoginFailed {
+    pub store: Store,
+    pub error: ClientError,
+}
+
+/// Enlists this device as Partner user `user` of `integrator` (the seed's Part 1: a token from
+/// the partner server, then the enlistment request with the device's keys) and records the
+/// account and endpoints in the store.
+pub async fn enlist_partner(
+    store: &mut Store,
+    chatd_http: &str,
+    partner: &str,
+    integrator: u16,
+    user: &str,
+) -> Result<String, ClientError> {
+    let services = Services::default();
+    let token = services.token(partner, user, None).await?;
+    let enlisted = services.enlist(chatd_http, store, integrator, user, &token).await?;
+    store.set_account(Some(Account::Partner {
+        jid: enlisted.jid.clone(),
+        account_id: enlisted.account_id,
+        integrator,
+        user: user.to_owned(),
+    }));
+    let mut endpoints = store.endpoints().clone();
+    endpoints.chatd_http = chatd_http.to_owned();
+    endpoints.partner = Some(partner.to_owned());
+    store.set_endpoints(endpoints);
+    store.save()?;
+    Ok(enlisted.jid)
+}
+
+/// Registers this device as WhatsApp-side user `phone` with the simulator.
+pub async fn register_whatsapp(store: &mut Store, chatd_http: &str, phone: u64) -> Result<String, ClientError> {
+    let jid = Services::default().provision_whatsapp(chatd_http, store, phone).await?;
+    store.set_account(Some(Account::WhatsApp { jid: jid.clone(), phone }));
+    let mut endpoints = store.endpoints().clone();
+    endpoints.chatd_http = chatd_http.to_owned();
+    store.set_endpoints(endpoints);
+    store.save()?;
+    Ok(jid)
+}
+
+/// A logged-in client.
+pub struct Client {
+    store: Store,
+    conn: Connection,
+    services: Services,
+    /// Stanzas that arrived while waiting for something else.
+    pending: VecDeque<Node>,
+    /// Events produced while sending (identity changes found on the way).
+    events: VecDeque<Event>,
+    next_iq: u64,
+    wait: Duration,
+    media_host: Option<String>,
+    /// Retry receipts sent per incoming message.
+    retries_sent: HashMap<String, u32>,
+}
+
+impl Client {
+    /// Logs the device in over `route`: through the proxy for Partner users (with a fresh token
+    /// bound to the account), or directly to chatd. Tops up one-time prekeys afterwards.
+    pub async fn login(store: Store, route: &Route) -> Result<Client, Box<LoginFailed>> {
+        let mut store = Some(store);
+        match Client::try_login(&mut store, route).await {
+            Ok(c) => Ok(c),
+            Err(error) => {
+                Err(Box::new(LoginFailed { store: store.expect("the store is taken only on success"), error }))
+            }
+        }
+    }
+
+    async fn try_login(slot: &mut Option<Store>, route: &Route) -> Result<Client, ClientError> {
+        let store = slot.as_ref().expect("a store to log in with");
+        let services = Services::default();
+        let version = AppVersion::new(APP_VERSION.0, APP_VERSION.1, APP_VERSION.2);
+        let (jid, payload) = match store.account().ok_or(ClientError::NotEnlisted)? {
+            Account::Partner { jid, account_id, user, .. } => {
+                let partner = store.endpoints().partner.clone().ok_or(ClientError::NotEnlisted)?;
+                let token = services.token(&partner, user, Some(jid)).await?;
+                (jid.clone(), ClientPayload::interop_login(*account_id, token.into_bytes(), version))
+            }
+            Account::WhatsApp { jid, phone } => (jid.clone(), ClientPayload::web_login(*phone, 0, version)),
+        };
+        let wait = Duration::from_secs(15);
+        let parsed = Jid::parse(&jid).map_err(|_| ClientError::BadJid(jid.clone()))?;
+        let mut conn = Connection::open(route, &parsed, store.noise_private(), &payload, wait).await?;
+        let first = conn.recv(wait).await?;
+        if first.tag != "success" {
+            conn.close().await;
+            return Err(ClientError::Refused(CloseReason::of(&first).unwrap_or(CloseReason::Other(first.tag.clone()))));
+        }
+        let Some(store) = slot.take() else { unreachable!("checked above") };
+        let mut client = Client {
+            store,
+            conn,
+            services,
+            pending: VecDeque::new(),
+            events: VecDeque::new(),
+            next_iq: 1,
+            wait,
+            media_host: None,
+            retries_sent: HashMap::new(),
+        };
+        if let Err(e) = client.top_up_prekeys().await {
+            *slot = Some(client.close().await);
+            return Err(e);
+        }
+        Ok(client)
+    }
+
+    pub fn jid(&self) -> &str {
+        self.store.account().map(Account::jid).unwrap_or_default()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Sends an IQ and waits for its result; other stanzas are queued for `next_event`.
+    async fn iq(&mut self, xmlns: &str, kind: &str, children: Vec<Node>) -> Result<Node, ClientError> {
+        let id = format!("c{}", self.next_iq);
+        self.next_iq += 1;
+        let iq = Node::new("iq")
+            .attr("id", id.as_str())
+            .attr("xmlns", xmlns)
+            .attr("type", kind)
+            .attr("to", server())
+            .children(children);
+        self.conn.send(&iq).await?;
+        let result = self.wait_for(|n| n.tag == "iq" && n.get_str("id") == Some(&id)).await?;
+        if result.get_str("type") == Some("error") {
+            let error = result.child("error");
+            return Err(ClientError::Iq {
+                code: error.and_then(|e| attr(e, "code")).unwrap_or_default(),
+                text: error.and_then(|e| attr(e, "text")).unwrap_or_default(),
+            });
+        }
+        Ok(result)
+    }
+
+    /// Receives until a stanza matching `want`; others are queued.
+    async fn wait_for(&mut self, want: impl Fn(&Node) -> bool) -> Result<Node, ClientError> {
+        loop {
+            let node = self.conn.recv(self.wait).await?;
+            if want(&node) {
+                return Ok(node);
+            }
+            if let Some(reason) = CloseReason::of(&node) {
+                return Err(ClientError::Closed(reason));
+            }
+            self.pending.push_back(node);
+        }
+    }
+
+    /// Uploads a batch of one-time prekeys when chatd is running low.
+    pub async fn top_up_prekeys(&mut self) -> Result<(), ClientError> {
+        let count = self.iq("encrypt", "get", vec![Node::new("count")]).await?;
+        let have = count.child("count").and_then(|c| c.get_str("value")).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if have >= PREKEY_LOW_WATER {
+            return Ok(());
+        }
+        let keys = self.store.new_prekeys(PREKEY_BATCH)?;
+        self.store.save()?;
+        let (spk_id, spk, signature) = self.store.signed_prekey()?;
+        let list = keys
+            .iter()
+            .map(|(id, k)| {
+                Node::new("key")
+                    .children(vec![Node::new("id").bytes(be_bytes(*id, 3)), Node::new("value").bytes(k.to_vec())])
+            })
+            .collect();
+        let identity = self.store.identity().public_key().public_key_bytes().to_vec();
+        self.iq(
+            "encrypt",
+            "set",
+            vec![
+                Node::new("registration").bytes(be_bytes(self.store.registration_id(), 4)),
+                Node::new("type").bytes(vec![5]),
+                Node::new("identity").bytes(identity),
+                Node::new("list").children(list),
+                Node::new("skey").children(vec![
+                    Node::new("id").bytes(be_bytes(spk_id, 3)),
+                    Node::new("value").bytes(spk.to_vec()),
+                    Node::new("signature").bytes(signature),
+                ]),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Fetches `peer`'s key bundle from chatd and starts a session with it.
+    async fn fetch_session(&mut self, peer: &str) -> Result<(), ClientError> {
+        let user = Node::new("user").attr("jid", jid_value(peer)?);
+        let result = self.iq("encrypt", "get", vec![Node::new("key").children(vec![user])]).await?;
+        let user = result
+            .child("list")
+            .and_then(|l| l.child("user"))
+            .ok_or_else(|| ClientError::Protocol("key fetch result has no <user>".into()))?;
+        if user.child("error").is_some() {
+            return Err(ClientError::NoSuchUser { to: peer.to_owned() });
+        }
+        let bundle = bundle_from(user, None).ok_or_else(|| ClientError::NoSuchUser { to: peer.to_owned() })?;
+        if e2e::start_session(&mut self.store, peer, &bundle).await? {
+            self.identity_changed(peer)?;
+        }
+        Ok(())
+    }
+
+    fn identity_changed(&mut self, peer: &str) -> Result<(), ClientError> {
+        self.store.log(&serde_json::json!({"dir": "notice", "peer": peer, "text": "security code changed"}))?;
+        self.events.push_back(Event::IdentityChanged { peer: peer.to_owned() });
+        Ok(())
+    }
+
+    /// Encrypts and sends `message` to `to`; returns its id once chatd has acked it.
+    pub async fn send_message(&mut self, to: &str, message: &Message) -> Result<String, ClientError> {
+        let to = Jid::parse(to).map_err(|_| ClientError::BadJid(to.to_owned()))?.to_account().to_string();
+        if !e2e::has_session(&mut self.store, &to) {
+            self.fetch_session(&to).await?;
+        }
+        let plaintext = message.to_plaintext();
+        let id = message_id();
+        let (kind, ciphertext) = e2e::encrypt(&mut self.store, &to, &plaintext).await?;
+        self.store.remember_sent(&id, &to, &plaintext);
+        self.store.save()?;
+        let mediatype = match message.content() {
+            Content::Media(m) => Some(m.kind),
+            _ => None,
+        };
+        self.send_enc(&to, &id, kind, ciphertext, mediatype, None).await?;
+        let text = match message.content() {
+            Content::Text(t) => t,
+            Content::Media(m) => format!("[{}] {}", m.mimetype, m.label.unwrap_or_default()),
+            Content::Unsupported => String::new(),
+        };
+        self.store.log(&serde_json::json!({"dir": "out", "peer": to, "id": id, "text": text}))?;
+        Ok(id)
+    }
+
+    async fn send_enc(
+        &mut self,
+        to: &str,
+        id: &str,
+        kind: EncType,
+        ciphertext: Vec<u8>,
+        mediatype: Option<MediaKind>,
+        count: Option<u32>,
+    ) -> Result<(), ClientError> {
+        let mut enc = Node::new("enc").attr("v", "2").attr("type", kind.as_str());
+        if let Some(m) = mediatype {
+            enc = enc.attr("mediatype", m.mms_type());
+        }
+        if let Some(c) = count {
+            enc = enc.attr("count", c.to_string());
+        }
+        let stanza = Node::new("message")
+            .attr("to", jid_value(to)?)
+            .attr("id", id)
+            .attr("type", if mediatype.is_some() { "media" } else { "text" })
+            .children(vec![enc.bytes(ciphertext)]);
+        self.conn.send(&stanza).await?;
+        let ack = self
+            .wait_for(|n| n.tag == "ack" && n.get_str("class") == Some("message") && n.get_str("id") == Some(id))
+            .await?;
+        match ack.get_str("error") {
+            None => Ok(()),
+            Some(code) => Err(ClientError::Rejected {
+                to: to.to_owned(),
+                why: match code {
+                    "403" => "blocked (by you or by them)".into(),
+                    "404" => "no such account".into(),
+                    "503" => "the recipient's mailbox is full".into(),
+                    c => format!("error {c}"),
+                },
+            }),
+        }
+    }
+
+    pub async fn send_text(&mut self, to: &str, text: &str) -> Result<String, ClientError> {
+        self.send_message(to, &Message::text(text)).await
+    }
+
+    /// The media host chatd names (`media_conn`), else chatd's HTTP base.
+    async fn media_host(&mut self) -> Result<String, ClientError> {
+        if let Some(h) = &self.media_host {
+            return Ok(h.clone());
+        }
+        let result = self.iq("w:m", "set", vec![Node::new("media_conn")]).await?;
+        let host = result
+            .child("media_conn")
+            .and_then(|m| m.child("host"))
+            .and_then(|h| h.get_str("hostname"))
+            .filter(|h| !h.is_empty())
+            .map(|h| if h.contains("://") { h.to_owned() } else { format!("https://{h}") })
+            .unwrap_or_else(|| self.store.endpoints().chatd_http.clone());
+        self.media_host = Some(host.clone());
+        Ok(host)
+    }
+
+    /// Encrypts `data`, uploads it (Partner users to their partner server, WhatsApp users to the
+    /// WhatsApp media host) and sends the media message.
+    pub async fn send_media(
+        &mut self,
+        to: &str,
+        data: &[u8],
+        mimetype: &str,
+        label: Option<String>,
+    ) -> Result<String, ClientError> {
+        let kind = MediaKind::for_file(mimetype);
+        let encrypted = media::encrypt(data, kind);
+        let direct_path = match self.store.account().ok_or(ClientError::NotEnlisted)?.clone() {
+            Account::Partner { integrator, .. } => {
+                let partner = self.store.endpoints().partner.clone().ok_or(ClientError::NotEnlisted)?;
+                let reference = self.services.upload_partner_media(&partner, encrypted.body.clone()).await?;
+                format!("/interop/whatsapp/download/{integrator}/{reference}/")
+            }
+            Account::WhatsApp { .. } => {
+                let host = self.media_host().await?;
+                self.services.upload_whatsapp_media(&host, kind.mms_type(), encrypted.body.clone()).await?
+            }
+        };
+        let media = MediaRef {
+            kind,
+            mimetype: mimetype.to_owned(),
+            direct_path,
+            media_key: encrypted.media_key.to_vec(),
+            file_sha256: encrypted.file_sha256.to_vec(),
+            file_enc_sha256: encrypted.file_enc_sha256.to_vec(),
+            file_length: encrypted.file_length,
+            label,
+        };
+        self.send_message(to, &Message::media(&media)).await
+    }
+
+    /// Downloads and decrypts a received media message, checking its hashes and MAC.
+    pub async fn download(&mut self, media: &MediaRef) -> Result<Vec<u8>, ClientError> {
+        let host = self.media_host().await?;
+        let body = self.services.download(&host, &media.direct_path).await?;
+        Ok(media::decrypt(&body, media.kind, &media.media_key, &media.file_enc_sha256, &media.file_sha256)?)
+    }
+
+    /// The next event within `wait`: `Ok(None)` when nothing came. Acks, receipts, retries and
+    /// pings are handled on the way.
+    pub async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(Some(e));
+            }
+            let node = match self.pending.pop_front() {
+                Some(n) => n,
+                None => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match self.conn.recv(left).await {
+                        Ok(n) => n,
+                        Err(ConnError::Timeout(_)) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            if let Some(e) = self.handle(node).await? {
+                return Ok(Some(e));
+            }
+        }
+    }
+
+    async fn handle(&mut self, node: Node) -> Result<Option<Event>, ClientError> {
+        if let Some(reason) = CloseReason::of(&node) {
+            return Ok(Some(Event::Closed(reason)));
+        }
+        match node.tag.as_str() {
+            "message" => self.on_message(node).await,
+            "receipt" => self.on_receipt(node).await,
+            "notification" => self.on_notification(node).await,
+            "iq" if node.get_str("type") == Some("get") => {
+                let id = node.get_str("id").unwrap_or_default();
+                let reply = Node::new("iq").attr("id", id).attr("type", "result").attr("to", server());
+                self.conn.send(&reply).await?;
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn ack(&mut self, class: &str, node: &Node, kind: Option<&str>) -> Result<(), ClientError> {
+        let mut ack = Node::new("ack").attr("class", class).attr("id", node.get_str("id").unwrap_or_default());
+        if let Some(from) = node.get("from") {
+            ack = ack.attr("to", from.clone());
+        }
+        if let Some(t) = kind {
+            ack = ack.attr("type", t);
+        }
+        self.conn.send(&ack).await?;
+        Ok(())
+    }
+
+    async fn on_message(&mut self, node: Node) -> Result<Option<Event>, ClientError> {
+        let (Some(from), Some(id)) = (attr(&node, "from"), node.get_str("id").map(str::to_owned)) else {
+            return Ok(None);
+        };
+        let key = format!("{from}/{id}");
+        let receipt = Node::new("receipt").attr("id", id.as_str()).attr("to", jid_value(&from)?);
+        if self.store.seen(&key) {
+            // Redelivered after a lost ack: confirm again, show nothing.
+            self.ack("message", &node, None).await?;
+            self.conn.send(&receipt).await?;
+            return Ok(None);
+        }
+        let Some(enc) = node.child("enc") else {
+            self.ack("message", &node, None).await?;
+            return Ok(None);
+        };
+        let kind = enc.get_str("type").and_then(EncType::parse);
+        let bytes = match &enc.content {
+            wire::node::Content::Bytes(b) => b.clone(),
+            _ => Vec::new(),
+        };
+        let decrypted = match kind {
+            Some(kind) => e2e::decrypt(&mut self.store, &from, kind, &bytes).await.map_err(ClientError::from),
+            None => Err(ClientError::Protocol(format!("unknown enc type {:?}", enc.get_str("type")))),
+        };
+        let message = decrypted.and_then(|d| Ok((Message::from_plaintext(&d.plaintext)?, d.identity_changed)));
+        let (message, identity_changed) = match message {
+            Ok(m) => m,
+            Err(e) => {
+                let reason = e.to_string();
+                self.send_retry_receipt(&node, &from, &id).await?;
+                self.ack("message", &node, None).await?;
+                return Ok(Some(Event::Undecryptable { from, id, reason }));
+            }
+        };
+        if identity_changed {
+            self.identity_changed(&from)?;
+        }
+        let content = message.content();
+        self.store.mark_seen(key);
+        self.store.save()?;
+        let text = match &content {
+            Content::Text(t) => t.clone(),
+            Content::Media(m) => format!("[{}] {}", m.mimetype, m.label.clone().unwrap_or_default()),
+            Content::Unsupported => "[unsupported message]".into(),
+        };
+        self.store.log(&serde_json::json!({"dir": "in", "peer": from, "id": id, "text": text}))?;
+        self.ack("message", &node, None).await?;
+        self.conn.send(&receipt).await?;
+        let offline = node.get("offline").is_some();
+        let event = Event::Message { from, id, content, offline };
+        if self.events.is_empty() {
+            Ok(Some(event))
+        } else {
+            self.events.push_back(event);
+            Ok(None)
+        }
+    }
+
+    /// Asks the sender to re-send: our registration id and a fresh bundle (with a new one-time
+    /// prekey), so it can start a new session if ours was lost.
+    async fn send_retry_receipt(&mut self, node: &Node, from: &str, id: &str) -> Result<(), ClientError> {
+        let count = {
+            let c = self.retries_sent.entry(format!("{from}/{id}")).or_insert(0);
+            *c += 1;
+            *c
+        };
+        let (otk_id, otk) = self.store.new_prekeys(1)?[0];
+        self.store.save()?;
+        let (spk_id, spk, signature) = self.store.signed_prekey()?;
+        let identity = self.store.identity().public_key().public_key_bytes().to_vec();
+        let receipt =
+            Node::new("receipt").attr("id", id).attr("to", jid_value(from)?).attr("type", "retry").children(vec![
+                Node::new("retry")
+                    .attr("count", count.to_string())
+                    .attr("id", id)
+                    .attr("t", node.get_str("t").unwrap_or("0"))
+                    .attr("v", "1"),
+                Node::new("registration").bytes(be_bytes(self.store.registration_id(), 4)),
+                Node::new("keys").children(vec![
+                    Node::new("type").bytes(vec![5]),
+                    Node::new("identity").bytes(identity),
+                    Node::new("key").children(vec![
+                        Node::new("id").bytes(be_bytes(otk_id, 3)),
+                        Node::new("value").bytes(otk.to_vec()),
+                    ]),
+                    Node::new("skey").children(vec![
+                        Node::new("id").bytes(be_bytes(spk_id, 3)),
+                        Node::new("value").bytes(spk.to_vec()),
+                        Node::new("signature").bytes(signature),
+                    ]),
+                ]),
+            ]);
+        self.conn.send(&receipt).await?;
+        Ok(())
+    }
+
+    async fn on_receipt(&mut self, node: Node) -> Result<Option<Event>, ClientError> {
+        let kind = node.get_str("type").map(str::to_owned);
+        self.ack("receipt", &node, kind.as_deref()).await?;
+        let (Some(peer), Some(id)) = (attr(&node, "from"), node.get_str("id").map(str::to_owned)) else {
+            return Ok(None);
+        };
+        match kind.as_deref() {
+            None | Some("inactive") => {
+                self.store.log(&serde_json::json!({"dir": "receipt", "peer": peer, "id": id, "text": "delivered"}))?;
+                Ok(Some(Event::Delivered { peer, id }))
+            }
+            Some("read") => Ok(Some(Event::Read { peer, id })),
+            Some("retry") => self.on_retry(&node, peer, id).await,
+            _ => Ok(None),
+        }
+    }
+
+    /// Honours a retry receipt: a fresh session from the keys it carries (or the current one),
+    /// then the same message re-encrypted, with `count` on its `<enc>`.
+    async fn on_retry(&mut self, node: &Node, peer: String, id: String) -> Result<Option<Event>, ClientError> {
+        let Some((sent, plaintext)) = self.store.sent(&id, &peer) else {
+            tracing::debug!(%peer, %id, "retry receipt for a message we no longer hold");
+            return Ok(None);
+        };
+        if sent.retries >= MAX_RETRIES {
+            return Ok(None);
+        }
+        sent.retries += 1;
+        let count = sent.retries;
+        let bundle = node.child("keys").and_then(|k| bundle_from(k, child_bytes(node, "registration")));
+        let fresh_session = bundle.is_some();
+        if let Some(bundle) = bundle {
+            self.store.drop_session(&e2e::address(&peer));
+            if e2e::start_session(&mut self.store, &peer, &bundle).await? {
+                self.identity_changed(&peer)?;
+            }
+        } else if !e2e::has_session(&mut self.store, &peer) {
+            self.fetch_session(&peer).await?;
+        }
+        let mediatype = match Message::from_plaintext(&plaintext)?.content() {
+            Content::Media(m) => Some(m.kind),
+            _ => None,
+        };
+        let (kind, ciphertext) = e2e::encrypt(&mut self.store, &peer, &plaintext).await?;
+        self.store.save()?;
+        self.send_enc(&peer, &id, kind, ciphertext, mediatype, Some(count)).await?;
+        Ok(Some(Event::Resent { peer, id, fresh_session }))
+    }
+
+    async fn on_notification(&mut self, node: Node) -> Result<Option<Event>, ClientError> {
+        self.ack("notification", &node, None).await?;
+        if node.get_str("type") != Some("encrypt") {
+            return Ok(None);
+        }
+        if node.child("identity").is_some() {
+            let Some(peer) = attr(&node, "from") else { return Ok(None) };
+            // The next message fetches the new keys.
+            self.store.drop_session(&e2e::address(&peer));
+            self.store.save()?;
+            self.identity_changed(&peer)?;
+            return Ok(None);
+        }
+        if node.child("count").is_some() {
+            self.top_up_prekeys().await?;
+        }
+        Ok(None)
+    }
+
+    /// Forgets the session with `peer` (the user's "reset secure session"; also what a device
+    /// that lost its state looks like). The next message either way starts a new one.
+    pub fn forget_session(&mut self, peer: &str) -> Result<(), ClientError> {
+        self.store.drop_session(&e2e::address(peer));
+        Ok(self.store.save()?)
+    }
+
+    /// A keepalive: `<iq xmlns="w:p" type="get"><ping/></iq>` and its result.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.iq("w:p", "get", vec![Node::new("ping")]).await.map(drop)
+    }
+
+    /// Blocks or unblocks `jid`.
+    pub async fn set_blocked(&mut self, jid: &str, block: bool) -> Result<(), ClientError> {
+        let item =
+            Node::new("item").attr("jid", jid_value(jid)?).attr("action", if block { "block" } else { "unblock" });
+        self.iq("blocklist", "set", vec![item]).await.map(drop)
+    }
+
+    /// The accounts this user has blocked.
+    pub async fn blocklist(&mut self) -> Result<Vec<String>, ClientError> {
+        let result = self.iq("blocklist", "get", Vec::new()).await?;
+        Ok(result
+            .child("list")
+            .map(|l| l.child_nodes().iter().filter_map(|i| attr(i, "jid")).collect())
+            .unwrap_or_default())
+    }
+
+    /// Deletes the account at chatd (the user opted out); the device forgets its enlistment.
+    pub async fn delete_account(mut self) -> Result<Store, ClientError> {
+        self.iq("urn:xmpp:whatsapp:account", "set", vec![Node::new("remove")]).await?;
+        self.store.set_account(None);
+        self.store.save()?;
+        self.conn.close().await;
+        Ok(self.store)
+    }
+
+    /// Closes the connection and hands back the store.
+    pub async fn close(self) -> Store {
+        self.conn.close().await;
+        self.store
+    }
+}

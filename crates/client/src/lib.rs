@@ -1,0 +1,25 @@
+//! The Partner client SDK: a device that enlists with WhatsApp's interop API, logs in through
+//! the proxy (or directly to chatd), and talks to WhatsApp users with Signal end-to-end
+//! encryption on the device. The proxy and chatd only ever carry ciphertext.
+//!
+//! - [`store`]: the device's keys, sessions and thread, in a file-backed store.
+//! - [`e2e`]: Signal sessions and messages (via `wacore-libsignal`), pure over the store.
+//! - [`message`]: the `Message` protobuf and its padding; [`media`]: media encryption.
+//! - [`conn`]: the chat connection (edge or direct); [`services`]: the HTTP services.
+//! - [`client`]: the logged-in client and its events; [`reconnect`]: close reasons and backoff.
+//! - [`listen`]: the long-running receive loop: keepalive, reconnects, push wake-up.
+
+pub mod client;
+pub mod conn;
+pub mod e2e;
+pub mod listen;
+pub mod media;
+pub mod message;
+pub mod reconnect;
+pub mod services;
+pub mod store;
+
+pub use client::{Client, ClientError, Event};
+pub use conn::Route;
+pub use message::Content;
+pub use store::{Account, Endpoints, Store};

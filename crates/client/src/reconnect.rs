@@ -1,0 +1,184 @@
+//! Why a connection ended, and what to do about it: reconnect with jittered exponential backoff,
+//! honour a server's `retry_after`, re-enlist after the account was removed, and never reconnect
+//! after being replaced by another login of the same account (that would ping-pong forever).
+
+use std::time::Duration;
+
+use wire::Node;
+
+/// Why the server ended (or refused) the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// `<stream:error><conflict type="replaced"/>`: this account logged in elsewhere.
+    Replaced,
+    /// `<failure reason="401">` or `<stream:error code="401">`: the account was deleted or
+    /// un-enlisted, or the token was refused.
+    Unauthorized,
+    /// `<failure reason="429" retry_after="N">`: the proxy is shedding load.
+    Overloaded { retry_after: Option<Duration> },
+    /// `<failure reason="503">` or `<stream:error code="503">` (draining, chatd unreachable).
+    Unavailable,
+    /// `<failure reason="405">`: the app version is too old; an update is needed.
+    Outdated,
+    /// Any other `<failure>`/`<stream:error>` code.
+    Other(String),
+    /// The connection dropped without a reason.
+    Dropped,
+}
+
+impl CloseReason {
+    /// The reason a `<failure>` or `<stream:error>` stanza gives, or `None` for other stanzas.
+    pub fn of(node: &Node) -> Option<CloseReason> {
+        let code = match node.tag.as_str() {
+            "failure" => node.get_str("reason").unwrap_or_default(),
+            "stream:error" => {
+                if node.child("conflict").is_some() {
+                    return Some(CloseReason::Replaced);
+                }
+                node.get_str("code").unwrap_or_default()
+            }
+            "xmlstreamend" => return Some(CloseReason::Dropped),
+            _ => return None,
+        };
+        Some(match code {
+            "401" | "403" => CloseReason::Unauthorized,
+            "429" => CloseReason::Overloaded {
+                retry_after: node.get_str("retry_after").and_then(|s| s.parse().ok()).map(Duration::from_secs),
+            },
+            "503" => CloseReason::Unavailable,
+            "405" => CloseReason::Outdated,
+            other => CloseReason::Other(other.to_owned()),
+        })
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::Replaced => write!(f, "this account logged in on another connection"),
+            CloseReason::Unauthorized => {
+                write!(f, "the account was refused (deleted, un-enlisted after 30 days idle, or a bad token)")
+            }
+            CloseReason::Overloaded { retry_after: Some(d) } => write!(f, "the proxy is busy; retry after {d:?}"),
+            CloseReason::Overloaded { retry_after: None } => write!(f, "the proxy is busy"),
+            CloseReason::Unavailable => write!(f, "the service is unavailable or draining"),
+            CloseReason::Outdated => write!(f, "this client version is too old for chatd"),
+            CloseReason::Other(code) => write!(f, "closed with code {code}"),
+            CloseReason::Dropped => write!(f, "the connection dropped"),
+        }
+    }
+}
+
+/// What to do after a close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Reconnect(Duration),
+    /// Enlist again (the account is gone), then connect.
+    ReEnlist,
+    /// Do not reconnect; tell the user why.
+    Stop,
+}
+
+/// Jittered exponential backoff ("full jitter": a uniform delay up to the capped exponential).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+    attempt: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(500), Duration::from_secs(60))
+    }
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff { base, max, attempt: 0 }
+    }
+
+    /// A connection worked: start again from the base delay.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The next delay, with `random` in [0, 1) choosing where in the window it falls.
+    pub fn next_with(&mut self, random: f64) -> Duration {
+        let cap = self.base.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        cap.mul_f64(random.clamp(0.0, 1.0)).max(self.base / 2)
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let r = u32::from_le_bytes(crate::store::random32()[..4].try_into().unwrap_or_default());
+        self.next_with(f64::from(r) / f64::from(u32::MAX))
+    }
+
+    /// What to do after `reason`; `unauthorized_reenlists` is false where re-enlisting cannot help
+    /// (WhatsApp-side users, or the user chose to stop).
+    pub fn decide(&mut self, reason: &CloseReason, unauthorized_reenlists: bool) -> Decision {
+        match reason {
+            CloseReason::Replaced | CloseReason::Outdated => Decision::Stop,
+            CloseReason::Unauthorized if unauthorized_reenlists => Decision::ReEnlist,
+            CloseReason::Unauthorized => Decision::Stop,
+            CloseReason::Overloaded { retry_after: Some(d) } => {
+                let jittered = self.next_delay();
+                Decision::Reconnect((*d).max(jittered))
+            }
+            _ => Decision::Reconnect(self.next_delay()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_from_stanzas() {
+        let replaced = Node::new("stream:error").children(vec![Node::new("conflict").attr("type", "replaced")]);
+        assert_eq!(CloseReason::of(&replaced), Some(CloseReason::Replaced));
+        assert_eq!(CloseReason::of(&Node::new("stream:error").attr("code", "401")), Some(CloseReason::Unauthorized));
+        assert_eq!(CloseReason::of(&Node::new("failure").attr("reason", "401")), Some(CloseReason::Unauthorized));
+        assert_eq!(
+            CloseReason::of(&Node::new("failure").attr("reason", "429").attr("retry_after", "7")),
+            Some(CloseReason::Overloaded { retry_after: Some(Duration::from_secs(7)) })
+        );
+        assert_eq!(
+            CloseReason::of(&Node::new("stream:error").attr("code", "503").attr("text", "draining")),
+            Some(CloseReason::Unavailable)
+        );
+        assert_eq!(CloseReason::of(&Node::new("failure").attr("reason", "405")), Some(CloseReason::Outdated));
+        assert_eq!(CloseReason::of(&Node::new("message")), None);
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let top: Vec<Duration> = (0..8).map(|_| b.next_with(1.0)).collect();
+        assert_eq!(top[0], Duration::from_millis(100));
+        assert_eq!(top[1], Duration::from_millis(200));
+        assert_eq!(top[4], Duration::from_millis(1600));
+        assert_eq!(top[7], Duration::from_secs(2), "capped");
+        // Jitter spreads clients across the window, with a floor of half the base.
+        assert_eq!(b.next_with(0.0), Duration::from_millis(50));
+        b.reset();
+        assert_eq!(b.next_with(1.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn decisions_respect_the_reason() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        assert_eq!(b.decide(&CloseReason::Replaced, true), Decision::Stop, "no ping-pong with the other login");
+        assert_eq!(b.decide(&CloseReason::Unauthorized, true), Decision::ReEnlist);
+        assert_eq!(b.decide(&CloseReason::Unauthorized, false), Decision::Stop);
+        let Decision::Reconnect(d) =
+            b.decide(&CloseReason::Overloaded { retry_after: Some(Duration::from_secs(9)) }, true)
+        else {
+            panic!("429 reconnects")
+        };
+        assert!(d >= Duration::from_secs(9), "retry_after is a floor: {d:?}");
+        assert!(matches!(b.decide(&CloseReason::Unavailable, true), Decision::Reconnect(_)));
+    }
+}

@@ -1,0 +1,341 @@
+//! The seed's required features end to end over real sockets: Partner users behind the proxy
+//! (on its embedded default: chatd simulator and partner server in-process) and WhatsApp-side
+//! users logged in directly to the simulator, all through this crate's client. Partner clients
+//! reach the proxy through a recording tap, so the tests can search what crossed for plaintext.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use client::client::{enlist_partner, register_whatsapp};
+use client::listen::{ListenOptions, PushOptions, Status, listen};
+use client::reconnect::CloseReason;
+use client::{Client, ClientError, Content, Event, Route, Store};
+use proxy::RunningProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A TCP relay that records every byte in both directions.
+struct Tap {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Tap {
+    async fn start(target: SocketAddr) -> Tap {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(target).await else { continue };
+                let (ir, iw) = inbound.into_split();
+                let (or, ow) = outbound.into_split();
+                tokio::spawn(pump(ir, ow, record.clone()));
+                tokio::spawn(pump(or, iw, record.clone()));
+            }
+        });
+        Tap { addr, seen }
+    }
+
+    fn contains(&self, needle: &[u8]) -> bool {
+        self.seen.lock().unwrap().windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn len(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    record: Arc<Mutex<Vec<u8>>>,
+) {
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        record.lock().unwrap().extend_from_slice(&buf[..n]);
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+struct World {
+    proxy: RunningProxy,
+    tap: Tap,
+}
+
+impl World {
+    async fn start() -> World {
+        let mut config = proxy::config::Config::local();
+        config.edge.listen = Some("127.0.0.1:0".parse().unwrap());
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
+        let proxy = proxy::start(config).await.unwrap();
+        let tap = Tap::start(proxy.tcp_addr.unwrap()).await;
+        World { proxy, tap }
+    }
+
+    fn sim(&self) -> &chatd_sim::RunningSim {
+        &self.proxy.embedded.as_ref().unwrap().sim
+    }
+
+    fn partner_url(&self) -> String {
+        self.proxy.embedded.as_ref().unwrap().partner.base_url().to_owned()
+    }
+
+    fn edge(&self) -> Route {
+        Route::Edge { addr: self.tap.addr, tls: None }
+    }
+
+    fn direct(&self) -> Route {
+        Route::Direct { addr: self.sim().chat_addr, root: self.sim().root_public_key() }
+    }
+
+    /// A Partner user enlisted and logged in through the tap and the proxy.
+    async fn partner(&self, user: &str) -> Client {
+        let mut store = Store::create(None).unwrap();
+        enlist_partner(&mut store, &self.sim().http_url(), &self.partner_url(), 1, user).await.unwrap();
+        Client::login(store, &self.edge()).await.map_err(|e| e.error).unwrap()
+    }
+
+    /// A WhatsApp-side user logged in directly to the simulator.
+    async fn whatsapp(&self, phone: u64) -> Client {
+        let mut store = Store::create(None).unwrap();
+        register_whatsapp(&mut store, &self.sim().http_url(), phone).await.unwrap();
+        Client::login(store, &self.direct()).await.map_err(|e| e.error).unwrap()
+    }
+}
+
+/// Events until `want` matches one (returned with those before it); fails after `WAIT`.
+async fn until(c: &mut Client, want: impl Fn(&Event) -> bool) -> (Event, Vec<Event>) {
+    let mut before = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.next_event(left).await.unwrap() {
+            Some(e) if want(&e) => return (e, before),
+            Some(e) => before.push(e),
+            None => panic!("timed out; got {before:?}"),
+        }
+    }
+}
+
+fn text_from(e: &Event) -> Option<(&str, &str)> {
+    match e {
+        Event::Message { from, content: Content::Text(t), .. } => Some((from.as_str(), t.as_str())),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn text_media_and_receipts_both_ways_with_only_ciphertext_crossing() {
+    let w = World::start().await;
+    let mut alice = w.partner("alice").await;
+    let mut wa = w.whatsapp(15551230001).await;
+    let (alice_jid, wa_jid) = (alice.jid().to_owned(), wa.jid().to_owned());
+
+    // Partner -> WhatsApp: text, then the delivery receipt shown to alice.
+    let secret_out = "the eagle lands at dawn (alice to wa)";
+    let id = alice.send_text(&wa_jid, secret_out).await.unwrap();
+    let (got, _) = until(&mut wa, |e| text_from(e).is_some()).await;
+    assert_eq!(text_from(&got), Some((alice_jid.as_str(), secret_out)));
+    let (delivered, _) = until(&mut alice, |e| matches!(e, Event::Delivered { .. })).await;
+    assert_eq!(delivered, Event::Delivered { peer: wa_jid.clone(), id });
+
+    // WhatsApp -> Partner: text and receipt.
+    let secret_in = "meet me by the old mill (wa to alice)";
+    let id = wa.send_text(&alice_jid, secret_in).await.unwrap();
+    let (got, _) = until(&mut alice, |e| text_from(e).is_some()).await;
+    assert_eq!(text_from(&got), Some((wa_jid.as_str(), secret_in)));
+    let (delivered, _) = until(&mut wa, |e| matches!(e, Event::Delivered { .. })).await;
+    assert_eq!(delivered, Event::Delivered { peer: alice_jid.clone(), id });
+
+    // Partner -> WhatsApp media: hosted by the partner server, fetched through chatd's
+    // /interop/whatsapp/download path, decrypted and hash-checked by the recipient.
+    let photo: Vec<u8> = b"PNG-ish picture bytes that must stay secret ".repeat(300);
+    alice.send_media(&wa_jid, &photo, "image/png", Some("holiday".into())).await.unwrap();
+    let (got, _) = until(&mut wa, |e| matches!(e, Event::Message { content: Content::Media(_), .. })).await;
+    let Event::Message { content: Content::Media(media), .. } = got else { unreachable!() };
+    assert!(media.direct_path.starts_with("/interop/whatsapp/download/1/"), "{}", media.direct_path);
+    assert_eq!(media.label.as_deref(), Some("holiday"));
+    assert_eq!(wa.download(&media).await.unwrap(), photo);
+
+    // WhatsApp -> Partner media: uploaded to the WhatsApp media host (/v/t...).
+    let doc: Vec<u8> = b"%PDF-1.7 confidential quarterly numbers ".repeat(200);
+    wa.send_media(&alice_jid, &doc, "application/pdf", Some("q3.pdf".into())).await.unwrap();
+    let (got, _) = until(&mut alice, |e| matches!(e, Event::Message { content: Content::Media(_), .. })).await;
+    let Event::Message { content: Content::Media(media), .. } = got else { unreachable!() };
+    assert!(media.direct_path.starts_with("/v/t"), "{}", media.direct_path);
+    assert_eq!(alice.download(&media).await.unwrap(), doc);
+    // A tampered download is refused, not shown.
+    let mut wrong = media.clone();
+    wrong.media_key[0] ^= 1;
+    assert!(matches!(alice.download(&wrong).await, Err(ClientError::Media(_))));
+
+    // What crossed the proxy's edge (plaintext frames around ciphertext) never held a body.
+    assert!(w.tap.len() > 2_000, "the tap saw the traffic ({} bytes)", w.tap.len());
+    for needle in [secret_out.as_bytes(), secret_in.as_bytes(), &photo[..40], &doc[..40]] {
+        assert!(!w.tap.contains(needle), "plaintext crossed the proxy: {:?}", String::from_utf8_lossy(needle));
+    }
+    // Nor is it in what chatd holds: the mailboxes and the media it serves.
+    let mailbox = testkit::get_json(&format!("{}/admin/accounts/{}/mailbox", w.sim().http_url(), alice_jid)).await;
+    assert!(!mailbox.to_string().contains("old mill"));
+    let served = client::services::Services::default().download(&w.sim().http_url(), &media.direct_path).await.unwrap();
+    assert!(!served.windows(20).any(|x| x == &doc[..20]));
+}
+
+#[tokio::test]
+async fn identity_change_shows_a_notice_and_the_next_message_reaches_the_new_device() {
+    let w = World::start().await;
+    let mut wa = w.whatsapp(15551230002).await;
+    let mut bob = w.partner("bob").await;
+    let bob_jid = bob.jid().to_owned();
+    wa.send_text(&bob_jid, "before").await.unwrap();
+    until(&mut bob, |e| text_from(e).is_some()).await;
+    bob.close().await;
+
+    // Bob reinstalls: a new device with new keys enlists the same Partner user.
+    let mut store = Store::create(None).unwrap();
+    let jid2 = enlist_partner(&mut store, &w.sim().http_url(), &w.partner_url(), 1, "bob").await.unwrap();
+    assert_eq!(jid2, bob_jid, "the same Partner user keeps its account");
+    let mut bob2 = Client::login(store, &w.edge()).await.map_err(|e| e.error).unwrap();
+
+    let (notice, _) = until(&mut wa, |e| matches!(e, Event::IdentityChanged { .. })).await;
+    assert_eq!(notice, Event::IdentityChanged { peer: bob_jid.clone() });
+    wa.send_text(&bob_jid, "after the change").await.unwrap();
+    let (got, _) = until(&mut bob2, |e| text_from(e).is_some()).await;
+    assert_eq!(text_from(&got).unwrap().1, "after the change");
+}
+
+#[tokio::test]
+async fn retry_receipts_recover_a_lost_session() {
+    let w = World::start().await;
+    let mut alice = w.partner("carol").await;
+    let mut wa = w.whatsapp(15551230003).await;
+    let (alice_jid, wa_jid) = (alice.jid().to_owned(), wa.jid().to_owned());
+    alice.send_text(&wa_jid, "one").await.unwrap();
+    until(&mut wa, |e| text_from(e).is_some()).await;
+    wa.send_text(&alice_jid, "two").await.unwrap();
+    until(&mut alice, |e| text_from(e).is_some()).await;
+
+    // The WhatsApp device loses its session with alice; her next message cannot be decrypted.
+    wa.forget_session(&alice_jid).unwrap();
+    let id = alice.send_text(&wa_jid, "three, after the loss").await.unwrap();
+    let (failed, _) = until(&mut wa, |e| matches!(e, Event::Undecryptable { .. })).await;
+    assert!(matches!(&failed, Event::Undecryptable { id: i, .. } if *i == id), "{failed:?}");
+    // Alice honours the retry receipt: a fresh session from its keys, the same message again.
+    let (resent, _) = until(&mut alice, |e| matches!(e, Event::Resent { .. })).await;
+    assert_eq!(resent, Event::Resent { peer: wa_jid.clone(), id: id.clone(), fresh_session: true });
+    let (got, _) = until(&mut wa, |e| text_from(e).is_some()).await;
+    assert!(matches!(&got, Event::Message { id: i, .. } if *i == id));
+    assert_eq!(text_from(&got).unwrap().1, "three, after the loss");
+    // And the conversation goes on in both directions.
+    wa.send_text(&alice_jid, "four").await.unwrap();
+    assert_eq!(text_from(&until(&mut alice, |e| text_from(e).is_some()).await.0).unwrap().1, "four");
+}
+
+#[tokio::test]
+async fn offline_messages_arrive_once_after_a_push_wakes_the_sleeping_client() {
+    let w = World::start().await;
+    let mut wa = w.whatsapp(15551230004).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::create(Some(dir.path())).unwrap();
+    let dave = enlist_partner(&mut store, &w.sim().http_url(), &w.partner_url(), 1, "dave").await.unwrap();
+    // Log in once so chatd holds dave's one-time prekeys, then hand the device to the loop.
+    let store = Client::login(store, &w.edge()).await.map_err(|e| e.error).unwrap().close().await;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let status_tx = tx.clone();
+    let mut opts = ListenOptions::new(w.edge());
+    opts.duration = Some(Duration::from_secs(12));
+    opts.push = Some(PushOptions { idle: Duration::from_millis(300) });
+    let listener = tokio::spawn(listen(
+        store,
+        opts,
+        move |e| drop(tx.send(Ok(e.clone()))),
+        move |s| drop(status_tx.send(Err(s.clone()))),
+    ));
+    // Wait until the device has gone to sleep (disconnected, waiting for a push).
+    loop {
+        match tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            Err(Status::Sleeping) => break,
+            _ => continue,
+        }
+    }
+    let sent: Vec<String> = ["first", "second", "third"].iter().map(|s| s.to_string()).collect();
+    for s in &sent {
+        wa.send_text(&dave, s).await.unwrap();
+    }
+    let mut woken = false;
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            Err(Status::WokenByPush) => woken = true,
+            Ok(Event::Message { content: Content::Text(t), .. }) => got.push(t),
+            _ => {}
+        }
+    }
+    assert!(woken, "the push record woke the client");
+    assert_eq!(got, sent, "every offline message, in order");
+    // The loop runs out its time; nothing more (no duplicate) reaches the user meanwhile.
+    let store = listener.await.unwrap().unwrap();
+    while let Ok(item) = rx.try_recv() {
+        assert!(!matches!(item, Ok(Event::Message { .. })), "duplicate shown: {item:?}");
+    }
+    // The device state on disk has the thread: three messages in.
+    let thread = std::fs::read_to_string(dir.path().join("thread.jsonl")).unwrap();
+    assert_eq!(thread.lines().filter(|l| l.contains("\"dir\":\"in\"")).count(), 3, "{thread}");
+    drop(store);
+    // Every delivery receipt reached the sender.
+    for _ in 0..3 {
+        until(&mut wa, |e| matches!(e, Event::Delivered { .. })).await;
+    }
+}
+
+#[tokio::test]
+async fn blocking_unblocking_enlistment_checks_and_deletion() {
+    let w = World::start().await;
+    let mut erin = w.partner("erin").await;
+    let mut wa = w.whatsapp(15551230005).await;
+    let (erin_jid, wa_jid) = (erin.jid().to_owned(), wa.jid().to_owned());
+
+    erin.set_blocked(&wa_jid, true).await.unwrap();
+    assert_eq!(erin.blocklist().await.unwrap(), vec![wa_jid.clone()]);
+    let e = wa.send_text(&erin_jid, "can you hear me?").await.unwrap_err();
+    assert!(matches!(&e, ClientError::Rejected { why, .. } if why.contains("blocked")), "{e}");
+    let e = erin.send_text(&wa_jid, "nor me").await.unwrap_err();
+    assert!(matches!(e, ClientError::Rejected { .. }), "{e}");
+    erin.set_blocked(&wa_jid, false).await.unwrap();
+    assert!(erin.blocklist().await.unwrap().is_empty());
+    wa.send_text(&erin_jid, "now?").await.unwrap();
+    assert_eq!(text_from(&until(&mut erin, |e| text_from(e).is_some()).await.0).unwrap().1, "now?");
+
+    // Identifier verification: a token for one user cannot enlist another.
+    let services = client::services::Services::default();
+    let token = services.token(&w.partner_url(), "mallory", None).await.unwrap();
+    let store = Store::create(None).unwrap();
+    let e = services.enlist(&w.sim().http_url(), &store, 1, "erin", &token).await.unwrap_err();
+    assert!(e.to_string().contains("enlist") || e.to_string().contains("401"), "{e}");
+
+    // Deletion: the account is gone at chatd, and the device knows it.
+    let store = erin.delete_account().await.unwrap();
+    assert!(store.account().is_none());
+    let e = wa.send_text(&erin_jid, "hello?").await.unwrap_err();
+    assert!(matches!(e, ClientError::Rejected { .. } | ClientError::NoSuchUser { .. }), "{e}");
+    // An old device state logging in again is refused with the documented reason.
+    let mut stale = Store::create(None).unwrap();
+    stale.set_account(Some(client::Account::Partner {
+        jid: erin_jid.clone(),
+        account_id: erin_jid.split_once('-').unwrap().1.trim_end_matches("@interop").parse().unwrap(),
+        integrator: 1,
+        user: "erin".into(),
+    }));
+    stale.set_endpoints(client::Endpoints { chatd_http: w.sim().http_url(), partner: Some(w.partner_url()) });
+    let failed = Client::login(stale, &w.edge()).await.err().unwrap();
+    assert!(matches!(failed.error, ClientError::Refused(CloseReason::Unauthorized)), "{}", failed.error);
+}
