@@ -339,3 +339,39 @@ async fn blocking_unblocking_enlistment_checks_and_deletion() {
     let failed = Client::login(stale, &w.edge()).await.err().unwrap();
     assert!(matches!(failed.error, ClientError::Refused(CloseReason::Unauthorized)), "{}", failed.error);
 }
+
+#[tokio::test]
+async fn the_tls_edge_carries_the_same_conversation_and_a_wrong_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let mut config = proxy::config::Config::local();
+    config.edge.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.edge.tls = Some(proxy::config::TlsConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    });
+    let proxy = proxy::start(config).await.unwrap();
+    let tap = Tap::start(proxy.tls_addr.unwrap()).await;
+    let w = World { proxy, tap };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = |name: &str| client::conn::TlsSettings { server_name: name.into(), roots: Arc::new(roots.clone()) };
+
+    let mut store = Store::create(None).unwrap();
+    enlist_partner(&mut store, &w.sim().http_url(), &w.partner_url(), 1, "tina").await.unwrap();
+    let wrong = Route::Edge { addr: w.tap.addr, tls: Some(tls("not-the-proxy.example")) };
+    let failed = Client::login(store, &wrong).await.err().unwrap();
+    assert!(matches!(failed.error, ClientError::Conn(client::conn::ConnError::Tls(_))), "{}", failed.error);
+
+    let route = Route::Edge { addr: w.tap.addr, tls: Some(tls("localhost")) };
+    let mut tina = Client::login(failed.store, &route).await.map_err(|e| e.error).unwrap();
+    let mut wa = w.whatsapp(15551230006).await;
+    tina.send_text(wa.jid(), "over TLS, end to end").await.unwrap();
+    assert_eq!(text_from(&until(&mut wa, |e| text_from(e).is_some()).await.0).unwrap().1, "over TLS, end to end");
+    until(&mut tina, |e| matches!(e, Event::Delivered { .. })).await;
+    assert!(!w.tap.contains(b"over TLS"), "the TLS edge saw only TLS records");
+}
