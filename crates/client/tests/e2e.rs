@@ -375,3 +375,29 @@ async fn the_tls_edge_carries_the_same_conversation_and_a_wrong_name_is_refused(
     until(&mut tina, |e| matches!(e, Event::Delivered { .. })).await;
     assert!(!w.tap.contains(b"over TLS"), "the TLS edge saw only TLS records");
 }
+
+#[tokio::test]
+async fn a_listener_replaced_by_another_login_stops_instead_of_ping_ponging() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::create(Some(dir.path())).unwrap();
+    enlist_partner(&mut store, &w.sim().http_url(), &w.partner_url(), 1, "fred").await.unwrap();
+    let jid = store.account().unwrap().jid().to_owned();
+    drop(store);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut opts = ListenOptions::new(w.edge());
+    opts.duration = Some(Duration::from_secs(20));
+    let listener =
+        tokio::spawn(listen(Store::open(dir.path()).unwrap(), opts, |_| {}, move |s| drop(tx.send(s.clone()))));
+    assert_eq!(tokio::time::timeout(WAIT, rx.recv()).await.unwrap(), Some(Status::Connected));
+
+    // The same device logs in again elsewhere: the listener is told it was replaced and stops.
+    let second = Client::login(Store::open(dir.path()).unwrap(), &w.edge()).await.map_err(|e| e.error).unwrap();
+    let outcome = tokio::time::timeout(WAIT, listener).await.expect("the listener stopped at once").unwrap();
+    assert!(matches!(outcome, Err(ClientError::Closed(CloseReason::Replaced))), "{outcome:?}");
+    assert!(rx.try_recv().is_err(), "no reconnect attempt after being replaced");
+    let seen = testkit::get_json(&format!("{}/admin/accounts/{jid}/connections", w.sim().http_url())).await;
+    assert_eq!(seen["current"], 1, "{seen}");
+    assert_eq!(seen["max_concurrent"], 1, "the proxy closed the old upstream before the new: {seen}");
+    second.close().await;
+}
