@@ -156,6 +156,10 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Resp {
             Ok(b) => provision_wa_user(&state.sim, &b),
             Err(r) => r,
         },
+        (Method::POST, ["admin", "interop-users"]) => match body(state, req).await {
+            Ok(b) => enlist_interop_users(&state.sim, &b),
+            Err(r) => r,
+        },
         (Method::POST, ["admin", "sweep"]) => respond(StatusCode::OK, json!({ "removed": state.sim.sweep() })),
         (Method::POST, ["admin", "clock", "advance"]) => {
             let Some(clock) = &state.clock else {
@@ -323,4 +327,102 @@ fn provision_wa_user(sim: &Sim, body: &[u8]) -> Resp {
         Ok(()) => respond(StatusCode::OK, json!({ "jid": jid })),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
+}
+
+/// Most users one `POST /admin/interop-users` request may enlist.
+const MAX_BULK_USERS: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InteropUsers {
+    integrator: u16,
+    registration_id: u32,
+    /// One Signal identity and signed prekey shared by every user of the batch: load accounts
+    /// exercise connections, not key distribution, and one signature check covers them all.
+    identity: String,
+    signed_prekey: WaSignedPreKey,
+    users: Vec<InteropUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InteropUser {
+    user_identifier: String,
+    noise_public: String,
+}
+
+/// Enlists many Partner users at once without their Partner tokens (what a batch of
+/// `/3p/interop_reg` calls would do), so a load harness's setup does not dominate its run. A user
+/// already enlisted keeps its login and gets the new keys. Answers the logins in request order.
+fn enlist_interop_users(sim: &Sim, body: &[u8]) -> Resp {
+    let batch: InteropUsers = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad batch: {e}")),
+    };
+    if !sim.config.integrators.iter().any(|i| i.id == batch.integrator) {
+        return error(StatusCode::BAD_REQUEST, "unknown integrator");
+    }
+    if batch.users.len() > MAX_BULK_USERS {
+        return error(StatusCode::BAD_REQUEST, &format!("at most {MAX_BULK_USERS} users per request"));
+    }
+    let (Some(identity), Some(public), Some(signature)) =
+        (b64::<32>(&batch.identity), b64::<32>(&batch.signed_prekey.public), b64::<64>(&batch.signed_prekey.signature))
+    else {
+        return error(StatusCode::BAD_REQUEST, "keys must be base64url: 32-byte keys, 64-byte signature");
+    };
+    if !signed_prekey_valid(&identity, &public, &signature) {
+        return error(StatusCode::BAD_REQUEST, "bad_signature");
+    }
+    // Validate the whole batch first, so a bad entry enlists nobody.
+    let mut users = Vec::with_capacity(batch.users.len());
+    for (i, u) in batch.users.iter().enumerate() {
+        let n = u.user_identifier.chars().count();
+        if !(1..=40).contains(&n) || u.user_identifier.chars().any(char::is_control) {
+            return error(StatusCode::BAD_REQUEST, &format!("users[{i}]: user_identifier must be 1-40 characters"));
+        }
+        let Some(noise_public) = b64::<32>(&u.noise_public) else {
+            return error(StatusCode::BAD_REQUEST, &format!("users[{i}]: noise_public must be 32 bytes base64url"));
+        };
+        users.push((u.user_identifier.as_str(), noise_public));
+    }
+    let signed_prekey = SignedPreKey { id: batch.signed_prekey.id, public, signature };
+    let now = sim.clock.now();
+    let mut logins = Vec::with_capacity(users.len());
+    for (user_identifier, noise_public) in users {
+        if let Some(jid) = sim.store.jid_by_user(batch.integrator, user_identifier) {
+            sim.store.with(&jid, &mut |a| {
+                a.noise_public = noise_public;
+                a.last_active = now;
+            });
+            logins.push(jid);
+            continue;
+        }
+        let account_id = sim.next_account_id();
+        let jid = format!("{}-{}@interop", batch.integrator, account_id);
+        let account = Account {
+            jid: jid.clone(),
+            account_id,
+            kind: AccountKind::Interop { integrator: batch.integrator, user_identifier: user_identifier.to_owned() },
+            noise_public,
+            keys: KeyBundle {
+                registration_id: batch.registration_id,
+                identity,
+                signed_prekey: signed_prekey.clone(),
+                one_time: Default::default(),
+            },
+            mailbox: Mailbox::default(),
+            blocklist: Default::default(),
+            contacts: Default::default(),
+            last_active: now,
+        };
+        if let Err(e) = sim.store.put(account) {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": e.to_string(), "enlisted": logins.len(), "logins": logins }),
+            );
+        }
+        sim.totals.enlistments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        logins.push(jid);
+    }
+    respond(StatusCode::OK, json!({ "logins": logins }))
 }

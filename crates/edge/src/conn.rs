@@ -226,7 +226,9 @@ pub async fn serve_client_with<S>(
         refuse(&mut stream, &overloaded(secs), ctx.fin_timeout).await;
         return;
     }
-    let outcome = async {
+    // Boxed: the login stage (frame read, token check) is large and short-lived; inline, its
+    // space would stay in this task for the session's whole life.
+    let outcome = Box::pin(async {
         let frame = match tokio::time::timeout(
             ctx.login_timeout,
             read_frame(&mut stream, &mut buf, LOGIN_FRAME_MAX.min(ctx.max_frame_size)),
@@ -255,7 +257,7 @@ pub async fn serve_client_with<S>(
         let handshake =
             ctx.handshake_slots.try_acquire().ok_or_else(|| Refusal::Overloaded(retry_after(RETRY_HANDSHAKES_FULL)))?;
         Ok(Some((login, permit, handshake)))
-    }
+    })
     .await;
     let (login, _permit, handshake) = match outcome {
         Ok(Some(l)) => l,

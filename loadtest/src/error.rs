@@ -1,0 +1,55 @@
+//! The harness's errors. Messages name what failed, never a token or a key.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {what}: {detail}")]
+    Startup { what: &'static str, detail: String },
+    #[error("{url}: {detail}")]
+    Http { url: String, detail: String },
+    #[error("edge: {0}")]
+    Edge(#[from] edge::client::ClientError),
+    #[error("noise: {0}")]
+    Noise(#[from] wire::noise::NoiseError),
+    #[error("frame: {0}")]
+    Frame(#[from] wire::frame::FrameError),
+    #[error("stanza: {0}")]
+    Decode(#[from] wire::decode::DecodeError),
+    #[error("encode: {0}")]
+    Encode(#[from] wire::encode::EncodeError),
+    #[error("login refused: <{tag}> reason {reason}")]
+    Refused { tag: String, reason: String, retry_after: Option<u64> },
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("{0}: nothing within {1:?}")]
+    Timeout(&'static str, Duration),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { what: what.into(), source }
+    }
+
+    /// A short class for counting failures in reports.
+    pub fn class(&self) -> String {
+        match self {
+            Error::Refused { reason, .. } => format!("refused_{reason}"),
+            Error::Timeout(what, _) => format!("timeout_{what}"),
+            Error::Closed | Error::Edge(edge::client::ClientError::Closed) => "closed".into(),
+            Error::Io { .. } | Error::Edge(edge::client::ClientError::Io(_)) => "io".into(),
+            Error::Edge(edge::client::ClientError::Timeout(_)) => "timeout".into(),
+            _ => "protocol".into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
