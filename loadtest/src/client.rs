@@ -3,21 +3,10 @@
 //! Noise through HAProxy (the plain relay).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use edge::client::EdgeClient;
-use futures_util::{SinkExt, StreamExt};
-use prost::Message as _;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::codec::Framed;
-use wire::cert::CertVerifier;
-use wire::decode::Decoder;
-use wire::frame::FrameCodec;
-use wire::noise::{Flavour, Initiator, StaticKeypair, Transport, WA_CONN_HEADER};
+use client::conn::{Connection, Dialer, Route};
+use session::cert_cache::CertCache;
 use wire::proto::{AppVersion, ClientPayload};
 use wire::{Jid, Node};
 
@@ -52,14 +41,21 @@ pub struct Target {
     pub addr: SocketAddr,
     /// chatd's root key (Noise paths).
     pub root: [u8; 32],
-    /// The certificate chain is verified on the first handshake of a path only, as the proxy's
-    /// certificate cache does, so the baselines do not pay XEdDSA per login that the proxy skips.
-    verified: Arc<AtomicBool>,
+    /// The certificate chain is verified on a path's first handshake only, as the proxy's cache
+    /// does, so the baselines do not pay XEdDSA per login that the proxy skips.
+    certs: CertCache,
 }
 
 impl Target {
     pub fn new(kind: PathKind, addr: SocketAddr, root: [u8; 32]) -> Target {
-        Target { kind, addr, root, verified: Arc::new(AtomicBool::new(false)) }
+        Target { kind, addr, root, certs: CertCache::new() }
+    }
+
+    fn route(&self) -> Route {
+        match self.kind {
+            PathKind::Proxy => Route::Edge { addr: self.addr, tls: None },
+            PathKind::Direct | PathKind::Haproxy => Route::Direct { addr: self.addr, root: self.root },
+        }
     }
 }
 
@@ -81,9 +77,8 @@ impl std::fmt::Debug for User {
 }
 
 impl User {
-    fn payload(&self) -> Vec<u8> {
+    fn payload(&self) -> ClientPayload {
         ClientPayload::interop_login(self.account_id, self.token.as_bytes().to_vec(), AppVersion::new(2, 3000, 1))
-            .encode_to_vec()
     }
 }
 
@@ -95,26 +90,9 @@ pub fn client_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 1, x as u8, y as u8))
 }
 
-/// A Noise client straight to chatd (or through a plain relay).
-pub struct NoiseConn {
-    framed: Framed<TcpStream, FrameCodec>,
-    transport: Transport,
-    decoder: Decoder<'static>,
-}
-
-/// One logged-in client.
-pub enum Conn {
-    Edge(Box<EdgeClient<TcpStream>>),
-    Noise(Box<NoiseConn>),
-}
-
-async fn dial(addr: SocketAddr, from: IpAddr) -> Result<TcpStream> {
-    let socket = TcpSocket::new_v4().map_err(|e| Error::io("socket", e))?;
-    socket.bind(SocketAddr::new(from, 0)).map_err(|e| Error::io(format!("bind {from}"), e))?;
-    let stream = socket.connect(addr).await.map_err(|e| Error::io(format!("connect {addr}"), e))?;
-    stream.set_nodelay(true).map_err(|e| Error::io("nodelay", e))?;
-    Ok(stream)
-}
+/// One logged-in client: through the proxy's edge, or with its own Noise straight to chatd (or
+/// through a plain relay), by the client SDK's connection.
+pub struct Conn(Connection);
 
 fn refused(node: &Node) -> Error {
     Error::Refused {
@@ -133,14 +111,11 @@ impl Conn {
     }
 
     async fn login_inner(target: &Target, user: &User) -> Result<Conn> {
-        let mut conn = match target.kind {
-            PathKind::Proxy => {
-                let mut c = EdgeClient::new(dial(target.addr, user.ip).await?);
-                c.send_payload(&edge::login::build(&user.jid, &user.noise, &user.payload())).await?;
-                Conn::Edge(Box::new(c))
-            }
-            PathKind::Direct | PathKind::Haproxy => Conn::Noise(Box::new(NoiseConn::handshake(target, user).await?)),
-        };
+        let dialer = Dialer { from: Some(user.ip), certs: target.certs.clone() };
+        let mut conn = Conn(
+            Connection::open_with(&dialer, &target.route(), &user.jid, &user.noise, &user.payload(), LOGIN_TIMEOUT)
+                .await?,
+        );
         let first = conn.recv(LOGIN_TIMEOUT).await?;
         if first.tag != "success" {
             return Err(refused(&first));
@@ -154,19 +129,13 @@ impl Conn {
     }
 
     pub async fn send(&mut self, node: &Node) -> Result<()> {
-        match self {
-            Conn::Edge(c) => Ok(c.send(node).await?),
-            Conn::Noise(c) => c.send(node).await,
-        }
+        Ok(self.0.send(node).await?)
     }
 
     /// The next stanza. Cancel-safe: bytes already read stay buffered, so it can sit in a
     /// `select!`.
     pub async fn recv(&mut self, wait: Duration) -> Result<Node> {
-        match self {
-            Conn::Edge(c) => Ok(c.recv(wait).await?),
-            Conn::Noise(c) => c.recv(wait).await,
-        }
+        Ok(self.0.recv(wait).await?)
     }
 
     /// Sends a keepalive ping and waits for its result; other stanzas are skipped.
@@ -183,47 +152,4 @@ impl Conn {
     }
 }
 
-impl NoiseConn {
-    async fn handshake(target: &Target, user: &User) -> Result<NoiseConn> {
-        let mut stream = dial(target.addr, user.ip).await?;
-        stream.write_all(&WA_CONN_HEADER).await.map_err(|e| Error::io("WA header", e))?;
-        let mut framed = Framed::new(stream, FrameCodec::new());
-        let mut initiator = Initiator::new(StaticKeypair::from_private(&user.noise)?, Flavour::WhatsApp)?;
-        framed.send(initiator.client_hello()?).await?;
-        let hello = framed.next().await.ok_or(Error::Closed)??;
-        if target.verified.load(Ordering::Relaxed) {
-            initiator.read_server_hello(&hello)?;
-        } else {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            initiator.read_server_hello_verified(&hello, &CertVerifier::new(target.root), now)?;
-            target.verified.store(true, Ordering::Relaxed);
-        }
-        let (finish, transport) = initiator.client_finish(&user.payload())?;
-        framed.send(finish).await?;
-        Ok(NoiseConn { framed, transport, decoder: Decoder::default() })
-    }
-
-    async fn send(&mut self, node: &Node) -> Result<()> {
-        let mut buf = BytesMut::from(&wire::encode::encode(node)?[..]);
-        self.transport.seal(&mut buf)?;
-        Ok(self.framed.send(buf).await?)
-    }
-
-    async fn recv(&mut self, wait: Duration) -> Result<Node> {
-        let mut frame = tokio::time::timeout(wait, self.framed.next())
-            .await
-            .map_err(|_| Error::Timeout("stanza", wait))?
-            .ok_or(Error::Closed)??;
-        let plain = self.transport.open(&mut frame)?;
-        Ok(self.decoder.decode_payload(plain)?.to_owned())
-    }
-}
-
-/// A keepalive ping as clients send it.
-pub fn keepalive(id: &str) -> Node {
-    Node::new("iq")
-        .attr("id", id)
-        .attr("xmlns", "w:p")
-        .attr("type", "get")
-        .attr("to", Jid::server(wire::Server::Whatsapp))
-}
+pub use edge::client::keepalive;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use client::conn::ConnError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{what}: {source}")]
@@ -14,14 +16,10 @@ pub enum Error {
     Startup { what: &'static str, detail: String },
     #[error("{url}: {detail}")]
     Http { url: String, detail: String },
-    #[error("edge: {0}")]
-    Edge(#[from] edge::client::ClientError),
+    #[error("connection: {0}")]
+    Conn(#[from] client::conn::ConnError),
     #[error("noise: {0}")]
     Noise(#[from] wire::noise::NoiseError),
-    #[error("frame: {0}")]
-    Frame(#[from] wire::frame::FrameError),
-    #[error("stanza: {0}")]
-    Decode(#[from] wire::decode::DecodeError),
     #[error("encode: {0}")]
     Encode(#[from] wire::encode::EncodeError),
     #[error("login refused: <{tag}> reason {reason}")]
@@ -44,9 +42,9 @@ impl Error {
         match self {
             Error::Refused { reason, .. } => format!("refused_{reason}"),
             Error::Timeout(what, _) => format!("timeout_{what}"),
-            Error::Closed | Error::Edge(edge::client::ClientError::Closed) => "closed".into(),
-            Error::Io { .. } | Error::Edge(edge::client::ClientError::Io(_)) => "io".into(),
-            Error::Edge(edge::client::ClientError::Timeout(_)) => "timeout".into(),
+            Error::Closed | Error::Conn(ConnError::Closed) => "closed".into(),
+            Error::Io { .. } | Error::Conn(ConnError::Io(_) | ConnError::Connect { .. }) => "io".into(),
+            Error::Conn(ConnError::Timeout(_)) => "timeout".into(),
             _ => "protocol".into(),
         }
     }

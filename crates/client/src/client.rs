@@ -7,6 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use wire::node::be_bytes;
 use wire::proto::{AppVersion, ClientPayload};
 use wire::{Jid, Node, Server, Value};
 
@@ -91,13 +92,8 @@ fn message_id() -> String {
     format!("3EB0{}", hex::encode_upper(&r[..9]))
 }
 
-fn be_bytes(n: u32, len: usize) -> Vec<u8> {
-    n.to_be_bytes()[4 - len..].to_vec()
-}
-
 fn be_number(b: Option<&[u8]>) -> Option<u32> {
-    let b = b.filter(|b| !b.is_empty() && b.len() <= 4)?;
-    Some(b.iter().fold(0u32, |n, &x| n << 8 | u32::from(x)))
+    b.and_then(wire::node::be_number)
 }
 
 fn child_bytes<'a>(node: &'a Node, tag: &str) -> Option<&'a [u8]> {

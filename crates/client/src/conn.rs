@@ -3,7 +3,7 @@
 //! this device's own Noise XX initiator (WhatsApp-side users, and Partner clients that need no
 //! proxy).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use wire::proto::ClientPayload;
 use wire::{Jid, Node};
 
 use edge::client::{ClientError, EdgeClient};
+use session::cert_cache::CertCache;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -83,10 +84,27 @@ pub struct Connection {
     inner: Inner,
 }
 
-async fn tcp(addr: SocketAddr) -> Result<TcpStream, ConnError> {
-    let stream = TcpStream::connect(addr).await.map_err(|source| ConnError::Connect { addr, source })?;
-    stream.set_nodelay(true).map_err(|e| ConnError::Io(e.to_string()))?;
-    Ok(stream)
+/// How connections are dialled: the local address to bind (the load harness spreads sources over
+/// 127.0.0.0/8), and the cache of verified chatd certificate chains, shared by the connections
+/// of one dialer (chatd sends the same chain every time; checking it is two XEdDSA verifications).
+#[derive(Debug, Clone, Default)]
+pub struct Dialer {
+    pub from: Option<IpAddr>,
+    pub certs: CertCache,
+}
+
+impl Dialer {
+    async fn tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnError> {
+        let connect = |source| ConnError::Connect { addr, source };
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+            .map_err(connect)?;
+        if let Some(ip) = self.from {
+            socket.bind(SocketAddr::new(ip, 0)).map_err(connect)?;
+        }
+        let stream = socket.connect(addr).await.map_err(connect)?;
+        stream.set_nodelay(true).map_err(|e| ConnError::Io(e.to_string()))?;
+        Ok(stream)
+    }
 }
 
 fn now_secs() -> u64 {
@@ -103,10 +121,22 @@ impl Connection {
         payload: &ClientPayload,
         wait: Duration,
     ) -> Result<Connection, ConnError> {
+        Connection::open_with(&Dialer::default(), route, jid, noise_private, payload, wait).await
+    }
+
+    /// [`Connection::open`] through `dialer`.
+    pub async fn open_with(
+        dialer: &Dialer,
+        route: &Route,
+        jid: &Jid,
+        noise_private: &[u8; 32],
+        payload: &ClientPayload,
+        wait: Duration,
+    ) -> Result<Connection, ConnError> {
         let timeout = |e| ConnError::Timeout(e);
         match route {
             Route::Edge { addr, tls } => {
-                let stream = tcp(*addr).await?;
+                let stream = dialer.tcp(*addr).await?;
                 let stream: Box<dyn Io> = match tls {
                     None => Box::new(stream),
                     Some(t) => {
@@ -134,7 +164,7 @@ impl Connection {
                 Ok(Connection { inner: Inner::Edge(client) })
             }
             Route::Direct { addr, root } => {
-                let mut stream = tcp(*addr).await?;
+                let mut stream = dialer.tcp(*addr).await?;
                 stream.write_all(&wire::noise::WA_CONN_HEADER).await.map_err(|e| ConnError::Io(e.to_string()))?;
                 let mut framed = Framed::new(stream, FrameCodec::new());
                 let hs = |e: wire::noise::NoiseError| ConnError::Handshake(e.to_string());
@@ -146,7 +176,11 @@ impl Connection {
                     .map_err(|_| timeout(wait))?
                     .ok_or(ConnError::Closed)?
                     .map_err(|e| ConnError::Io(e.to_string()))?;
-                initiator.read_server_hello_verified(&hello, &CertVerifier::new(*root), now_secs()).map_err(hs)?;
+                let info = initiator.read_server_hello(&hello).map_err(hs)?;
+                dialer
+                    .certs
+                    .verify(&CertVerifier::new(*root), &info.cert_chain, &info.server_static, now_secs())
+                    .map_err(|e| ConnError::Handshake(format!("chatd's certificate chain: {e}")))?;
                 let (finish, transport) = initiator.client_finish(&payload.encode_to_vec()).map_err(hs)?;
                 framed.send(finish).await.map_err(|e| ConnError::Io(e.to_string()))?;
                 Ok(Connection { inner: Inner::Direct { framed, transport, decoder: Decoder::default() } })

@@ -129,7 +129,7 @@ impl Services {
             .append_pair("e_keytype", &e64(&[5]))
             .append_pair("e_regid", &e64(&store.registration_id().to_be_bytes()))
             .append_pair("e_ident", &e64(store.identity().public_key().public_key_bytes()))
-            .append_pair("e_skey_id", &e64(&spk_id.to_be_bytes()[1..]))
+            .append_pair("e_skey_id", &e64(&wire::node::be_bytes(spk_id, 3)))
             .append_pair("e_skey_val", &e64(&spk))
             .append_pair("e_skey_sig", &e64(&signature))
             .append_pair("integrator_id", &integrator.to_string())

@@ -11,6 +11,15 @@ use wire::Node;
 use wire::decode::Decoder;
 use wire::frame::FrameCodec;
 
+/// A keepalive ping as clients send it: `<iq xmlns="w:p" type="get" to="s.whatsapp.net">`.
+pub fn keepalive(id: &str) -> Node {
+    Node::new("iq")
+        .attr("id", id)
+        .attr("xmlns", "w:p")
+        .attr("type", "get")
+        .attr("to", wire::Jid::server(wire::Server::Whatsapp))
+}
+
 /// Why the client stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -90,6 +90,16 @@ pub struct Node {
     pub content: Content,
 }
 
+/// A 1-4 byte big-endian number, as key stanzas carry registration and prekey ids.
+pub fn be_number(b: &[u8]) -> Option<u32> {
+    (!b.is_empty() && b.len() <= 4).then(|| b.iter().fold(0u32, |n, &x| n << 8 | u32::from(x)))
+}
+
+/// The last `len` (1-4) big-endian bytes of `n`: 3-byte prekey ids, 4-byte registration ids.
+pub fn be_bytes(n: u32, len: usize) -> Vec<u8> {
+    n.to_be_bytes()[4 - len.clamp(1, 4)..].to_vec()
+}
+
 impl Node {
     /// A node with no attributes and no content.
     pub fn new(tag: impl Into<String>) -> Node {

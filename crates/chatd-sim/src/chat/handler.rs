@@ -55,10 +55,8 @@ fn fixed<const N: usize>(b: Option<&[u8]>) -> Option<[u8; N]> {
     b.and_then(|b| b.try_into().ok())
 }
 
-/// A 1-4 byte big-endian number (registration ids, prekey ids).
 fn be_number(b: Option<&[u8]>) -> Option<u32> {
-    let b = b.filter(|b| !b.is_empty() && b.len() <= 4)?;
-    Some(b.iter().fold(0u32, |n, &x| n << 8 | u32::from(x)))
+    b.and_then(wire::node::be_number)
 }
 
 /// Verifies a signed prekey the Signal way: XEdDSA by the identity key over `0x05 || public`.
@@ -280,14 +278,14 @@ impl Handler<'_> {
                         Node::new("type").bytes(vec![5]),
                         Node::new("identity").bytes(keys.identity.to_vec()),
                         Node::new("skey").children(vec![
-                            Node::new("id").bytes(keys.signed_prekey.id.to_be_bytes()[1..].to_vec()),
+                            Node::new("id").bytes(wire::node::be_bytes(keys.signed_prekey.id, 3)),
                             Node::new("value").bytes(keys.signed_prekey.public.to_vec()),
                             Node::new("signature").bytes(keys.signed_prekey.signature.to_vec()),
                         ]),
                     ];
                     if let Some((kid, value)) = one_time {
                         children.push(Node::new("key").children(vec![
-                            Node::new("id").bytes(kid.to_be_bytes()[1..].to_vec()),
+                            Node::new("id").bytes(wire::node::be_bytes(kid, 3)),
                             Node::new("value").bytes(value.to_vec()),
                         ]));
                     }

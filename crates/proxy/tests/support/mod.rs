@@ -131,14 +131,7 @@ pub async fn metric(p: &RunningProxy, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A keepalive ping as a client sends it.
-pub fn keepalive(id: &str) -> Node {
-    Node::new("iq")
-        .attr("id", id)
-        .attr("xmlns", "w:p")
-        .attr("type", "get")
-        .attr("to", Jid::server(wire::Server::Whatsapp))
-}
+pub use edge::client::keepalive;
 
 /// Pings through an established session and expects the pong: the session is unaffected.
 pub async fn assert_pings<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(c: &mut EdgeClient<S>, id: &str) {
