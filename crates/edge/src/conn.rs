@@ -296,14 +296,11 @@ pub async fn serve_client_with<S>(
         relay: ctx.session.relay.clone(),
         metrics: ctx.session.metrics.clone(),
     };
-    let account = login.account.clone();
-    let request = LoginRequest {
-        account: login.account,
-        static_key: login.static_key,
-        client_payload: login.client_payload,
-        client_addr: peer,
-        local_addr: local,
-    };
+    // The token was checked; its copy goes now rather than living as long as the session.
+    let login::Login { account: claimed, static_key, client_payload, token, .. } = login;
+    drop(token);
+    let account = claimed.clone();
+    let request = LoginRequest { account: claimed, static_key, client_payload, client_addr: peer, local_addr: local };
     ctx.metrics.login(LoginResult::Forwarded);
     let outcome = run_session(&session_ctx, request, stream, buf).await;
     let first = match &outcome.first {
