@@ -113,8 +113,7 @@ impl Conn {
     async fn login_inner(target: &Target, user: &User) -> Result<Conn> {
         let dialer = Dialer { from: Some(user.ip), certs: target.certs.clone() };
         let mut conn = Conn(
-            Connection::open_with(&dialer, &target.route(), &user.jid, &user.noise, &user.payload(), LOGIN_TIMEOUT)
-                .await?,
+            Connection::open(&dialer, &target.route(), &user.jid, &user.noise, &user.payload(), LOGIN_TIMEOUT).await?,
         );
         let first = conn.recv(LOGIN_TIMEOUT).await?;
         if first.tag != "success" {

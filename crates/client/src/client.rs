@@ -11,7 +11,7 @@ use wire::node::be_bytes;
 use wire::proto::{AppVersion, ClientPayload};
 use wire::{Jid, Node, Server, Value};
 
-use crate::conn::{ConnError, Connection, Route};
+use crate::conn::{ConnError, Connection, Dialer, Route};
 use crate::e2e::{self, E2eError, EncType, KeyBundle};
 use crate::media::{self, MediaError, MediaKind};
 use crate::message::{Content, MediaRef, Message, MessageError};
@@ -217,7 +217,8 @@ impl Client {
         };
         let wait = Duration::from_secs(15);
         let parsed = Jid::parse(&jid).map_err(|_| ClientError::BadJid(jid.clone()))?;
-        let mut conn = Connection::open(route, &parsed, store.noise_private(), &payload, wait).await?;
+        let mut conn =
+            Connection::open(&Dialer::default(), route, &parsed, store.noise_private(), &payload, wait).await?;
         let first = conn.recv(wait).await?;
         if first.tag != "success" {
             conn.close().await;

@@ -112,20 +112,10 @@ fn now_secs() -> u64 {
 }
 
 impl Connection {
-    /// Connects and sends the login; the caller reads chatd's answer (`<success>` or
-    /// `<failure>`) with [`Connection::recv`]. `jid` is the interop account (edge logins only).
+    /// Connects through `dialer` and sends the login; the caller reads chatd's answer
+    /// (`<success>` or `<failure>`) with [`Connection::recv`]. `jid` is the interop account (edge
+    /// logins only).
     pub async fn open(
-        route: &Route,
-        jid: &Jid,
-        noise_private: &[u8; 32],
-        payload: &ClientPayload,
-        wait: Duration,
-    ) -> Result<Connection, ConnError> {
-        Connection::open_with(&Dialer::default(), route, jid, noise_private, payload, wait).await
-    }
-
-    /// [`Connection::open`] through `dialer`.
-    pub async fn open_with(
         dialer: &Dialer,
         route: &Route,
         jid: &Jid,
