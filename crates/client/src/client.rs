@@ -194,37 +194,12 @@ impl Client {
     /// Logs the device in over `route`: through the proxy for Partner users (with a fresh token
     /// bound to the account), or directly to chatd. Tops up one-time prekeys afterwards.
     pub async fn login(store: Store, route: &Route) -> Result<Client, Box<LoginFailed>> {
-        let mut store = Some(store);
-        match Client::try_login(&mut store, route).await {
-            Ok(c) => Ok(c),
-            Err(error) => {
-                Err(Box::new(LoginFailed { store: store.expect("the store is taken only on success"), error }))
-            }
-        }
-    }
-
-    async fn try_login(slot: &mut Option<Store>, route: &Route) -> Result<Client, ClientError> {
-        let store = slot.as_ref().expect("a store to log in with");
-        let services = Services::default();
-        let version = AppVersion::new(APP_VERSION.0, APP_VERSION.1, APP_VERSION.2);
-        let (jid, payload) = match store.account().ok_or(ClientError::NotEnlisted)? {
-            Account::Partner { jid, account_id, user, .. } => {
-                let partner = store.endpoints().partner.clone().ok_or(ClientError::NotEnlisted)?;
-                let token = services.token(&partner, user, Some(jid)).await?;
-                (jid.clone(), ClientPayload::interop_login(*account_id, token.into_bytes(), version))
-            }
-            Account::WhatsApp { jid, phone } => (jid.clone(), ClientPayload::web_login(*phone, 0, version)),
-        };
         let wait = Duration::from_secs(15);
-        let parsed = Jid::parse(&jid).map_err(|_| ClientError::BadJid(jid.clone()))?;
-        let mut conn =
-            Connection::open(&Dialer::default(), route, &parsed, store.noise_private(), &payload, wait).await?;
-        let first = conn.recv(wait).await?;
-        if first.tag != "success" {
-            conn.close().await;
-            return Err(ClientError::Refused(CloseReason::of(&first).unwrap_or(CloseReason::Other(first.tag.clone()))));
-        }
-        let Some(store) = slot.take() else { unreachable!("checked above") };
+        let services = Services::default();
+        let conn = match Client::connect(&store, &services, route, wait).await {
+            Ok(c) => c,
+            Err(error) => return Err(Box::new(LoginFailed { store, error })),
+        };
         let mut client = Client {
             store,
             conn,
@@ -236,11 +211,37 @@ impl Client {
             media_host: None,
             retries_sent: HashMap::new(),
         };
-        if let Err(e) = client.top_up_prekeys().await {
-            *slot = Some(client.close().await);
-            return Err(e);
+        if let Err(error) = client.top_up_prekeys().await {
+            return Err(Box::new(LoginFailed { store: client.close().await, error }));
         }
         Ok(client)
+    }
+
+    /// Connects and logs in; returns the connection once chatd answered `<success>`.
+    async fn connect(
+        store: &Store,
+        services: &Services,
+        route: &Route,
+        wait: Duration,
+    ) -> Result<Connection, ClientError> {
+        let version = AppVersion::new(APP_VERSION.0, APP_VERSION.1, APP_VERSION.2);
+        let (jid, payload) = match store.account().ok_or(ClientError::NotEnlisted)? {
+            Account::Partner { jid, account_id, user, .. } => {
+                let partner = store.endpoints().partner.clone().ok_or(ClientError::NotEnlisted)?;
+                let token = services.token(&partner, user, Some(jid)).await?;
+                (jid, ClientPayload::interop_login(*account_id, token.into_bytes(), version))
+            }
+            Account::WhatsApp { jid, phone } => (jid, ClientPayload::web_login(*phone, 0, version)),
+        };
+        let parsed = Jid::parse(jid).map_err(|_| ClientError::BadJid(jid.clone()))?;
+        let mut conn =
+            Connection::open(&Dialer::default(), route, &parsed, store.noise_private(), &payload, wait).await?;
+        let first = conn.recv(wait).await?;
+        if first.tag != "success" {
+            conn.close().await;
+            return Err(ClientError::Refused(CloseReason::of(&first).unwrap_or(CloseReason::Other(first.tag.clone()))));
+        }
+        Ok(conn)
     }
 
     pub fn jid(&self) -> &str {

@@ -103,6 +103,31 @@ fn print_event(who: &str, e: &Event) {
     }
 }
 
+/// `from` sends `file` (MIME type, name, bytes) to `to`, which downloads, decrypts and checks it;
+/// then `from` waits for the delivery receipt.
+async fn media_exchange(
+    (from_name, from): (&str, &mut Client),
+    (to_name, to): (&str, &mut Client),
+    to_jid: &str,
+    (mime, name, bytes): (&str, &str, &[u8]),
+) -> Result<(), DemoError> {
+    step(from_name, from.send_media(to_jid, bytes, mime, Some(name.into())).await)?;
+    let got = until(to_name, to, |e| matches!(e, Event::Message { content: Content::Media(_), .. })).await?;
+    if let Event::Message { content: Content::Media(m), .. } = got {
+        let downloaded = step(to_name, to.download(&m).await)?;
+        // The path's first two segments say where it came from; the rest is a download capability.
+        let source: Vec<&str> = m.direct_path.split('/').take(3).collect();
+        println!(
+            "  {to_name:<5}    downloaded {} bytes from {}/..., decrypted, hashes match: {}",
+            downloaded.len(),
+            source.join("/"),
+            downloaded == bytes
+        );
+    }
+    until(from_name, from, |e| matches!(e, Event::Delivered { .. })).await?;
+    Ok(())
+}
+
 /// The full story on the embedded default: two Partner users behind the proxy and one
 /// WhatsApp-side user (directly on chatd) exchange end-to-end encrypted text and media with
 /// receipts. Only ciphertext crosses the proxy. `show_metrics` runs while the sessions are up.
@@ -147,33 +172,13 @@ pub async fn run(targets: &DemoTargets, chat_addr: SocketAddr, show_metrics: &dy
 
     println!("demo: bob -> wa, an image: encrypted on bob's device, hosted by the partner server");
     let picture: Vec<u8> = (0..48_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
-    step("bob sends media", bob.send_media(&wa_jid, &picture, "image/png", Some("sunset.png".into())).await)?;
-    let got = until("wa", &mut wa, |e| matches!(e, Event::Message { content: Content::Media(_), .. })).await?;
-    if let Event::Message { content: Content::Media(m), .. } = got {
-        let bytes = step("wa downloads", wa.download(&m).await)?;
-        println!(
-            "  wa       downloaded {} via chatd's {}..., decrypted, hashes match: {}",
-            bytes.len(),
-            &m.direct_path[..27],
-            bytes == picture
-        );
-    }
-    until("bob", &mut bob, |e| matches!(e, Event::Delivered { .. })).await?;
+    let image = ("image/png", "sunset.png", &picture[..]);
+    media_exchange(("bob", &mut bob), ("wa", &mut wa), &wa_jid, image).await?;
 
     println!("demo: wa -> alice, a document uploaded to the WhatsApp media host");
     let doc = b"%PDF-1.7 minutes of the interop meeting".repeat(100);
-    step("wa sends media", wa.send_media(&alice_jid, &doc, "application/pdf", Some("minutes.pdf".into())).await)?;
-    let got = until("alice", &mut alice, |e| matches!(e, Event::Message { content: Content::Media(_), .. })).await?;
-    if let Event::Message { content: Content::Media(m), .. } = got {
-        let bytes = step("alice downloads", alice.download(&m).await)?;
-        println!(
-            "  alice    downloaded {} from {}..., decrypted, hashes match: {}",
-            bytes.len(),
-            &m.direct_path[..4],
-            bytes == doc
-        );
-    }
-    until("wa", &mut wa, |e| matches!(e, Event::Delivered { .. })).await?;
+    media_exchange(("wa", &mut wa), ("alice", &mut alice), &alice_jid, ("application/pdf", "minutes.pdf", &doc))
+        .await?;
 
     println!("proxy metrics with alice and bob connected:");
     show_metrics();
