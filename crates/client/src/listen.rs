@@ -97,7 +97,8 @@ pub async fn listen(
         on_status(&Status::Connected);
         opts.backoff.reset();
         let mut last_event = Instant::now();
-        let reason = loop {
+        // `None`: idle in push mode, time to sleep.
+        let ended: Option<CloseReason> = loop {
             if expired(deadline) {
                 return Ok(client.close().await);
             }
@@ -107,7 +108,7 @@ pub async fn listen(
             }
             let quiet_since = Instant::now();
             match client.next_event(wait).await {
-                Ok(Some(Event::Closed(reason))) => break reason,
+                Ok(Some(Event::Closed(reason))) => break Some(reason),
                 Ok(Some(e)) => {
                     last_event = Instant::now();
                     on_event(&e);
@@ -116,27 +117,27 @@ pub async fn listen(
                     if let Some(p) = &opts.push
                         && last_event.elapsed() >= p.idle
                     {
-                        break CloseReason::Other("sleep".into());
+                        break None;
                     }
                     if quiet_since.elapsed() < opts.keepalive {
                         continue;
                     }
                     if let Err(e) = client.ping().await {
-                        break closed_reason(e)?;
+                        break Some(closed_reason(e)?);
                     }
                 }
-                Err(e) => break closed_reason(e)?,
+                Err(e) => break Some(closed_reason(e)?),
             }
         };
         store = client.close().await;
-        if reason == CloseReason::Other("sleep".into()) {
+        let Some(reason) = ended else {
             on_status(&Status::Sleeping);
             if !wait_for_push(&store, deadline).await? {
                 return Ok(store);
             }
             on_status(&Status::WokenByPush);
             continue;
-        }
+        };
         match next_step(&mut store, &mut opts.backoff, &reason, &mut on_status).await? {
             Some(after) => tokio::time::sleep(cap(after, left(deadline))).await,
             None => return Err(ClientError::Closed(reason)),
