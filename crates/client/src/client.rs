@@ -1,8 +1,9 @@
 //! The client: one logged-in chat connection over the device store. One task drives it: sends
 //! wait for their IQ result or server ack, and whatever else arrives meanwhile is queued and
-//! handled, in order, by [`Client::next_event`]. Each incoming stanza is decrypted, committed to
-//! the store (session, shown-id, thread log) in one write, and only then acked, so a crash
-//! between the two redelivers the stanza and the shown-id check keeps it from the user twice.
+//! handled, in order, by [`Client::next_event`]. Each incoming stanza is decrypted, its session
+//! and shown-id committed to the store in one atomic write (then logged to the thread), and only
+//! then acked, so a crash before the ack redelivers the stanza and the shown-id check keeps it
+//! from the user twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
