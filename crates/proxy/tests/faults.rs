@@ -22,6 +22,32 @@ use testkit::fault::{FaultProxy, Mode};
 use tokio::net::TcpStream;
 use wire::Jid;
 
+/// Points a non-embedded proxy's upstream at `fault` (in front of a simulator with `root`), with
+/// short dial and handshake timeouts, and its token checks at `partner`.
+fn upstream_via(
+    c: &mut proxy::config::Config,
+    fault: &FaultProxy,
+    root: [u8; 32],
+    partner: &partner_server::RunningPartnerServer,
+) {
+    c.embedded = false;
+    c.upstream = Some(proxy::config::UpstreamConfig {
+        addr: fault.addr().to_string(),
+        proxy_protocol: proxy::config::ProxyProtocolVersion::V1,
+        root_public_key: Some(hex::encode(root)),
+        connect_timeout_ms: 1_000,
+        handshake_timeout_ms: 1_500,
+    });
+    c.auth = Some(proxy::config::AuthConfig {
+        jwks_url: partner.jwks_url(),
+        issuer: partner.issuer().to_owned(),
+        audience: partner.audience().to_owned(),
+        account_claim: "wa_account".into(),
+        jwks_refresh_secs: 300,
+        jwks_min_refetch_secs: 1,
+    });
+}
+
 struct Rig {
     base: RunningProxy,
     proxy: RunningProxy,
@@ -33,26 +59,8 @@ impl Rig {
         let base = start(|_| {}).await;
         let e = base.embedded.as_ref().unwrap();
         let fault = FaultProxy::start(e.sim.chat_addr).await;
-        let (root, jwks_url) = (hex::encode(e.sim.root_public_key()), e.partner.jwks_url());
-        let (issuer, audience) = (e.partner.issuer().to_owned(), e.partner.audience().to_owned());
-        let fault_addr = fault.addr().to_string();
-        let proxy = start(move |c| {
-            c.embedded = false;
-            c.upstream = Some(proxy::config::UpstreamConfig {
-                addr: fault_addr,
-                proxy_protocol: proxy::config::ProxyProtocolVersion::V1,
-                root_public_key: Some(root),
-                connect_timeout_ms: 1_000,
-                handshake_timeout_ms: 1_500,
-            });
-            c.auth = Some(proxy::config::AuthConfig {
-                jwks_url,
-                issuer,
-                audience,
-                account_claim: "wa_account".into(),
-                jwks_refresh_secs: 300,
-                jwks_min_refetch_secs: 1,
-            });
+        let proxy = start(|c| {
+            upstream_via(c, &fault, e.sim.root_public_key(), &e.partner);
             edit(c);
         })
         .await;
@@ -242,28 +250,7 @@ async fn a_restarted_simulator_is_reached_again_only_when_the_client_reconnects(
     // The simulator in-process outlives its listener's shutdown per connection; a fault proxy in
     // front lets "the process died" also cut the connections, as a real crash would.
     let fault = FaultProxy::start(chat_addr).await;
-    let (root, jwks_url) = (hex::encode(sim1.root_public_key()), partner.jwks_url());
-    let (issuer, audience) = (partner.issuer().to_owned(), partner.audience().to_owned());
-    let fault_addr = fault.addr().to_string();
-    let p = start(move |c| {
-        c.embedded = false;
-        c.upstream = Some(proxy::config::UpstreamConfig {
-            addr: fault_addr,
-            proxy_protocol: proxy::config::ProxyProtocolVersion::V1,
-            root_public_key: Some(root),
-            connect_timeout_ms: 1_000,
-            handshake_timeout_ms: 1_500,
-        });
-        c.auth = Some(proxy::config::AuthConfig {
-            jwks_url,
-            issuer,
-            audience,
-            account_claim: "wa_account".into(),
-            jwks_refresh_secs: 300,
-            jwks_min_refetch_secs: 1,
-        });
-    })
-    .await;
+    let p = start(|c| upstream_via(c, &fault, sim1.root_public_key(), partner)).await;
     let t1 = proxy::demo::DemoTargets {
         partner_url: partner.base_url().to_owned(),
         sim_url: sim1.http_url(),

@@ -608,14 +608,8 @@ async fn the_binary_under_a_token_flood_keeps_secrets_out_of_debug_logs_and_memo
     }
     drop(old);
     let mut readers = Vec::new();
-    for mut r in replays {
-        readers.push(tokio::spawn(async move {
-            let mut tags = Vec::new();
-            while let Ok(n) = r.recv(Duration::from_millis(1500)).await {
-                tags.push(n.tag);
-            }
-            tags
-        }));
+    for r in replays {
+        readers.push(tokio::spawn(tags_until_quiet(r, Duration::from_millis(1500))));
     }
     let mut survivors = 0;
     for r in readers {

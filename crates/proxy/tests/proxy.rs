@@ -102,14 +102,7 @@ async fn repeated_and_concurrent_double_logins_never_hold_two_upstreams() {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let c = connect_with(&p, &erin, &erin.token, None).await;
-        tasks.push(tokio::spawn(async move {
-            let mut c = c;
-            let mut seen = Vec::new();
-            while let Ok(n) = c.recv(Duration::from_secs(3)).await {
-                seen.push(n.tag);
-            }
-            seen
-        }));
+        tasks.push(tokio::spawn(tags_until_quiet(c, Duration::from_secs(3))));
     }
     let mut survivors = 0;
     for t in tasks {

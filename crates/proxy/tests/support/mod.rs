@@ -133,6 +133,18 @@ pub async fn metric(p: &RunningProxy, prefix: &str) -> f64 {
 
 pub use edge::client::keepalive;
 
+/// The tags of the stanzas `c` receives until nothing more comes within `quiet` (or it closes).
+pub async fn tags_until_quiet<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut c: EdgeClient<S>,
+    quiet: Duration,
+) -> Vec<String> {
+    let mut tags = Vec::new();
+    while let Ok(n) = c.recv(quiet).await {
+        tags.push(n.tag);
+    }
+    tags
+}
+
 /// Pings through an established session and expects the pong: the session is unaffected.
 pub async fn assert_pings<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(c: &mut EdgeClient<S>, id: &str) {
     c.send(&keepalive(id)).await.unwrap_or_else(|e| panic!("ping {id}: {e}"));
