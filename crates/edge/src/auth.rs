@@ -4,6 +4,7 @@
 //! account's session.
 
 use jwks::{Expectations, JwksVerifier, VerifierConfig, VerifierStats};
+use wire::InteropAccount;
 
 use crate::login::Login;
 
@@ -48,8 +49,10 @@ impl Authenticator {
     pub async fn check(&self, login: &Login) -> Result<(), AuthError> {
         let claims: serde_json::Map<String, serde_json::Value> =
             self.verifier.verify(&login.token, &self.expect).await?;
-        match claims.get(&self.account_claim).and_then(|v| v.as_str()) {
-            Some(account) if account == login.account => Ok(()),
+        // The claim must spell the account canonically too: a claim of `1-0042@interop` binds no
+        // account, rather than account 42.
+        match claims.get(&self.account_claim).and_then(|v| v.as_str()).map(InteropAccount::parse) {
+            Some(Ok(account)) if account == login.account => Ok(()),
             _ => Err(AuthError::NotBound { claim: self.account_claim.clone() }),
         }
     }

@@ -17,6 +17,8 @@ use session::{FirstReply, LoginRequest, SessionContext, UpstreamConfig, run_sess
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use wire::frame::HEADER_LEN;
+use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::auth::Authenticator;
 use crate::cidr::Cidr;
@@ -55,10 +57,7 @@ pub struct EdgeContext {
 const RETRY_SESSIONS_FULL: u32 = 10;
 const RETRY_HANDSHAKES_FULL: u32 = 2;
 
-/// Largest login frame: a key, a payload of at most [`login::MAX_PAYLOAD_LEN`] and framing. Junk
-/// before the login (an HTTP request, TLS on the plain port) reads as a far larger length and is
-/// refused at once instead of waiting for the login timeout.
-pub const LOGIN_FRAME_MAX: usize = 64 * 1024;
+pub use crate::login::LOGIN_FRAME_MAX;
 
 /// Why the login phase ended without a session.
 enum Refusal {
@@ -167,26 +166,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HandshakeSlot<S> {
     }
 }
 
-/// Reads one whole frame into `buf` (bytes past it stay in `buf`); `None` on EOF or error.
-async fn read_frame<S: AsyncRead + Unpin>(
+/// Reads the login frame: its header from `buf` or the stream, then its body into a buffer of its
+/// own that is wiped when dropped (it holds the client's private key and token). The bytes of it
+/// that arrived in `buf` are wiped there; bytes past it stay in `buf`. `Ok(None)` on EOF or error,
+/// `Err` for a frame longer than `max`.
+async fn read_login_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     max: usize,
-) -> Result<Option<BytesMut>, ()> {
-    loop {
+) -> Result<Option<Zeroizing<Vec<u8>>>, ()> {
+    let len = loop {
         match wire::frame::peek_len(buf) {
             Some(len) if len > max => return Err(()),
-            Some(len) if buf.len() >= 3 + len => {
-                buf.advance(3);
-                return Ok(Some(buf.split_to(len)));
+            Some(len) => break len,
+            None => {
+                buf.reserve(64);
+                match stream.read_buf(buf).await {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => {}
+                }
             }
-            Some(len) => buf.reserve(3 + len - buf.len()),
-            None => buf.reserve(64),
         }
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(_) => {}
-        }
+    };
+    buf.advance(HEADER_LEN);
+    let mut frame = Zeroizing::new(vec![0; len]);
+    let have = buf.len().min(len);
+    frame[..have].copy_from_slice(&buf[..have]);
+    buf[..have].zeroize();
+    buf.advance(have);
+    match stream.read_exact(&mut frame[have..]).await {
+        Ok(_) => Ok(Some(frame)),
+        Err(_) => Ok(None),
     }
 }
 
@@ -231,7 +241,7 @@ pub async fn serve_client_with<S>(
     let outcome = Box::pin(async {
         let frame = match tokio::time::timeout(
             ctx.login_timeout,
-            read_frame(&mut stream, &mut buf, LOGIN_FRAME_MAX.min(ctx.max_frame_size)),
+            read_login_frame(&mut stream, &mut buf, LOGIN_FRAME_MAX.min(ctx.max_frame_size)),
         )
         .await
         {
@@ -299,8 +309,9 @@ pub async fn serve_client_with<S>(
     // The token was checked; its copy goes now rather than living as long as the session.
     let login::Login { account: claimed, static_key, client_payload, token, .. } = login;
     drop(token);
-    let account = claimed.clone();
-    let request = LoginRequest { account: claimed, static_key, client_payload, client_addr: peer, local_addr: local };
+    let account = claimed;
+    let request =
+        LoginRequest { account: claimed.to_string(), static_key, client_payload, client_addr: peer, local_addr: local };
     ctx.metrics.login(LoginResult::Forwarded);
     let outcome = run_session(&session_ctx, request, stream, buf).await;
     let first = match &outcome.first {

@@ -13,8 +13,9 @@
 //! printed.
 
 use prost::Message as _;
-use wire::decode::Decoder;
-use wire::jid::Server;
+use wire::InteropAccount;
+use wire::decode::{Decoder, Limits};
+use wire::dict::Dictionary;
 use wire::noise::StaticKeypair;
 use wire::proto::{ClientPayload, Product};
 use zeroize::Zeroizing;
@@ -22,12 +23,22 @@ use zeroize::Zeroizing;
 /// Largest `ClientPayload` accepted (real ones are a few hundred bytes plus the JWT).
 pub const MAX_PAYLOAD_LEN: usize = 16 * 1024;
 
+/// Largest login frame: a key, a payload of at most [`MAX_PAYLOAD_LEN`] and framing. Junk
+/// before the login (an HTTP request, TLS on the plain port) reads as a far larger length and is
+/// refused at once instead of waiting for the login timeout.
+pub const LOGIN_FRAME_MAX: usize = 64 * 1024;
+
+/// What decoding a login frame may cost, before anyone is authenticated: a login is one node with
+/// a JID and two children, so a little headroom over that is all a frame gets, and a login is
+/// never compressed (see [`LoginError::Compressed`]). Decoding then costs at most the frame's own
+/// bytes plus a few hundred bytes of arena, and CPU linear in at most 64 KiB.
+pub const LOGIN_LIMITS: Limits =
+    Limits { max_depth: 2, max_nodes: 8, max_attrs: 8, max_inflated: 0, max_inflate_ratio: 0 };
+
 /// A well-formed login.
 pub struct Login {
-    /// The interop account the client claims, as JID text (`1-10853634039893@interop`).
-    pub account: String,
-    pub integrator: u16,
-    pub account_id: u64,
+    /// The interop account the client claims, in its one canonical form.
+    pub account: InteropAccount,
     pub static_key: StaticKeypair,
     /// The payload bytes exactly as the client sent them.
     pub client_payload: Zeroizing<Vec<u8>>,
@@ -46,10 +57,17 @@ impl std::fmt::Debug for Login {
 pub enum LoginError {
     #[error("login frame is not a stanza: {0}")]
     Decode(String),
+    /// A zlib login would make the proxy inflate before it knows who is asking (16 MiB from 17 KB),
+    /// and inflating leaves copies of the key and token in buffers it does not own. Clients send
+    /// the login uncompressed (it is a key, a token and a few hundred bytes).
+    #[error("login frame is compressed; send it uncompressed (flags 0)")]
+    Compressed,
     #[error("first stanza is <{0}>, not <login>")]
     NotLogin(String),
     #[error("login jid is missing or not an interop JID")]
     BadJid,
+    #[error("login jid does not name an interop account: {0}")]
+    NotAnAccount(#[from] wire::jid::AccountError),
     #[error("<static> must hold the 32-byte Noise private key")]
     BadStatic,
     #[error("<payload> is missing, empty or over {MAX_PAYLOAD_LEN} bytes")]
@@ -66,22 +84,20 @@ pub enum LoginError {
 
 /// Parses the first frame's payload (flags byte and node).
 pub fn parse(frame: &[u8]) -> Result<Login, LoginError> {
-    let mut decoder = Decoder::default();
+    if frame.first().is_some_and(|flags| flags & wire::payload::FLAG_ZLIB != 0) {
+        return Err(LoginError::Compressed);
+    }
+    let mut decoder = Decoder::new(&Dictionary::V3, LOGIN_LIMITS);
     let node = decoder.decode_payload(frame).map_err(|e| LoginError::Decode(e.to_string()))?;
     if node.tag() != "login" {
         return Err(LoginError::NotLogin(node.tag().chars().take(32).collect()));
     }
-    let jid =
-        node.attr("jid").and_then(|v| v.as_jid()).filter(|j| j.server == Server::Interop).ok_or(LoginError::BadJid)?;
-    if jid.device != 0 {
-        return Err(LoginError::BadJid);
-    }
-    let account_id: u64 = jid.user.parse().map_err(|_| LoginError::BadJid)?;
-    let account = jid.to_string();
-    let integrator = jid.integrator;
-    let key: [u8; 32] =
-        node.child("static").and_then(|c| c.bytes()).and_then(|b| b.try_into().ok()).ok_or(LoginError::BadStatic)?;
-    let key = Zeroizing::new(key);
+    let jid = node.attr("jid").and_then(|v| v.as_jid()).ok_or(LoginError::BadJid)?;
+    let account = InteropAccount::from_parts(jid.server, jid.user, jid.device, jid.integrator)?;
+    // Copied straight into a wiped buffer: a plain array would leave a copy on the stack.
+    let bytes = node.child("static").and_then(|c| c.bytes()).filter(|b| b.len() == 32).ok_or(LoginError::BadStatic)?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(bytes);
     let static_key = StaticKeypair::from_private(&key).map_err(|_| LoginError::BadStatic)?;
     let payload = node.child("payload").and_then(|c| c.bytes()).ok_or(LoginError::BadPayloadSize)?;
     if payload.is_empty() || payload.len() > MAX_PAYLOAD_LEN {
@@ -91,12 +107,12 @@ pub fn parse(frame: &[u8]) -> Result<Login, LoginError> {
     let parsed = ClientPayload::decode(&client_payload[..]).map_err(|e| LoginError::BadPayload(e.to_string()))?;
     let interop = parsed.interop_data.as_ref().filter(|_| parsed.product == Some(Product::Interop as i32));
     let interop = interop.ok_or(LoginError::NotInterop)?;
-    if interop.account_id != Some(account_id) {
+    if interop.account_id != Some(account.number) {
         return Err(LoginError::AccountMismatch);
     }
     let token = interop.token.as_deref().and_then(|t| std::str::from_utf8(t).ok()).filter(|t| !t.is_empty());
     let token = Zeroizing::new(token.ok_or(LoginError::BadToken)?.to_owned());
-    Ok(Login { account, integrator, account_id, static_key, client_payload, token })
+    Ok(Login { account, static_key, client_payload, token })
 }
 
 /// Builds a login frame payload (for clients, tests and the demo).
@@ -112,6 +128,7 @@ pub fn build(account: &wire::Jid, static_private: &[u8; 32], client_payload: &[u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire::jid::AccountError;
     use wire::proto::AppVersion;
 
     fn payload(account_id: u64, token: &str) -> Vec<u8> {
@@ -122,8 +139,8 @@ mod tests {
     fn round_trip() {
         let jid = wire::Jid::interop(1, "10853634039893", 0);
         let login = parse(&build(&jid, &[7; 32], &payload(10853634039893, "t.o.k"))).unwrap();
-        assert_eq!(login.account, "1-10853634039893@interop");
-        assert_eq!((login.integrator, login.account_id), (1, 10853634039893));
+        assert_eq!(login.account.to_string(), "1-10853634039893@interop");
+        assert_eq!((login.account.integrator, login.account.number), (1, 10853634039893));
         assert_eq!(login.token.as_str(), "t.o.k");
         let debug = format!("{login:?}");
         assert!(!debug.contains("t.o.k") && !debug.contains("[7, 7"), "{debug}");
@@ -136,10 +153,21 @@ mod tests {
         assert!(matches!(parse(b""), Err(LoginError::Decode(_))));
         assert!(matches!(parse(&[0, 0xf8, 0x01, 0x13]), Err(LoginError::NotLogin(_))));
         assert_eq!(
-            parse(&build(&wire::Jid::new("42", Server::Whatsapp), &[7; 32], &good)).unwrap_err(),
-            LoginError::BadJid
+            parse(&build(&wire::Jid::new("42", wire::Server::Whatsapp), &[7; 32], &good)).unwrap_err(),
+            LoginError::NotAnAccount(AccountError::NotInterop)
         );
-        assert_eq!(parse(&build(&wire::Jid::interop(1, "42", 3), &[7; 32], &good)).unwrap_err(), LoginError::BadJid);
+        assert_eq!(
+            parse(&build(&wire::Jid::interop(1, "42", 3), &[7; 32], &good)).unwrap_err(),
+            LoginError::NotAnAccount(AccountError::HasDevice)
+        );
+        // Other spellings of account 42 (each with a matching accountID) are not account 42.
+        for spelling in ["042", "+42", "0042"] {
+            assert_eq!(
+                parse(&build(&wire::Jid::interop(1, spelling, 0), &[7; 32], &good)).unwrap_err(),
+                LoginError::NotAnAccount(AccountError::NotCanonical),
+                "{spelling}"
+            );
+        }
         assert_eq!(parse(&build(&jid, &[7; 32], &payload(43, "t"))).unwrap_err(), LoginError::AccountMismatch);
         assert_eq!(parse(&build(&jid, &[7; 32], &payload(42, ""))).unwrap_err(), LoginError::BadToken);
         assert_eq!(parse(&build(&jid, &[7; 32], &[])).unwrap_err(), LoginError::BadPayloadSize);
@@ -151,5 +179,43 @@ mod tests {
             wire::Node::new("payload").bytes(good.clone()),
         ]);
         assert_eq!(parse(&wire::encode::encode(&short).unwrap()).unwrap_err(), LoginError::BadStatic);
+    }
+
+    fn compressed(node: &wire::Node) -> Vec<u8> {
+        let mut out = Vec::new();
+        wire::Encoder::new(&Dictionary::V3, wire::EncodeOptions { compress: true })
+            .encode_payload(node, &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn compressed_logins_are_refused_before_inflating() {
+        let jid = wire::Jid::interop(1, "42", 0);
+        let good = wire::decode::decode(&build(&jid, &[7; 32], &payload(42, "t"))).unwrap();
+        assert_eq!(parse(&compressed(&good)).unwrap_err(), LoginError::Compressed);
+        // 16 MiB of zeros deflate to about 16 KB: refused on its flags byte.
+        let bomb = compressed(&wire::Node::new("login").bytes(vec![0; (1 << 24) - 64]));
+        assert!(bomb.len() < LOGIN_FRAME_MAX);
+        assert_eq!(parse(&bomb).unwrap_err(), LoginError::Compressed);
+    }
+
+    #[test]
+    fn attribute_and_node_bombs_are_refused_by_the_budget() {
+        // A <login> with 30,000 attributes (what a 64 KiB frame can hold): refused at the header.
+        let mut node = wire::Node::new("login");
+        for i in 0..30_000u32 {
+            node = node.attr(format!("a{i}"), "v");
+        }
+        let err = parse(&wire::encode::encode(&node).unwrap()).unwrap_err();
+        assert!(matches!(&err, LoginError::Decode(m) if m.contains("attributes")), "{err}");
+        // Deep nesting and many children are refused the same way.
+        let mut deep = wire::Node::new("x");
+        for _ in 0..10 {
+            deep = wire::Node::new("x").children(vec![deep]);
+        }
+        assert!(matches!(parse(&wire::encode::encode(&deep).unwrap()), Err(LoginError::Decode(_))));
+        let wide = wire::Node::new("login").children((0..100).map(|_| wire::Node::new("c")).collect());
+        assert!(matches!(parse(&wire::encode::encode(&wide).unwrap()), Err(LoginError::Decode(_))));
     }
 }

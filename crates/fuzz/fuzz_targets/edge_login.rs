@@ -10,6 +10,6 @@ fuzz_target!(|data: &[u8]| {
         if login.token.len() >= 8 {
             assert!(!shown.contains(login.token.as_str()), "token in Debug output");
         }
-        assert!(login.account.ends_with("@interop"));
+        assert_eq!(wire::InteropAccount::parse(&login.account.to_string()), Ok(login.account));
     }
 });

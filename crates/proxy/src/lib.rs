@@ -160,7 +160,7 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener,
 }
 
 /// Starts the simulator and the partner server on loopback, knowing each other.
-async fn start_embedded() -> Result<Embedded, StartError> {
+pub async fn start_embedded() -> Result<Embedded, StartError> {
     let partner = PartnerServer::start(partner_server::Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..Default::default()

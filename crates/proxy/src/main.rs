@@ -108,6 +108,8 @@ async fn run(cli: &Cli) -> Result<(), String> {
             eprintln!("interop-proxy: {e}");
         }
     }
+    // The last line on stdout: whoever reads the banner can stop here.
+    println!("serving");
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,

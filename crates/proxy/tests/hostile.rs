@@ -507,6 +507,254 @@ async fn observed_at(sim_url: &str, jid: &Jid) -> serde_json::Value {
     get_json(&format!("{sim_url}/admin/accounts/{jid}/connections")).await
 }
 
+/// Utime + stime of a process, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+/// A login frame that is a compression bomb: about 17 KB of zlib that inflates to 16 MiB, a
+/// `<login>` with 255 children of 32,767 attributes each (8.4 million attributes), just under the
+/// 16 MiB payload limit.
+fn login_bomb() -> Vec<u8> {
+    use std::io::Write as _;
+    let dict = wire::Dictionary::V3;
+    let token = |s: &str| (1..=235u8).find(|&b| dict.single(b) == Some(s)).unwrap();
+    let mut child = vec![wire::dict::tag::LIST_16, 0xff, 0xff, token("iq")];
+    for _ in 0..32_767 {
+        child.extend([token("type"), token("get")]);
+    }
+    let mut body = vec![wire::dict::tag::LIST_8, 2, wire::dict::tag::BINARY_8, 5];
+    body.extend(b"login");
+    body.extend([wire::dict::tag::LIST_16, 0x00, 0xff]);
+    for _ in 0..255 {
+        body.extend(&child);
+    }
+    let mut z = flate2::write::ZlibEncoder::new(vec![wire::payload::FLAG_ZLIB], flate2::Compression::best());
+    z.write_all(&body).unwrap();
+    z.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_bombs_before_the_login_cost_the_binary_a_bounded_budget() {
+    let dir = std::env::temp_dir().join(format!("proxy-hostile-bomb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = spawn_debug(&dir);
+    let pid = p.child.id();
+    let t = &p.targets;
+    let alice = enlisted_at(t, "bomb-alice").await;
+    let mut a = login_at(p.tcp, &login_frame(&alice.user, &alice.jid, &alice.token).unwrap()).await;
+    assert_eq!(a.recv(WAIT).await.unwrap().tag, "success");
+    a.recv_tag("ib", WAIT).await.unwrap();
+    let bomb = Arc::new(login_bomb());
+    assert!(bomb.len() < 20_000, "{}", bomb.len());
+    let stats_before = sim_stats(&t.sim_url).await;
+    let (rss_before, _) = rss_kib(pid);
+    let cpu_before = cpu_time(pid);
+
+    // Rounds of 16 bombs at once (16 of the unbounded kind passed a 3 GiB limit), while the
+    // established session is pinged.
+    const AT_ONCE: usize = 16;
+    const ROUNDS: usize = 4;
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut rss_peak = rss_before;
+    let mut worst_ping = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let mut bombs = Vec::new();
+        for _ in 0..AT_ONCE {
+            let (bomb, refused, addr) = (Arc::clone(&bomb), Arc::clone(&refused), p.tcp);
+            bombs.push(tokio::spawn(async move {
+                let (answer, closed, _) = attack(addr, &framed(&bomb)).await;
+                let got: Vec<_> = answer.iter().map(tag_reason).collect();
+                if got == vec![("failure".to_owned(), Some("400".to_owned()))] && closed {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
+        }
+        while bombs.iter().any(|b| !b.is_finished()) {
+            rss_peak = rss_peak.max(rss_kib(pid).0);
+            let t0 = Instant::now();
+            assert_pings(&mut a, &format!("bomb{round}")).await;
+            worst_ping = worst_ping.max(t0.elapsed());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for b in bombs {
+            b.await.unwrap();
+        }
+    }
+    let attempts = AT_ONCE * ROUNDS;
+    let cpu = cpu_time(pid) - cpu_before;
+    let (rss_after, hwm) = rss_kib(pid);
+    let stats_after = sim_stats(&t.sim_url).await;
+    println!(
+        "compression bombs against the binary: {attempts} login frames of {} bytes (16 MiB inflated, 8.4 million \
+         attributes), {AT_ONCE} at a time; {} refused with 400 and the close; process CPU {cpu:?} in all, {:?} per \
+         attempt (ping traffic included); VmRSS {rss_before} KiB before, {rss_peak} KiB peak sampled, {rss_after} KiB \
+         after, VmHWM {hwm} KiB; worst ping of the established session {worst_ping:?}",
+        bomb.len(),
+        refused.load(Ordering::SeqCst),
+        cpu / attempts as u32,
+    );
+    assert_eq!(refused.load(Ordering::SeqCst), attempts, "every bomb got 400 and the close");
+    assert_eq!(stats_after["connections_accepted"], stats_before["connections_accepted"], "chatd saw no connection");
+    // The login budget is 64 KiB inflated plus a small arena per attempt: 16 at once need about
+    // 2 MiB. Unbounded, each one took 220 MB.
+    assert!(rss_peak < rss_before + 32 * 1024, "RSS {rss_before} -> {rss_peak} KiB");
+    assert!(hwm < rss_before + 32 * 1024, "VmHWM {hwm} KiB from {rss_before} KiB");
+    assert_pings(&mut a, "after-bombs").await;
+}
+
+#[tokio::test]
+async fn one_account_has_one_spelling_and_one_upstream() {
+    let p = start(|_| {}).await;
+    let t = targets(&p);
+    let who = enlisted(&p, "spelling").await;
+    let number = who.jid.user.clone();
+    let mut canonical = logged_in(&p, &who).await;
+    // The same account number spelled with a leading zero or a plus, each with a token whose
+    // claim spells it the same way and a ClientPayload naming the same account number.
+    for spelling in [format!("0{number}"), format!("+{number}"), format!("00{number}")] {
+        let jid = Jid::interop(who.jid.integrator, spelling.clone(), 0);
+        let token = proxy::demo::token(&t, "spelling", Some(&jid.to_string())).await.unwrap();
+        let frame = login_frame(&who.user, &jid, &token).unwrap();
+        let (answer, closed, _) = attack(p.tcp_addr.unwrap(), &framed(&frame)).await;
+        let got: Vec<_> = answer.iter().map(tag_reason).collect();
+        assert_eq!(got, vec![("failure".to_owned(), Some("400".to_owned()))], "{spelling}");
+        assert!(closed, "{spelling}");
+    }
+    // A token whose claim spells the account another way does not bind the canonical login.
+    let odd_claim = proxy::demo::token(&t, "spelling", Some(&format!("1-0{number}@interop"))).await.unwrap();
+    let mut c = connect_with(&p, &who, &odd_claim, None).await;
+    assert_eq!(tag_reason(&c.recv(WAIT).await.unwrap()), ("failure".to_owned(), Some("401".to_owned())));
+    assert_pings(&mut canonical, "still-there").await;
+    let seen = observed(&p, &who.jid).await;
+    assert_eq!((seen["total"].as_u64(), seen["max_concurrent"].as_u64()), (Some(1), Some(1)), "{seen}");
+}
+
+/// Which of `needles` occur anywhere in the process's readable memory (`/proc/PID/mem`).
+fn found_in_memory(pid: u32, needles: &[(&str, &[u8])]) -> Vec<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut found = Vec::new();
+    let mut scanned = 0usize;
+    for line in maps.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else { continue };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (lo, hi) = range.split_once('-').unwrap();
+        let (lo, hi) = (u64::from_str_radix(lo, 16).unwrap(), u64::from_str_radix(hi, 16).unwrap());
+        let mut region = vec![0u8; (hi - lo) as usize];
+        if mem.seek(SeekFrom::Start(lo)).is_err() || mem.read_exact(&mut region).is_err() {
+            continue;
+        }
+        scanned += region.len();
+        for (name, needle) in needles {
+            if region.windows(needle.len()).any(|w| w == *needle) && !found.iter().any(|f| f == name) {
+                found.push((*name).to_owned());
+            }
+        }
+    }
+    assert!(scanned > 1 << 20, "the scan read the process's memory ({scanned} bytes)");
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_tokens_do_not_outlive_their_use_in_the_proxys_memory() {
+    // chatd and the Partner run in this test process, so the binary holds only the proxy's copies.
+    let emb = proxy::start_embedded().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("proxy-hostile-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[edge]\nlisten = \"127.0.0.1:0\"\nlogin_timeout_secs = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstream]\naddr = \"{}\"\nroot_public_key = \"{}\"\n[auth]\njwks_url = \"{}\"\nissuer = \"{}\"\n\
+             audience = \"{}\"\n[limits]\nper_ip_connections_per_sec = 0\n",
+            emb.sim.chat_addr,
+            hex::encode(emb.sim.root_public_key()),
+            emb.partner.jwks_url(),
+            emb.partner.issuer(),
+            emb.partner.audience(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_interop-proxy"))
+        .args(["--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let banner = read_banner(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let proc_ = Proc {
+        child,
+        tcp: banner.tcp.expect("tcp address"),
+        admin: banner.admin.expect("admin address"),
+        targets: DemoTargets {
+            partner_url: emb.partner.base_url().to_owned(),
+            sim_url: emb.sim.http_url(),
+            edge_addr: banner.tcp.unwrap(),
+        },
+        log: path.clone(),
+    };
+    let (pid, t) = (proc_.child.id(), &proc_.targets);
+    let (alice, bob, carol, dave) = (
+        enlisted_at(t, "sec-alice").await,
+        enlisted_at(t, "sec-bob").await,
+        enlisted_at(t, "sec-carol").await,
+        enlisted_at(t, "sec-dave").await,
+    );
+    // alice: a whole session, ended by her client.
+    let mut a = login_at(proc_.tcp, &login_frame(&alice.user, &alice.jid, &alice.token).unwrap()).await;
+    assert_eq!(a.recv(WAIT).await.unwrap().tag, "success");
+    assert_pings(&mut a, "secrets").await;
+    drop(a);
+    // bob: refused for a token of another account (401); carol: a bad payload (400); dave: a
+    // zlib login, refused on its flags (400) before anything is inflated.
+    let mut b = login_at(proc_.tcp, &login_frame(&bob.user, &bob.jid, &dave.token).unwrap()).await;
+    assert_eq!(tag_reason(&b.recv(WAIT).await.unwrap()).1.as_deref(), Some("401"));
+    let carol_bad = login_node(&carol.jid, &carol.user.noise, &[0xff; 40]);
+    let (answer, _, _) = attack(proc_.tcp, &framed(&carol_bad)).await;
+    assert_eq!(answer.iter().map(tag_reason).collect::<Vec<_>>(), vec![("failure".to_owned(), Some("400".into()))]);
+    let dave_login = wire::decode::decode(&login_frame(&dave.user, &dave.jid, &bob.token).unwrap()).unwrap();
+    let mut zipped = Vec::new();
+    wire::Encoder::new(&wire::Dictionary::V3, wire::EncodeOptions { compress: true })
+        .encode_payload(&dave_login, &mut zipped)
+        .unwrap();
+    let mut d = login_at(proc_.tcp, &zipped).await;
+    assert_eq!(tag_reason(&d.recv(WAIT).await.unwrap()).1.as_deref(), Some("400"));
+    let start = Instant::now();
+    while observed_at(&t.sim_url, &alice.jid).await["current"] != 0 {
+        assert!(start.elapsed() < WAIT, "alice's upstream left open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let upstream = emb.sim.chat_addr.to_string();
+    let needles: Vec<(&str, &[u8])> = vec![
+        // The control: the proxy keeps chatd's address for its whole life.
+        ("the upstream address", upstream.as_bytes()),
+        ("alice's Noise key", &alice.user.noise),
+        ("alice's token", alice.token.as_bytes()),
+        ("bob's Noise key", &bob.user.noise),
+        ("carol's Noise key", &carol.user.noise),
+        ("dave's Noise key", &dave.user.noise),
+        ("bob's token (sent by dave)", bob.token.as_bytes()),
+        ("dave's token (sent by bob)", dave.token.as_bytes()),
+    ];
+    let mut found = found_in_memory(pid, &needles);
+    println!("secrets scan of the proxy's memory after 1 session and 3 refused logins: found {found:?}");
+    assert_eq!(found.first().map(String::as_str), Some("the upstream address"), "the scan sees the heap");
+    found.remove(0);
+    assert!(found.is_empty(), "secrets left in the proxy's memory: {found:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_under_a_token_flood_keeps_secrets_out_of_debug_logs_and_memory_bounded() {
     let dir = std::env::temp_dir().join(format!("proxy-hostile-bin-{}", std::process::id()));

@@ -4,12 +4,12 @@
 //! The relay forwards payloads byte for byte; it only looks at the root node's tag of what chatd
 //! sends, to notice the end of the stream (`<stream:error>`, `<xmlstreamend/>`). [`classify`]
 //! reads the flags byte, the list header and the tag item, resolving a token through the
-//! dictionary: a handful of byte reads, no allocation. A zlib payload (flags `0x02`, which no
-//! reference server sends) is decoded with [`wire::decode::Decoder`] instead.
+//! dictionary: a handful of byte reads, no allocation. Of a zlib payload (flags `0x02`, which no
+//! reference server sends) only the first [`HEAD_PREFIX`] bytes are inflated, so a compression
+//! bomb from chatd costs the relay a few hundred bytes, not the 16 MiB it would inflate to.
 
 use bytes::Bytes;
 use wire::Node;
-use wire::decode::Decoder;
 use wire::dict::{Dictionary, tag};
 use wire::encode::Encoder;
 
@@ -47,14 +47,21 @@ impl StanzaKind {
     }
 }
 
+/// Inflated bytes enough for a root tag the session cares about (list header plus a token or a
+/// short raw string).
+pub const HEAD_PREFIX: usize = 256;
+
 /// Classifies a plaintext stanza payload (flags byte + node) by its root tag.
 pub fn classify(payload: &[u8]) -> StanzaKind {
     match payload.first() {
         Some(0) => head_tag(&payload[1..], &Dictionary::V3).map_or(StanzaKind::Undecodable, StanzaKind::of_tag),
-        Some(_) => match Decoder::default().decode_payload(payload) {
-            Ok(node) => StanzaKind::of_tag(node.tag()),
-            Err(_) => StanzaKind::Undecodable,
-        },
+        Some(_) => {
+            let mut scratch = Vec::new();
+            match wire::payload::body_prefix(payload, &mut scratch, HEAD_PREFIX) {
+                Ok(head) => head_tag(head, &Dictionary::V3).map_or(StanzaKind::Undecodable, StanzaKind::of_tag),
+                Err(_) => StanzaKind::Undecodable,
+            }
+        }
         None => StanzaKind::Undecodable,
     }
 }
@@ -138,6 +145,19 @@ mod tests {
         }
         assert!(StanzaKind::StreamError.ends_stream() && StanzaKind::StreamEnd.ends_stream());
         assert!(!StanzaKind::Other.ends_stream());
+    }
+
+    #[test]
+    fn a_compression_bomb_is_classified_from_its_head() {
+        // 16 MiB of content behind a stream:error head, deflated to about 16 KB: only the head
+        // is inflated.
+        let bomb = Node::new("stream:error").bytes(vec![0; (1 << 24) - 64]);
+        let mut z = Vec::new();
+        wire::Encoder::new(&Dictionary::V3, wire::EncodeOptions { compress: true })
+            .encode_payload(&bomb, &mut z)
+            .unwrap();
+        assert!(z.len() < 64 * 1024, "{}", z.len());
+        assert_eq!(classify(&z), StanzaKind::StreamError);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use std::fmt;
 
 use thiserror::Error;
+use zeroize::Zeroize as _;
 
 use crate::dict::{Dictionary, tag};
 use crate::encode::DEFAULT_MAX_DEPTH;
@@ -20,20 +21,47 @@ use crate::node::{Content, Node, Value};
 use crate::packed::{self, Packing};
 use crate::payload::{self, MAX_PAYLOAD_LEN, PayloadError};
 
-/// Bounds on what one decode may produce.
+/// Bounds on what one decode may produce, so the cost of a hostile stanza is set by these numbers
+/// and by its own size, never by what it claims to contain.
+///
+/// Memory: the inflated body (at most `max_inflated`, and at most `max_inflate_ratio` times the
+/// compressed body) plus the arenas (about 40 bytes a node and 24 an attribute, so at most
+/// `40 * max_nodes + 24 * max_attrs`). CPU: linear in the inflated size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Deepest nesting of nodes (the root is depth 0). Default 64: real stanzas nest under 10.
     pub max_depth: usize,
-    /// Most nodes in one stanza. Default 500,000: a prekey upload of 812 keys is ~2,500.
+    /// Most nodes in one stanza. Default 100,000: a prekey upload of 812 keys is ~2,500.
     pub max_nodes: usize,
+    /// Most attributes in one stanza, over all its nodes. Default 200,000.
+    pub max_attrs: usize,
     /// Most bytes a zlib body may inflate to. Default: the frame limit.
     pub max_inflated: usize,
+    /// A zlib body may inflate to at most this many times its own size (and at least
+    /// [`MIN_INFLATE_ALLOWANCE`] bytes). Default 64: stanzas compress 2-10x; deflate's worst case is
+    /// about 1,000x, which is how a 17 KB bomb becomes 16 MiB.
+    pub max_inflate_ratio: usize,
 }
+
+/// What any zlib body may inflate to regardless of its size (a tiny body is never a threat).
+pub const MIN_INFLATE_ALLOWANCE: usize = 4096;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_depth: DEFAULT_MAX_DEPTH, max_nodes: 500_000, max_inflated: MAX_PAYLOAD_LEN }
+        Limits {
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_nodes: 100_000,
+            max_attrs: 200_000,
+            max_inflated: MAX_PAYLOAD_LEN,
+            max_inflate_ratio: 64,
+        }
+    }
+}
+
+impl Limits {
+    /// Most bytes a zlib body of `compressed` bytes may inflate to under these limits.
+    pub fn inflate_allowance(&self, compressed: usize) -> usize {
+        compressed.saturating_mul(self.max_inflate_ratio).max(MIN_INFLATE_ALLOWANCE).min(self.max_inflated)
     }
 }
 
@@ -70,6 +98,8 @@ pub enum DecodeError {
     TooDeep { max: usize },
     #[error("more than {max} nodes in one stanza")]
     TooManyNodes { max: usize },
+    #[error("more than {max} attributes in one stanza")]
+    TooManyAttributes { max: usize },
 }
 
 /// Where a decoded string lives, in 8 bytes: the top two bits of `len_kind` say where, the rest
@@ -181,7 +211,8 @@ impl<'d> Decoder<'d> {
 
     /// Decodes a stanza payload: flags byte, then the node (inflated first when flagged zlib).
     pub fn decode_payload<'a>(&'a mut self, payload: &'a [u8]) -> Result<NodeRef<'a>, DecodeError> {
-        let body = payload::body(payload, &mut self.inflated, self.limits.max_inflated)?;
+        let allowance = self.limits.inflate_allowance(payload.len().saturating_sub(1));
+        let body = payload::body(payload, &mut self.inflated, allowance)?;
         decode_into(&mut self.arena, self.dict, &self.limits, body)
     }
 
@@ -193,7 +224,15 @@ impl<'d> Decoder<'d> {
     /// Gives back the arenas' memory, for a connection going idle.
     pub fn release_buffers(&mut self) {
         self.arena = Arena::default();
+        self.inflated.zeroize();
         self.inflated = Vec::new();
+    }
+}
+
+/// An inflated body may have held a login's private key or token: wiped, not just freed.
+impl Drop for Decoder<'_> {
+    fn drop(&mut self) {
+        self.inflated.zeroize();
     }
 }
 
@@ -337,6 +376,9 @@ impl Reader<'_, '_> {
             }));
         }
         let attrs_start = self.arena.attrs.len();
+        if attrs_start + n_attrs > self.limits.max_attrs {
+            return Err(fail(DecodeError::TooManyAttributes { max: self.limits.max_attrs }));
+        }
         self.arena.attrs.reserve(n_attrs);
         for _ in 0..n_attrs {
             let key = self.string(Ctx::Key)?;

@@ -238,6 +238,72 @@ impl Jid {
     }
 }
 
+/// An interop account: one Partner user, named by its integrator id and account number. It has
+/// one spelling: `{integrator}-{number}@interop`, both numbers in canonical decimal. However a
+/// login, a token claim or a stanza spells an account, it is compared, keyed and logged in this
+/// form, and spellings that are not canonical (`0042`, `+42`, a device) are refused rather than
+/// folded, so no two texts can name one account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InteropAccount {
+    pub integrator: u16,
+    pub number: u64,
+}
+
+/// Why a JID or text does not name an interop account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("not a JID on the interop server")]
+    NotInterop,
+    #[error("an account JID names no device (device 0)")]
+    HasDevice,
+    #[error("the account number is not canonical decimal (no sign, no leading zeros, at most 20 digits)")]
+    NotCanonical,
+}
+
+impl InteropAccount {
+    /// The account an interop JID names; the JID must be the account itself (device 0) and its
+    /// user part the account number in canonical decimal.
+    pub fn from_parts(server: Server, user: &str, device: u16, integrator: u16) -> Result<Self, AccountError> {
+        if server != Server::Interop {
+            return Err(AccountError::NotInterop);
+        }
+        if device != 0 {
+            return Err(AccountError::HasDevice);
+        }
+        let number = parse_num::<u64>(user).ok_or(AccountError::NotCanonical)?;
+        Ok(InteropAccount { integrator, number })
+    }
+
+    /// Parses the canonical text form only (`1-10853634039893@interop`).
+    pub fn parse(text: &str) -> Result<Self, AccountError> {
+        let jid = Jid::parse(text).map_err(|_| AccountError::NotCanonical)?;
+        let account = Self::from_parts(jid.server, &jid.user, jid.device, jid.integrator)?;
+        // `Jid::parse` already refuses non-canonical numbers; the round trip makes sure.
+        if account.to_string() != text {
+            return Err(AccountError::NotCanonical);
+        }
+        Ok(account)
+    }
+
+    /// The account as a JID (device 0).
+    pub fn jid(&self) -> Jid {
+        Jid::interop(self.integrator, self.number.to_string(), 0)
+    }
+}
+
+impl fmt::Display for InteropAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}@interop", self.integrator, self.number)
+    }
+}
+
+impl FromStr for InteropAccount {
+    type Err = AccountError;
+    fn from_str(s: &str) -> Result<Self, AccountError> {
+        InteropAccount::parse(s)
+    }
+}
+
 /// Decimal with no sign, no leading `+`, no leading zeros beyond a lone `0`: the printed form must
 /// parse back to the same JID and print the same.
 fn parse_num<T: FromStr>(s: &str) -> Option<T> {
@@ -317,6 +383,29 @@ mod tests {
         let j = Jid::parse("1-10853634039893@interop").unwrap();
         assert_eq!((j.integrator, j.user.as_str(), j.device), (1, "10853634039893", 0));
         assert_eq!(j.wire_kind(), WireKind::Interop);
+    }
+
+    #[test]
+    fn an_interop_account_has_one_spelling() {
+        let a = InteropAccount::parse("1-10853634039893@interop").unwrap();
+        assert_eq!(a, InteropAccount { integrator: 1, number: 10853634039893 });
+        assert_eq!(a.to_string(), "1-10853634039893@interop");
+        assert_eq!(a.jid().to_string(), "1-10853634039893@interop");
+        for bad in ["1-0042@interop", "1-+42@interop", "01-42@interop", "1-42:0@interop", "1-@interop", "1-4 2@interop"]
+        {
+            assert_eq!(InteropAccount::parse(bad), Err(AccountError::NotCanonical), "{bad}");
+        }
+        assert_eq!(InteropAccount::parse("1-42:3@interop"), Err(AccountError::HasDevice));
+        assert_eq!(InteropAccount::parse("42@s.whatsapp.net"), Err(AccountError::NotInterop));
+        assert_eq!(InteropAccount::parse("1-18446744073709551616@interop"), Err(AccountError::NotCanonical));
+        for user in ["0042", "+42", "42 ", "", "4e2"] {
+            assert_eq!(
+                InteropAccount::from_parts(Server::Interop, user, 0, 1),
+                Err(AccountError::NotCanonical),
+                "{user:?}"
+            );
+        }
+        assert_eq!(InteropAccount::from_parts(Server::Interop, "42", 0, 1).unwrap().to_string(), "1-42@interop");
     }
 
     #[test]

@@ -24,5 +24,5 @@ pub mod xeddsa;
 pub use decode::{DecodeError, Decoder, NodeRef};
 pub use dict::Dictionary;
 pub use encode::{EncodeError, EncodeOptions, Encoder};
-pub use jid::{Jid, Server};
+pub use jid::{InteropAccount, Jid, Server};
 pub use node::{Content, Node, Value};

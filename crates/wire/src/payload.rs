@@ -49,6 +49,26 @@ pub fn body<'a>(payload: &'a [u8], scratch: &'a mut Vec<u8>, max_inflated: usize
     }
 }
 
+/// The first `n` bytes (or fewer) of `payload`'s body, for reading a stanza's head without
+/// inflating the rest: a zlib body costs at most `n` bytes of output and the input it takes to
+/// produce them, however far it would inflate.
+pub fn body_prefix<'a>(payload: &'a [u8], scratch: &'a mut Vec<u8>, n: usize) -> Result<&'a [u8], PayloadError> {
+    let (&flags, rest) = payload.split_first().ok_or(PayloadError::Empty)?;
+    match flags {
+        0 => Ok(&rest[..rest.len().min(n)]),
+        FLAG_ZLIB => {
+            scratch.clear();
+            let limit = u64::try_from(n).unwrap_or(u64::MAX);
+            flate2::read::ZlibDecoder::new(rest)
+                .take(limit)
+                .read_to_end(scratch)
+                .map_err(|e| PayloadError::Inflate(e.to_string()))?;
+            Ok(scratch)
+        }
+        other => Err(PayloadError::UnsupportedFlags(other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +94,17 @@ mod tests {
         assert_eq!(body(&[1, 0], &mut scratch, 100), Err(PayloadError::UnsupportedFlags(1)));
         assert_eq!(body(&[0x80], &mut scratch, 100), Err(PayloadError::UnsupportedFlags(0x80)));
         assert!(matches!(body(&[2, 1, 2, 3], &mut scratch, 100), Err(PayloadError::Inflate(_))));
+    }
+
+    #[test]
+    fn a_prefix_inflates_no_further_than_asked() {
+        let mut scratch = Vec::new();
+        assert_eq!(body_prefix(&[0, 1, 2, 3], &mut scratch, 2).unwrap(), &[1, 2]);
+        assert_eq!(body_prefix(&zlib(b"hello"), &mut scratch, 3).unwrap(), b"hel");
+        let bomb = zlib(&vec![7u8; 1 << 24]);
+        assert_eq!(body_prefix(&bomb, &mut scratch, 256).unwrap(), &[7u8; 256][..]);
+        assert!(scratch.capacity() < 4096, "stopped at the prefix: {}", scratch.capacity());
+        assert!(matches!(body_prefix(&[2, 1, 2, 3], &mut scratch, 8), Err(PayloadError::Inflate(_))));
     }
 
     #[test]

@@ -199,8 +199,8 @@ pub fn tag_reason(n: &Node) -> (String, Option<String>) {
     (n.tag.clone(), n.get_str("reason").map(str::to_owned))
 }
 
-/// The addresses `interop-proxy` prints at start (its banner), read from its stdout until the
-/// embedded demo is done.
+/// The addresses `interop-proxy` prints at start (its banner), read from its stdout until its
+/// last line (`serving`, after the embedded demo when there is one).
 #[derive(Debug, Default)]
 pub struct Banner {
     pub tcp: Option<std::net::SocketAddr>,
@@ -225,7 +225,7 @@ pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
             b.sim = line.split(" http ").nth(1).map(str::to_owned);
         } else if line.starts_with("embedded partner") {
             b.partner = line.split_whitespace().last().map(str::to_owned);
-        } else if line.contains("demo: done") {
+        } else if line == "serving" {
             break;
         }
     }
