@@ -392,11 +392,8 @@ impl Env {
     /// Stops the children: SIGTERM, then SIGKILL after a few seconds.
     pub async fn shutdown(mut self) {
         for child in &mut self.children {
-            if let Some(pid) = child.id() {
-                // SAFETY: signalling a child we started and still own.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
-                }
+            if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
         }
         for child in &mut self.children {

@@ -49,25 +49,19 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100.0,
+        t => t as f64,
+    }
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
 pub fn raise_fd_limit() -> Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid rlimit for the kernel to fill and read.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(Error::io("getrlimit", std::io::Error::last_os_error()));
-        }
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return Err(Error::io("setrlimit", std::io::Error::last_os_error()));
-        }
-    }
-    Ok(lim.rlim_cur)
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    setrlimit(Resource::Nofile, Rlimit { current: lim.maximum, maximum: lim.maximum })
+        .map_err(|e| Error::io("setrlimit", e.into()))?;
+    Ok(lim.maximum.unwrap_or(u64::MAX))
 }
 
 /// A reading taken while something ran: seconds since the sampler started, a counter the

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use session::{FirstReply, LoginRequest, SessionContext, UpstreamConfig, run_session, stanza};
+use session::{CloseReason, EndReason, FirstReply, LoginRequest, SessionContext, UpstreamConfig, run_session, stanza};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -319,5 +319,19 @@ pub async fn serve_client_with<S>(
         FirstReply::Rejected(_) => "rejected by chatd",
         FirstReply::ProxyFailure { .. } => "failed before chatd answered",
     };
-    info!(%peer, %account, session = outcome.session_id, login = first, close = outcome.reason.as_str(), "session ended");
+    // A fault's cause goes in the line; one the proxy itself caused (`internal`) is a warning, so
+    // a misconfiguration is seen at the default log level.
+    let cause = match (&outcome.first, outcome.relay.as_ref().map(|r| &r.reason)) {
+        (FirstReply::ProxyFailure { error, .. }, _) | (_, Some(EndReason::Error(error))) => Some(error),
+        _ => None,
+    };
+    let close = outcome.reason.as_str();
+    let session = outcome.session_id;
+    match cause {
+        Some(error) if outcome.reason == CloseReason::Internal => {
+            warn!(%peer, %account, session, login = first, close, %error, "session ended by a proxy fault")
+        }
+        Some(error) => info!(%peer, %account, session, login = first, close, %error, "session ended"),
+        None => info!(%peer, %account, session, login = first, close, "session ended"),
+    }
 }

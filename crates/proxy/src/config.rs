@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use session::RelayConfig;
+use session::relay::MAX_TIMER;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,6 +246,23 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// A session-layer range error, named by the key of this file that set the value.
+fn session_key(e: session::SessionError, part: &str) -> ConfigError {
+    let session::SessionError::Config { key, message } = e else {
+        return ConfigError::Invalid { key: "session", message: e.to_string() };
+    };
+    let key = match (part, key) {
+        (_, "max_frame_len") => "edge.max_frame_size",
+        ("relay", "max_buffered_bytes") => "session.max_buffered_bytes",
+        ("relay", "idle_timeout") => "session.idle_timeout_secs",
+        ("relay", "close_linger") => "edge.fin_timeout_secs",
+        ("upstream", "connect_timeout") => "upstream.connect_timeout_ms",
+        ("upstream", "handshake_timeout") => "upstream.handshake_timeout_ms",
+        _ => key,
+    };
+    ConfigError::Invalid { key, message }
+}
+
 impl Config {
     pub fn from_file(path: &str) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
@@ -288,11 +307,8 @@ impl Config {
         if self.drain.deadline_secs == 0 || self.drain.deadline_secs < self.drain.window_secs {
             return invalid("drain.deadline_secs", "must be at least 1 and at least drain.window_secs");
         }
-        if !(1..=wire::frame::MAX_FRAME_LEN).contains(&self.edge.max_frame_size) {
-            return invalid("edge.max_frame_size", "must be 1..=16777215");
-        }
-        if self.edge.login_timeout_secs == 0 {
-            return invalid("edge.login_timeout_secs", "must be at least 1");
+        if !(1..=MAX_TIMER.as_secs()).contains(&self.edge.login_timeout_secs) {
+            return invalid("edge.login_timeout_secs", "must be 1..=2592000 (30 days)");
         }
         match (&self.upstream, self.embedded) {
             (None, false) => return invalid("upstream", "required (or set embedded = true)"),
@@ -309,20 +325,11 @@ impl Config {
         match (&self.auth, self.embedded) {
             (None, false) => return invalid("auth", "required (or set embedded = true)"),
             (Some(a), _) => {
-                if !(a.jwks_url.starts_with("http://") || a.jwks_url.starts_with("https://")) {
-                    return invalid("auth.jwks_url", "must be an http(s) URL");
-                }
                 if a.account_claim.is_empty() {
                     return invalid("auth.account_claim", "must name a claim");
                 }
             }
             (None, true) => {}
-        }
-        if self.session.max_buffered_bytes < 4096 {
-            return invalid("session.max_buffered_bytes", "must be at least 4096");
-        }
-        if self.session.idle_timeout_secs == 0 {
-            return invalid("session.idle_timeout_secs", "must be at least 1");
         }
         if self.limits.max_sessions == 0 {
             return invalid("limits.max_sessions", "must be at least 1");
@@ -330,7 +337,34 @@ impl Config {
         if self.limits.max_concurrent_handshakes == 0 {
             return invalid("limits.max_concurrent_handshakes", "must be at least 1");
         }
+        // The session layer owns the ranges of what it runs on: its own checks decide, and their
+        // keys are translated to this file's.
+        self.relay_config().validate().map_err(|e| session_key(e, "relay"))?;
+        self.upstream_config([0; 32]).validate().map_err(|e| session_key(e, "upstream"))?;
         Ok(())
+    }
+
+    /// The relay's settings from `[edge]` and `[session]`.
+    pub fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            max_frame_len: self.edge.max_frame_size,
+            max_buffered_bytes: self.session.max_buffered_bytes,
+            idle_timeout: Duration::from_secs(self.session.idle_timeout_secs),
+            close_linger: Duration::from_secs(self.edge.fin_timeout_secs),
+            ..RelayConfig::default()
+        }
+    }
+
+    /// The upstream's settings from `[upstream]` (the address is resolved at each dial; the one
+    /// here only seeds the shared settings).
+    pub fn upstream_config(&self, root_public_key: [u8; 32]) -> session::UpstreamConfig {
+        let mut cfg = session::UpstreamConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), root_public_key);
+        cfg.max_frame_len = self.edge.max_frame_size;
+        if let Some(u) = &self.upstream {
+            cfg.connect_timeout = Duration::from_millis(u.connect_timeout_ms);
+            cfg.handshake_timeout = Duration::from_millis(u.handshake_timeout_ms);
+        }
+        cfg
     }
 
     /// The root key chatd's chain is checked against.

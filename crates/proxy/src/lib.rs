@@ -178,42 +178,140 @@ pub async fn start_embedded() -> Result<Embedded, StartError> {
     Ok(Embedded { sim, partner })
 }
 
+/// Everything [`start`] builds from a configuration before it binds a socket: the component
+/// configurations (each validated by its owner), the token checker, the TLS certificate read from
+/// its files, the trusted address ranges. `check-config` runs exactly this, so a configuration it
+/// accepts starts (unless a port is taken).
+pub struct Plan {
+    pub config: Config,
+    upstream: UpstreamConfig,
+    relay: RelayConfig,
+    authenticator: Authenticator,
+    tls: Option<(Arc<ReloadableCert>, tokio_rustls::TlsAcceptor)>,
+    proxy_protocol_trusted: Option<Vec<edge::cidr::Cidr>>,
+    ws: Option<edge::ws::WsOptions>,
+}
+
+/// Where the embedded servers will be, for planning an embedded configuration before they start.
+const EMBEDDED_PLACEHOLDER: &str = "127.0.0.1:1";
+
+impl Plan {
+    /// Validates `config` and builds every part. With `embedded = true` and no `[upstream]` or
+    /// `[auth]`, those are planned with placeholders, which [`start`] replaces with the embedded
+    /// servers' addresses.
+    pub fn new(mut config: Config) -> Result<Plan, StartError> {
+        config.validate()?;
+        if config.embedded {
+            let jwks_url = format!("http://{EMBEDDED_PLACEHOLDER}/.well-known/jwks");
+            embedded_sections(&mut config, EMBEDDED_PLACEHOLDER.into(), [0; 32], jwks_url, "embedded", "whatsapp");
+        }
+        let (Some(upstream), Some(auth)) = (config.upstream.clone(), config.auth.clone()) else {
+            return Err(config::ConfigError::Invalid { key: "upstream", message: "missing".into() }.into());
+        };
+        let root = config.root_public_key().ok_or(config::ConfigError::Invalid {
+            key: "upstream.root_public_key",
+            message: "must be 64 hex characters".into(),
+        })?;
+        let mut upstream_cfg = config.upstream_config(root);
+        upstream_cfg.proxy_protocol = match upstream.proxy_protocol {
+            ProxyProtocolVersion::V1 => ProxyProtocol::V1,
+            ProxyProtocolVersion::V2 => ProxyProtocol::V2,
+            ProxyProtocolVersion::None => ProxyProtocol::None,
+        };
+        let authenticator = Authenticator::new(AuthConfig {
+            jwks_url: auth.jwks_url.clone(),
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            account_claim: auth.account_claim.clone(),
+            verifier: jwks::VerifierConfig {
+                refresh_interval: Duration::from_secs(auth.jwks_refresh_secs.max(1)),
+                min_refetch_interval: Duration::from_secs(auth.jwks_min_refetch_secs.max(1)),
+                ..jwks::VerifierConfig::default()
+            },
+        })?;
+        let trusted = |list: &[String], key: &'static str| {
+            edge::cidr::parse_list(list).map_err(|message| config::ConfigError::Invalid { key, message })
+        };
+        let proxy_protocol_trusted = if config.edge.proxy_protocol {
+            Some(trusted(&config.edge.proxy_protocol_trusted_cidrs, "edge.proxy_protocol_trusted_cidrs")?)
+        } else {
+            None
+        };
+        let tls = match &config.edge.tls {
+            Some(tls) => {
+                let cert = ReloadableCert::load(&tls.cert, &tls.key)?;
+                let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
+                Some((cert, acceptor))
+            }
+            None => None,
+        };
+        let ws = match &config.edge.websocket {
+            Some(ws) => Some(edge::ws::WsOptions {
+                path: ws.path.clone(),
+                trusted_forwarded: trusted(&ws.trusted_forwarded_cidrs, "edge.websocket.trusted_forwarded_cidrs")?,
+            }),
+            None => None,
+        };
+        Ok(Plan {
+            relay: config.relay_config(),
+            upstream: upstream_cfg,
+            authenticator,
+            tls,
+            proxy_protocol_trusted,
+            ws,
+            config,
+        })
+    }
+}
+
+/// Fills in `[upstream]` and `[auth]` (where the file left them out) for the embedded servers.
+fn embedded_sections(
+    config: &mut Config,
+    addr: String,
+    root: [u8; 32],
+    jwks_url: String,
+    issuer: &str,
+    audience: &str,
+) {
+    config.upstream.get_or_insert(config::UpstreamConfig {
+        addr,
+        proxy_protocol: ProxyProtocolVersion::V1,
+        root_public_key: Some(hex::encode(root)),
+        connect_timeout_ms: 5_000,
+        handshake_timeout_ms: 10_000,
+    });
+    config.auth.get_or_insert(config::AuthConfig {
+        jwks_url,
+        issuer: issuer.to_owned(),
+        audience: audience.to_owned(),
+        account_claim: "wa_account".into(),
+        jwks_refresh_secs: 300,
+        jwks_min_refetch_secs: 1,
+    });
+}
+
 /// Starts the proxy.
 pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
     config.validate()?;
     let embedded = if config.embedded { Some(start_embedded().await?) } else { None };
     if let Some(e) = &embedded {
-        config.upstream.get_or_insert(config::UpstreamConfig {
-            addr: e.sim.chat_addr.to_string(),
-            proxy_protocol: ProxyProtocolVersion::V1,
-            root_public_key: Some(hex::encode(e.sim.root_public_key())),
-            connect_timeout_ms: 5_000,
-            handshake_timeout_ms: 10_000,
-        });
-        config.auth.get_or_insert(config::AuthConfig {
-            jwks_url: e.partner.jwks_url(),
-            issuer: e.partner.issuer().to_owned(),
-            audience: e.partner.audience().to_owned(),
-            account_claim: "wa_account".into(),
-            jwks_refresh_secs: 300,
-            jwks_min_refetch_secs: 1,
-        });
+        let (sim, partner) = (&e.sim, &e.partner);
+        let chat = sim.chat_addr.to_string();
+        embedded_sections(
+            &mut config,
+            chat,
+            sim.root_public_key(),
+            partner.jwks_url(),
+            partner.issuer(),
+            partner.audience(),
+        );
     }
-    let (Some(upstream), Some(auth)) = (config.upstream.clone(), config.auth.clone()) else {
-        return Err(config::ConfigError::Invalid { key: "upstream", message: "missing".into() }.into());
-    };
-    let root = config.root_public_key().ok_or(config::ConfigError::Invalid {
-        key: "upstream.root_public_key",
-        message: "must be 64 hex characters".into(),
-    })?;
-    let proxy_protocol = match upstream.proxy_protocol {
-        ProxyProtocolVersion::V1 => ProxyProtocol::V1,
-        ProxyProtocolVersion::V2 => ProxyProtocol::V2,
-        ProxyProtocolVersion::None => {
-            warn!("upstream.proxy_protocol = \"none\": chatd will see the proxy's address, not the client's");
-            ProxyProtocol::None
-        }
-    };
+    let Plan { config, upstream: upstream_cfg, relay, authenticator, tls, proxy_protocol_trusted, ws } =
+        Plan::new(config)?;
+    if upstream_cfg.proxy_protocol == ProxyProtocol::None {
+        warn!("upstream.proxy_protocol = \"none\": chatd will see the proxy's address, not the client's");
+    }
+    let upstream_host = config.upstream.as_ref().map(|u| u.addr.clone()).unwrap_or_default();
 
     let registry = prometheus::Registry::new();
     let metrics = EdgeMetrics::register(&registry)?;
@@ -235,40 +333,9 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
     build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     registry.register(Box::new(build_info))?;
 
-    let authenticator = Authenticator::new(AuthConfig {
-        jwks_url: auth.jwks_url.clone(),
-        issuer: auth.issuer.clone(),
-        audience: auth.audience.clone(),
-        account_claim: auth.account_claim.clone(),
-        verifier: jwks::VerifierConfig {
-            refresh_interval: Duration::from_secs(auth.jwks_refresh_secs.max(1)),
-            min_refetch_interval: Duration::from_secs(auth.jwks_min_refetch_secs.max(1)),
-            ..jwks::VerifierConfig::default()
-        },
-    })?;
-    // The address is resolved at each dial; this one only seeds the shared settings.
-    let mut upstream_cfg = UpstreamConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), root);
-    upstream_cfg.proxy_protocol = proxy_protocol;
-    upstream_cfg.connect_timeout = Duration::from_millis(upstream.connect_timeout_ms);
-    upstream_cfg.handshake_timeout = Duration::from_millis(upstream.handshake_timeout_ms);
-    let relay = RelayConfig {
-        max_frame_len: config.edge.max_frame_size,
-        max_buffered_bytes: config.session.max_buffered_bytes,
-        idle_timeout: Duration::from_secs(config.session.idle_timeout_secs),
-        close_linger: Duration::from_secs(config.edge.fin_timeout_secs),
-        ..RelayConfig::default()
-    };
-    let trusted = |list: &[String], key: &'static str| {
-        edge::cidr::parse_list(list).map_err(|message| config::ConfigError::Invalid { key, message })
-    };
-    let proxy_protocol_trusted = if config.edge.proxy_protocol {
-        Some(trusted(&config.edge.proxy_protocol_trusted_cidrs, "edge.proxy_protocol_trusted_cidrs")?)
-    } else {
-        None
-    };
     let context = Arc::new(EdgeContext {
         auth: authenticator,
-        upstream_host: upstream.addr.clone(),
+        upstream_host,
         session: SessionContext::new(upstream_cfg, relay, session_metrics),
         metrics: metrics.clone(),
         login_timeout: config.login_timeout(),
@@ -295,20 +362,14 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
     }
     let mut tls_addr = None;
     let mut tls_cert = None;
-    if let Some(tls) = &config.edge.tls {
-        let cert = ReloadableCert::load(&tls.cert, &tls.key)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
+    if let (Some(tls), Some((cert, acceptor))) = (&config.edge.tls, tls) {
         let listener = bind("TLS edge listener", tls.listen)?;
         tls_addr = listener.local_addr().ok();
         tls_cert = Some(cert);
         tasks.spawn(edge::listener::serve_tls(listener, acceptor, Arc::clone(&context)));
     }
     let mut ws_addr = None;
-    if let Some(ws) = &config.edge.websocket {
-        let options = edge::ws::WsOptions {
-            path: ws.path.clone(),
-            trusted_forwarded: trusted(&ws.trusted_forwarded_cidrs, "edge.websocket.trusted_forwarded_cidrs")?,
-        };
+    if let (Some(ws), Some(options)) = (&config.edge.websocket, ws) {
         let listener = bind("WebSocket edge listener", ws.listen)?;
         ws_addr = listener.local_addr().ok();
         tasks.spawn(edge::listener::serve_ws(listener, options, Arc::clone(&context)));

@@ -30,7 +30,8 @@ enum Command {
     /// Serve (the default). SIGTERM, Ctrl-C or `POST /drain` drain and exit; SIGHUP reloads the
     /// TLS certificate and `[limits]`.
     Run,
-    /// Validate the configuration and exit.
+    /// Validate the configuration as start does (files it names included, no socket bound) and
+    /// exit.
     CheckConfig,
     /// Start the embedded default on ephemeral loopback ports, run the demo traffic through the
     /// proxy, print the proxy's metrics and exit.
@@ -61,9 +62,13 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::CheckConfig) => load(&cli).map(|c| {
-            println!("configuration OK (embedded: {})", c.embedded);
-        }),
+        // Everything start does short of binding sockets: the file, every component's checks, the
+        // token checker, the TLS certificate and key.
+        Some(Command::CheckConfig) => {
+            load(&cli).and_then(|c| proxy::Plan::new(c).map_err(|e| e.to_string())).map(|p| {
+                println!("configuration OK (embedded: {})", p.config.embedded);
+            })
+        }
         Some(Command::Demo) => demo(&cli).await,
         Some(Command::Run) | None => run(&cli).await,
     };

@@ -65,11 +65,13 @@ impl UpstreamConfig {
     /// Checks the values `connect` relies on.
     pub fn validate(&self) -> Result<(), SessionError> {
         let bad = |key, message: &str| Err(SessionError::Config { key, message: message.into() });
-        if self.connect_timeout.is_zero() {
-            return bad("connect_timeout", "must be above zero");
-        }
-        if self.handshake_timeout.is_zero() {
-            return bad("handshake_timeout", "must be above zero");
+        for (key, d) in [("connect_timeout", self.connect_timeout), ("handshake_timeout", self.handshake_timeout)] {
+            if d.is_zero() {
+                return bad(key, "must be above zero");
+            }
+            if d > crate::relay::MAX_TIMER {
+                return bad(key, "must be at most 30 days");
+            }
         }
         if !(1024..=MAX_FRAME_LEN).contains(&self.max_frame_len) {
             return bad("max_frame_len", "must be between 1024 and 16777215 bytes");
