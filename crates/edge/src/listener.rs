@@ -146,7 +146,7 @@ pub async fn serve_ws(listener: TcpListener, options: WsOptions, ctx: Arc<EdgeCo
                     *not_found.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
                     return Err(not_found);
                 }
-                client = client_addr(peer, req.headers(), &options.trusted_forwarded);
+                client = client_addr(peer, req.headers(), &options.trusted_forwarded, &options.forwarded_header);
                 Ok(resp)
             };
             let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));

@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let trusted: Vec<edge::cidr::Cidr> = vec!["10.0.0.0/8".parse().expect("cidr")];
     let peer = "10.1.2.3:4000".parse().expect("addr");
-    let _ = edge::ws::client_addr(peer, &headers, &trusted);
+    for header in ["x-forwarded-for", "forwarded"] {
+        let header = edge::ws::ForwardedHeader::parse(header).expect("header name");
+        let _ = edge::ws::client_addr(peer, &headers, &trusted, &header);
+    }
 
     RT.with(|rt| {
         rt.block_on(async {

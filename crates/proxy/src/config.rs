@@ -67,9 +67,13 @@ pub struct WebSocketConfig {
     /// The upgrade path; other paths get 404.
     #[serde(default = "defaults::ws_path")]
     pub path: String,
-    /// Peers (reverse proxies) whose `Forwarded` / `X-Forwarded-For` headers name the client.
+    /// Peers (reverse proxies) whose `forwarded_header` names the client.
     #[serde(default)]
     pub trusted_forwarded_cidrs: Vec<String>,
+    /// The one header those peers append the client's address to; its right-most entry is the
+    /// client. Any other header (`Forwarded`, say) is the client's own and is never read.
+    #[serde(default = "defaults::forwarded_header")]
+    pub forwarded_header: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +235,9 @@ mod defaults {
     pub fn ws_path() -> String {
         "/ws/chat".into()
     }
+    pub fn forwarded_header() -> String {
+        "x-forwarded-for".into()
+    }
 }
 
 /// A configuration that cannot be used.
@@ -277,6 +284,9 @@ impl Config {
             }
             if let Err(e) = edge::cidr::parse_list(&ws.trusted_forwarded_cidrs) {
                 return invalid("edge.websocket.trusted_forwarded_cidrs", &e);
+            }
+            if let Err(e) = edge::ws::ForwardedHeader::parse(&ws.forwarded_header) {
+                return invalid("edge.websocket.forwarded_header", &e.to_string());
             }
         }
         if !(1..=60).contains(&self.edge.fin_timeout_secs) {

@@ -308,6 +308,9 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         let options = edge::ws::WsOptions {
             path: ws.path.clone(),
             trusted_forwarded: trusted(&ws.trusted_forwarded_cidrs, "edge.websocket.trusted_forwarded_cidrs")?,
+            forwarded_header: edge::ws::ForwardedHeader::parse(&ws.forwarded_header).map_err(|e| {
+                config::ConfigError::Invalid { key: "edge.websocket.forwarded_header", message: e.to_string() }
+            })?,
         };
         let listener = bind("WebSocket edge listener", ws.listen)?;
         ws_addr = listener.local_addr().ok();

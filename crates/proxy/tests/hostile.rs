@@ -359,6 +359,7 @@ async fn websocket_abuse_gets_closes_and_spares_sessions() {
             listen: "127.0.0.1:0".parse().unwrap(),
             path: "/ws/chat".into(),
             trusted_forwarded_cidrs: vec![],
+            forwarded_header: "x-forwarded-for".into(),
         })
     })
     .await;
@@ -439,6 +440,58 @@ async fn websocket_abuse_gets_closes_and_spares_sessions() {
     assert_eq!((eve_seen["total"].as_u64(), eve_seen["current"].as_u64()), (Some(1), Some(0)), "{eve_seen}");
     let stats = sim_stats(&sim_url).await;
     println!("WebSocket abuse: {attempts} attempts, all closed or ignored as documented; chatd stats {stats}");
+}
+
+#[tokio::test]
+async fn a_client_written_forwarded_header_picks_neither_the_address_nor_the_rate_limit_key() {
+    // The test is the trusted gateway (loopback): it passes the client's own headers on and
+    // appends the address it saw, 198.51.100.30, to X-Forwarded-For.
+    let p = start(|c| {
+        c.edge.login_timeout_secs = 1;
+        c.limits.per_ip_connections_per_sec = 1;
+        c.edge.websocket = Some(proxy::config::WebSocketConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            path: "/ws/chat".into(),
+            trusted_forwarded_cidrs: vec!["127.0.0.0/8".into()],
+            forwarded_header: "x-forwarded-for".into(),
+        })
+    })
+    .await;
+    let ws_addr = p.ws_addr.unwrap();
+    let mallory = enlisted(&p, "fwmallory").await;
+    let through_gateway = |claimed: &str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut r = format!("ws://{ws_addr}/ws/chat").into_client_request().unwrap();
+        let h = r.headers_mut();
+        h.append("forwarded", format!("for={claimed}").parse().unwrap());
+        h.append("x-real-ip", claimed.parse().unwrap());
+        h.append("x-forwarded-for", format!("{claimed}, 198.51.100.30").parse().unwrap());
+        r
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(through_gateway("203.0.113.66")).await.unwrap();
+    ws.send(Message::binary(framed(&login_frame(&mallory.user, &mallory.jid, &mallory.token).unwrap()))).await.unwrap();
+    let mut m = EdgeClient::new(edge::ws::WsStream::new(ws));
+    assert_eq!(m.recv(WAIT).await.unwrap().tag, "success");
+    let ips = observed(&p, &mallory.jid).await["client_ips"].clone();
+    assert_eq!(ips, serde_json::json!(["198.51.100.30"]), "chatd records the gateway's entry, not the client's");
+
+    // The rate limit (1/s, burst 2) keys on the same entry: each further connection claims an
+    // address of its own, and still shares the one bucket. The login took one token.
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let claimed = format!("203.0.113.{}", 100 + i);
+        let (ws, _) = tokio_tungstenite::connect_async(through_gateway(&claimed)).await.unwrap();
+        clients.push(EdgeClient::new(edge::ws::WsStream::new(ws)));
+    }
+    let mut answers = Vec::new();
+    for c in &mut clients {
+        answers.push(c.recv(Duration::from_secs(3)).await.map(|n| tag_reason(&n)));
+    }
+    let shed = answers.iter().filter(|a| matches!(a, Ok((t, Some(r))) if t == "failure" && r == "429")).count();
+    println!("client-written forwarded headers: chatd saw {ips}; 4 connections claiming 4 addresses: {answers:?}");
+    assert!(shed >= 2, "the limiter keyed on the client's claims: {answers:?}");
+    assert!(metric(&p, "waproxy_connections_rate_limited_total").await >= 2.0);
+    assert_pings(&mut m, "fw-still-fine").await;
 }
 
 // ---------------------------------------------------------------------------------------------
