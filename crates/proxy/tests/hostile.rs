@@ -350,6 +350,73 @@ async fn proxy_headers_from_untrusted_sources_are_refused_without_an_answer() {
 }
 
 #[tokio::test]
+async fn proxy_v2_headers_with_malformed_tlvs_from_a_trusted_source_are_refused() {
+    let p = start(|c| {
+        c.edge.login_timeout_secs = 1;
+        c.edge.proxy_protocol = true;
+        c.edge.proxy_protocol_trusted_cidrs = vec!["127.0.0.2/32".into()];
+    })
+    .await;
+    let addr = p.tcp_addr.unwrap();
+    let eve = enlisted(&p, "tlveve").await;
+    let login = framed(&login_frame(&eve.user, &eve.jid, &eve.token).unwrap());
+    let v2 = |tlvs: &[(u8, &[u8])]| {
+        let mut b = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            ("203.0.113.5:1234".parse::<SocketAddr>().unwrap(), "10.0.0.1:5222".parse::<SocketAddr>().unwrap()),
+        );
+        for (kind, value) in tlvs {
+            b = b.write_tlv(*kind, value).unwrap();
+        }
+        b.build().unwrap()
+    };
+    let run_past_the_end = {
+        let mut h = v2(&[(0x04, &[1, 2, 3])]);
+        let at = h.len() - 5;
+        h[at..at + 2].copy_from_slice(&200u16.to_be_bytes());
+        h
+    };
+    let leftover = {
+        let mut h = v2(&[]);
+        h.extend_from_slice(&[0x04, 0x00]);
+        let len = (h.len() - 16) as u16;
+        h[14..16].copy_from_slice(&len.to_be_bytes());
+        h
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a TLV whose length runs past the header's end", run_past_the_end),
+        ("two bytes left over where a TLV should be", leftover),
+        ("a wrong CRC32C", v2(&[(0x03, &[0xde, 0xad, 0xbe, 0xef])])),
+        ("a 3-byte SSL TLV", v2(&[(0x20, &[1, 0, 0])])),
+    ];
+    for (what, header) in &cases {
+        let mut c = EdgeClient::connect(addr, Some("127.0.0.2".parse().unwrap())).await.unwrap();
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(&login);
+        let _ = c.stream_mut().write_all(&bytes).await;
+        let (answer, closed, took) = read_until_close(c.stream_mut(), WAIT).await;
+        assert!(closed && answer.is_empty(), "{what}: closed without an answer: {answer:?}");
+        assert!(took < Duration::from_millis(500), "{what}: refused at once, not at the deadline: {took:?}");
+    }
+    // The same header with well-formed TLVs is accepted.
+    let mut c = EdgeClient::connect(addr, Some("127.0.0.2".parse().unwrap())).await.unwrap();
+    let mut bytes = v2(&[(0x04, &[1, 2, 3]), (0x02, b"lb.example")]);
+    bytes.extend_from_slice(&login);
+    c.stream_mut().write_all(&bytes).await.unwrap();
+    assert_eq!(c.recv(WAIT).await.unwrap().tag, "success");
+    let refused = metric(&p, "waproxy_proxy_protocol_refused_total{reason=\"invalid\"}").await;
+    let seen = observed(&p, &eve.jid).await;
+    println!(
+        "PROXY v2 with malformed TLVs from a trusted source: {} refused ({refused} counted invalid); chatd {seen}",
+        cases.len()
+    );
+    assert_eq!(refused, cases.len() as f64);
+    assert_eq!(seen["total"], 1, "only the well-formed header's login reached chatd: {seen}");
+    assert_eq!(seen["client_ips"], serde_json::json!(["203.0.113.5"]));
+}
+
+#[tokio::test]
 async fn websocket_abuse_gets_closes_and_spares_sessions() {
     let max_frame = 64 * 1024;
     let p = start(|c| {
