@@ -2,6 +2,7 @@
 //! validated at start with errors that name the key.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -156,11 +157,20 @@ impl Default for SessionConfig {
 pub struct AdminConfig {
     /// `/metrics`, `/livez`, `/readyz`. Keep it on loopback or a private network.
     pub listen: SocketAddr,
+    /// Seconds a connection has to send a request's headers, from its start or from the end of
+    /// the previous response (so also the keep-alive idle timeout); then it is closed.
+    pub header_timeout_secs: NonZeroU64,
+    /// Admin connections open at once; a new one beyond this is closed at once.
+    pub max_connections: NonZeroUsize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            header_timeout_secs: NonZeroU64::new(5).unwrap_or(NonZeroU64::MIN),
+            max_connections: NonZeroUsize::new(16).unwrap_or(NonZeroUsize::MIN),
+        }
     }
 }
 

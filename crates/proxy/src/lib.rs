@@ -16,6 +16,7 @@
 //! | `waproxy_build_info` | gauge | `version` | always 1 |
 //! | `waproxy_draining` | gauge | | 1 from the moment a drain starts (readiness is 503), else 0 |
 //! | `waproxy_config_reloads_total` | counter | `result` (ok, error) | SIGHUP reloads; on error the old certificate and limits stay |
+//! | `waproxy_admin_connections_refused_total` | counter | | admin connections closed at once because `admin.max_connections` were open |
 
 pub mod admin;
 pub mod config;
@@ -322,6 +323,11 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         addr: config.admin.listen,
         source,
     })?;
+    let admin_refused = prometheus::IntCounter::new(
+        "waproxy_admin_connections_refused_total",
+        "Admin connections closed at once because admin.max_connections were open.",
+    )?;
+    registry.register(Box::new(admin_refused.clone()))?;
     let scrape_context = Arc::clone(&context);
     let admin = Arc::new(AdminState {
         registry,
@@ -329,8 +335,13 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         draining: AtomicBool::new(false),
         before_scrape: Box::new(move || scrape_context.metrics.sync_jwks(&scrape_context.auth.stats())),
         drain_requested: CancellationToken::new(),
+        connections_refused: admin_refused,
     });
-    tasks.spawn(admin::serve(admin_listener, Arc::clone(&admin)));
+    let admin_limits = admin::AdminLimits {
+        header_timeout: Duration::from_secs(config.admin.header_timeout_secs.get()),
+        max_connections: config.admin.max_connections.get(),
+    };
+    tasks.spawn(admin::serve(admin_listener, Arc::clone(&admin), admin_limits));
     let drained = CancellationToken::new();
     tasks.spawn(drain_task(
         Arc::clone(&context),

@@ -561,6 +561,95 @@ async fn a_client_written_forwarded_header_picks_neither_the_address_nor_the_rat
     assert_pings(&mut m, "fw-still-fine").await;
 }
 
+/// Reads (and discards) until the peer closes; how long after `since` that was, or `None` if it
+/// stayed open past `limit`.
+async fn closed_at(s: &mut TcpStream, since: Instant, limit: Duration) -> Option<Duration> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((since + limit).into(), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(since.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_closes_idle_and_half_sent_connections_and_caps_them() {
+    let p = start(|c| {
+        c.admin.header_timeout_secs = std::num::NonZeroU64::new(1).unwrap();
+        c.admin.max_connections = std::num::NonZeroUsize::new(4).unwrap();
+    })
+    .await;
+    let admin = p.admin_addr;
+    let guard = enlisted(&p, "adguard").await;
+    let mut g = logged_in(&p, &guard).await;
+
+    // Four connections take every slot: two silent ones, half a request, and a kept-alive
+    // connection that went idle after its answer.
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(admin).await.unwrap();
+    let mut idle2 = TcpStream::connect(admin).await.unwrap();
+    let mut half = TcpStream::connect(admin).await.unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut kept = TcpStream::connect(admin).await.unwrap();
+    kept.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"ok\n") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, kept.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "kept-alive connection closed before its answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answered = Instant::now();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+
+    // A fifth is closed at once, and the edge still takes logins meanwhile.
+    let fifth_at = Instant::now();
+    let mut fifth = TcpStream::connect(admin).await.unwrap();
+    let _ = fifth.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let fifth_closed = closed_at(&mut fifth, fifth_at, Duration::from_millis(500)).await;
+    assert!(fifth_closed.is_some(), "a connection beyond admin.max_connections is closed at once");
+    let other = enlisted(&p, "adother").await;
+    let mut o = logged_in(&p, &other).await;
+    assert_pings(&mut o, "edge-while-admin-full").await;
+
+    // Each of the four is closed by the 1 s header timeout.
+    let limit = Duration::from_secs(4);
+    let idle_closed = closed_at(&mut idle, started, limit).await;
+    let idle2_closed = closed_at(&mut idle2, started, limit).await;
+    let half_closed = closed_at(&mut half, started, limit).await;
+    let kept_closed = closed_at(&mut kept, answered, limit).await;
+    // A request body cut short: the answer does not wait for it, and the connection is not kept.
+    let body_at = Instant::now();
+    let mut body = TcpStream::connect(admin).await.unwrap();
+    body.write_all(b"POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc").await.unwrap();
+    let body_closed = closed_at(&mut body, body_at, limit).await;
+    println!(
+        "admin listener (header timeout 1 s, at most 4 connections): silent closed after {idle_closed:?} and \
+         {idle2_closed:?}, half a request after {half_closed:?}, kept-alive idle {kept_closed:?} after its answer; \
+         a fifth closed after {fifth_closed:?}; a cut-short body closed after {body_closed:?}"
+    );
+    for (what, closed) in [
+        ("silent", idle_closed),
+        ("silent", idle2_closed),
+        ("half a request", half_closed),
+        ("kept-alive idle", kept_closed),
+    ] {
+        let closed = closed.unwrap_or_else(|| panic!("{what}: still open after {limit:?}"));
+        assert!(closed >= Duration::from_millis(900) && closed < Duration::from_millis(2500), "{what}: {closed:?}");
+    }
+    assert!(body_closed.is_some_and(|c| c < Duration::from_millis(2500)), "a cut-short body: {body_closed:?}");
+
+    // The slots are free again: /metrics answers, and shows the refusal.
+    let (status, metrics) = get_text(&format!("http://{admin}/metrics")).await;
+    assert_eq!(status, 200);
+    let refused =
+        metrics.lines().find(|l| l.starts_with("waproxy_admin_connections_refused_total ")).unwrap_or_default();
+    assert_eq!(refused, "waproxy_admin_connections_refused_total 1");
+    assert_pings(&mut g, "edge-after-admin").await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The binary as a process: flood, foreign tokens and replays, with debug logs and memory.
 
