@@ -650,6 +650,191 @@ async fn the_admin_listener_closes_idle_and_half_sent_connections_and_caps_them(
     assert_pings(&mut g, "edge-after-admin").await;
 }
 
+fn tls_files(what: &str) -> (std::path::PathBuf, rcgen::CertifiedKey<rcgen::KeyPair>) {
+    let dir = std::env::temp_dir().join(format!("proxy-hostile-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    (dir, cert)
+}
+
+fn tls_connector(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_login_deadline_covers_the_tls_handshake_the_upgrade_and_the_proxy_header() {
+    let (dir, cert) = tls_files("deadline");
+    let p = start(|c| {
+        c.edge.login_timeout_secs = 1;
+        c.edge.proxy_protocol = true;
+        c.edge.proxy_protocol_trusted_cidrs = vec!["127.0.0.0/8".into()];
+        c.edge.tls = Some(proxy::config::TlsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        });
+        c.edge.websocket = Some(proxy::config::WebSocketConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            path: "/ws/chat".into(),
+            trusted_forwarded_cidrs: vec![],
+            forwarded_header: "x-forwarded-for".into(),
+        });
+    })
+    .await;
+    let (tcp_addr, tls_addr, ws_addr) = (p.tcp_addr.unwrap(), p.tls_addr.unwrap(), p.ws_addr.unwrap());
+    // Each slow client spends 700 ms before its first stage (TLS handshake, upgrade, PROXY
+    // header) completes, then sends no login. One 1 s deadline from the accept closes it at 1 s;
+    // a fresh timeout per stage would close it at 1.7 s.
+    let slow = Duration::from_millis(700);
+    let tls = tokio::spawn({
+        let connector = tls_connector(&cert);
+        async move {
+            let connected = Instant::now();
+            let tcp = TcpStream::connect(tls_addr).await.unwrap();
+            tokio::time::sleep(slow).await;
+            let mut s = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+            let (answer, closed, _) = read_until_close(&mut s, Duration::from_secs(4)).await;
+            (answer.iter().map(tag_reason).collect::<Vec<_>>(), closed, connected.elapsed())
+        }
+    });
+    let ws = tokio::spawn(async move {
+        let connected = Instant::now();
+        let tcp = TcpStream::connect(ws_addr).await.unwrap();
+        tokio::time::sleep(slow).await;
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{ws_addr}/ws/chat"), tcp).await.unwrap();
+        let mut c = EdgeClient::new(edge::ws::WsStream::new(ws));
+        let answer = c.recv(Duration::from_secs(4)).await.map(|n| vec![tag_reason(&n)]).unwrap_or_default();
+        let closed = matches!(c.recv(Duration::from_secs(4)).await, Err(ClientError::Closed | ClientError::Io(_)));
+        (answer, closed, connected.elapsed())
+    });
+    let proxied = tokio::spawn(async move {
+        let connected = Instant::now();
+        let mut s = TcpStream::connect(tcp_addr).await.unwrap();
+        tokio::time::sleep(slow).await;
+        s.write_all(b"PROXY TCP4 198.51.100.9 10.0.0.1 40000 5222\r\n").await.unwrap();
+        let (answer, closed, _) = read_until_close(&mut s, Duration::from_secs(4)).await;
+        (answer.iter().map(tag_reason).collect::<Vec<_>>(), closed, connected.elapsed())
+    });
+    let timeout = vec![("failure".to_owned(), Some("408".to_owned()))];
+    for (what, task) in [("TLS", tls), ("WebSocket", ws), ("PROXY header", proxied)] {
+        let (answer, closed, took) = task.await.unwrap();
+        println!("{what}: first stage done after {slow:?}, then silence: {answer:?}, closed {closed} after {took:?}");
+        assert_eq!(answer, timeout, "{what}");
+        assert!(closed, "{what}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+            "{what}: closed after {took:?}"
+        );
+    }
+    assert_eq!(metric(&p, "waproxy_logins_total{result=\"timeout\"}").await, 3.0);
+}
+
+/// Upgrades a raw TCP connection to a WebSocket by hand, so raw frames can follow.
+async fn raw_ws(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "upgrade answer cut short: {head:?}");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// A masked client frame header for a binary message of `len` bytes (64-bit length form).
+fn ws_binary_header(len: u64) -> Vec<u8> {
+    let mut h = vec![0x82, 0x80 | 127];
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 0]);
+    h
+}
+
+#[tokio::test]
+async fn a_websocket_message_above_the_login_cap_is_refused_before_the_login_and_taken_after() {
+    let p = start(|c| {
+        c.edge.login_timeout_secs = 2;
+        c.edge.websocket = Some(proxy::config::WebSocketConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            path: "/ws/chat".into(),
+            trusted_forwarded_cidrs: vec![],
+            forwarded_header: "x-forwarded-for".into(),
+        });
+    })
+    .await;
+    let ws_addr = p.ws_addr.unwrap();
+    let (guard, wsu) = (enlisted(&p, "wscapguard").await, enlisted(&p, "wscapuser").await);
+    let mut g = logged_in(&p, &guard).await;
+
+    // Before the login: a frame header announcing 1 MiB, or 64 KiB + 4 (one byte above the login
+    // frame's cap plus its header), and no payload. The header alone closes the connection; the
+    // proxy neither reserves the announced size nor waits for it.
+    for len in [1u64 << 20, 64 * 1024 + 4] {
+        let mut s = raw_ws(ws_addr).await;
+        s.write_all(&ws_binary_header(len)).await.unwrap();
+        let (answer, closed, took) = read_until_close(&mut s, Duration::from_secs(4)).await;
+        println!("before the login, a frame header announcing {len} bytes: {answer:?}, closed {closed} after {took:?}");
+        assert!(closed && answer.is_empty(), "{len}: {answer:?}");
+        assert!(took < Duration::from_millis(500), "{len}: closed at once, not at the login deadline: {took:?}");
+    }
+    // A whole 1 MiB message before the login: closed, no answer.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{ws_addr}/ws/chat")).await.unwrap();
+    let _ = ws.send(Message::binary(vec![0u8; 1 << 20])).await;
+    let ended = tokio::time::timeout(WAIT, async {
+        use futures_util::StreamExt;
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(Message::Binary(b))) if !decode_frames(&b).is_empty() => return false,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "a 1 MiB message before the login is closed without an answer");
+
+    // A login frame of exactly the cap's size still fits one message; after the login, one
+    // message of 200 KiB (one frame) is taken and reaches chatd.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{ws_addr}/ws/chat")).await.unwrap();
+    ws.send(Message::binary(framed(&login_frame(&wsu.user, &wsu.jid, &wsu.token).unwrap()))).await.unwrap();
+    let first = tokio::time::timeout(WAIT, async {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(Ok(Message::Binary(b))) = ws.next().await {
+                break decode_frames(&b);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(first[0].tag, "success");
+    let big: Vec<u8> = (0..200 * 1024u32).map(|i| (i * 13) as u8).collect();
+    let stanza = wire::encode::encode(&message(&guard.jid, "BIG1", &big)).unwrap();
+    ws.send(Message::binary(framed(&stanza))).await.unwrap();
+    let mut c = EdgeClient::new(edge::ws::WsStream::new(ws));
+    let (ack, _) = c.recv_tag("ack", WAIT).await.unwrap();
+    assert_eq!((ack.get_str("id"), ack.get("error")), (Some("BIG1"), None), "{ack:?}");
+    let (got, _) = g.recv_tag("message", WAIT).await.unwrap();
+    assert_eq!(got.child("enc").unwrap().content, wire::Content::Bytes(big), "200 KiB after the login");
+    assert_pings(&mut g, "ws-cap-guard").await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The binary as a process: flood, foreign tokens and replays, with debug logs and memory.
 
