@@ -120,20 +120,26 @@ impl RunningProxy {
     /// connections. Other keys need a restart. Nothing changes if any part fails: the old
     /// certificate and limits stay, and the error is logged and returned. Sessions are never
     /// touched. Counted in `waproxy_config_reloads_total{result}`.
+    ///
+    /// This reads files on the calling thread; the binary's signal loop instead runs
+    /// [`prepare_reload`] on a thread of its own and hands the result to
+    /// [`RunningProxy::apply_reload`], so a file that never answers cannot hold up SIGTERM.
     pub fn reload(&self, config: Result<&Config, String>) -> Result<(), String> {
-        let result = (|| {
-            let config = config?;
-            config.validate().map_err(|e| e.to_string())?;
-            if let Some(current) = &self.tls_cert {
-                let paths = config.edge.tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()));
-                current.reload(paths).map_err(|e| e.to_string())?;
+        self.apply_reload(prepare_reload(config.cloned(), self.tls_cert.as_deref()))
+    }
+
+    /// The second half of a reload: swaps in what [`prepare_reload`] read, or (on `Err`) keeps
+    /// everything as it is; logs and counts the outcome. No I/O.
+    pub fn apply_reload(&self, prepared: Result<PreparedReload, String>) -> Result<(), String> {
+        let result = prepared.map(|p| {
+            if let (Some(current), Some(cert)) = (&self.tls_cert, p.cert) {
+                current.install(cert);
             }
-            let limits = &config.limits;
+            let limits = &p.config.limits;
             self.context.session_slots.set_limit(limits.max_sessions);
             self.context.handshake_slots.set_limit(limits.max_concurrent_handshakes);
             self.context.rate_limit.set_rate(limits.per_ip_connections_per_sec);
-            Ok(())
-        })();
+        });
         match &result {
             Ok(()) => {
                 info!(tls = self.tls_cert.is_some(), "configuration reloaded");
@@ -154,6 +160,29 @@ impl RunningProxy {
             e.partner.shutdown().await;
         }
     }
+}
+
+/// What a reload read and checked, ready for [`RunningProxy::apply_reload`].
+#[derive(Debug)]
+pub struct PreparedReload {
+    config: Config,
+    cert: Option<edge::tls::LoadedCert>,
+}
+
+/// The first half of a reload, with all its file I/O: validates `config` and, when the proxy has
+/// a TLS listener (`tls`), reads and checks the certificate and key (from `config`'s
+/// `[edge.tls]`, else the files in use). Blocking: run it off the async runtime.
+pub fn prepare_reload(config: Result<Config, String>, tls: Option<&ReloadableCert>) -> Result<PreparedReload, String> {
+    let config = config?;
+    config.validate().map_err(|e| e.to_string())?;
+    let cert = match tls {
+        Some(current) => {
+            let paths = config.edge.tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()));
+            Some(current.read(paths).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    Ok(PreparedReload { config, cert })
 }
 
 fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
