@@ -5,14 +5,19 @@
 //! HTTP/1.1 only, and bounded so that it can never hold the descriptors the edge needs: a
 //! connection must send each request's headers within [`AdminLimits::header_timeout`] (counted
 //! from the connection's start, or from the end of the previous response on a kept-alive
-//! connection, so it is also the idle timeout), and at most [`AdminLimits::max_connections`] are
+//! connection, so it is also the idle timeout), an answer the client does not read for as long
+//! closes the connection, and at most [`AdminLimits::max_connections`] are
 //! open at once: beyond that a new connection is closed at once, and counted in
 //! `waproxy_admin_connections_refused_total`.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +25,7 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder as _, IntCounter, Registry, TextEncoder};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -117,9 +123,56 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, limits: AdminL
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            let io = WriteStallGuard { inner: stream, limit: limits.header_timeout, stalled: None };
+            if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
                 debug!(%peer, error = %e, "admin connection ended");
             }
         });
+    }
+}
+
+/// Fails a write (or flush) that has made no progress for `limit`: a client that sends requests
+/// and never reads the answers would otherwise hold its connection, and its slot, for ever.
+struct WriteStallGuard<S> {
+    inner: S,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteStallGuard<S> {
+    fn on_write<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let limit = self.limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteStallGuard<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStallGuard<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.on_write(cx, r)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.on_write(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.on_write(cx, r)
     }
 }

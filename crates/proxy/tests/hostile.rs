@@ -641,6 +641,31 @@ async fn the_admin_listener_closes_idle_and_half_sent_connections_and_caps_them(
     }
     assert!(body_closed.is_some_and(|c| c < Duration::from_millis(2500)), "a cut-short body: {body_closed:?}");
 
+    // A client that asks for /metrics 2,000 times in one go (about 20 MB of answers) and reads nothing: the answers stall in
+    // the socket buffers, and the connection is closed 1 s into the stall instead of holding its
+    // slot while it waits.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut greedy = socket.connect(admin).await.unwrap();
+    const ASKED: usize = 2000;
+    greedy.write_all(&b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(ASKED)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut got = Vec::new();
+    let drained = tokio::time::timeout(Duration::from_secs(4), async {
+        let mut buf = [0u8; 65536];
+        loop {
+            match greedy.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answers = got.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+    println!("a client that never reads {ASKED} answers: got {answers} ({} bytes) before the close", got.len());
+    assert!(drained.is_ok(), "the stalled connection was closed");
+    assert!(answers < ASKED, "closed in the stall, not after every answer: {answers}");
+
     // The slots are free again: /metrics answers, and shows the refusal.
     let (status, metrics) = get_text(&format!("http://{admin}/metrics")).await;
     assert_eq!(status, 200);
