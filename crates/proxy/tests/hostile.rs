@@ -1103,3 +1103,74 @@ async fn the_binary_under_a_token_flood_keeps_secrets_out_of_debug_logs_and_memo
         secrets.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_does_not_buffer_oversized_websocket_messages_before_the_login() {
+    let dir = std::env::temp_dir().join(format!("proxy-hostile-wsmem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        "embedded = true\n[edge]\nlisten = \"127.0.0.1:0\"\nlogin_timeout_secs = 3\n[edge.websocket]\nlisten = \
+         \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nper_ip_connections_per_sec = 0\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_interop-proxy"))
+        .args(["--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let banner = read_banner(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let p = Proc {
+        child,
+        tcp: banner.tcp.unwrap(),
+        admin: banner.admin.unwrap(),
+        targets: DemoTargets {
+            partner_url: banner.partner.unwrap(),
+            sim_url: banner.sim.unwrap(),
+            edge_addr: banner.tcp.unwrap(),
+        },
+        log: dir.join("none"),
+    };
+    let ws_addr = banner.ws.expect("ws address in the banner");
+    let pid = p.child.id();
+
+    // 40 connections at once each send a 1 MiB message but its last byte before any login
+    // (max_frame_size is the default 16 MiB, so only the pre-login cap stands in the way). A
+    // proxy that took such messages would hold 40 MiB until the login deadline (3 s).
+    const N: usize = 40;
+    let (rss_before, hwm_before) = rss_kib(pid);
+    let mut tasks = Vec::new();
+    for _ in 0..N {
+        tasks.push(tokio::spawn(async move {
+            let mut s = raw_ws(ws_addr).await;
+            let mut bytes = ws_binary_header(1 << 20);
+            bytes.resize(bytes.len() + (1 << 20) - 1, 0);
+            let _ = s.write_all(&bytes).await;
+            read_until_close(&mut s, Duration::from_secs(5)).await
+        }));
+    }
+    let mut closed_without_answer = 0;
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (answer, closed, took) = t.await.unwrap();
+        if closed && answer.is_empty() {
+            closed_without_answer += 1;
+        }
+        slowest = slowest.max(took);
+    }
+    let (rss_after, hwm_after) = rss_kib(pid);
+    println!(
+        "{N} x 1 MiB WebSocket messages before the login against the binary: {closed_without_answer} closed without \
+         an answer (the last after {slowest:?}); VmRSS {rss_before} -> {rss_after} KiB, VmHWM {hwm_before} -> \
+         {hwm_after} KiB"
+    );
+    assert_eq!(closed_without_answer, N);
+    assert!(slowest < Duration::from_secs(1), "closed on the frame header, not at the login deadline: {slowest:?}");
+    // Buffered, the messages would take 40 MiB; refused on their headers, nothing near that.
+    assert!(hwm_after.saturating_sub(hwm_before) < 8 * 1024, "peak grew {hwm_before} -> {hwm_after} KiB");
+    let (status, _) = get_text(&format!("http://{}/livez", p.admin)).await;
+    assert_eq!(status, 200);
+}

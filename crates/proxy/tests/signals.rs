@@ -49,7 +49,7 @@ fn spawn(config: &str, dir: &std::path::Path) -> Proc {
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let Banner { tcp, tls, admin, sim, partner } = read_banner(stdout);
+    let Banner { tcp, tls, admin, sim, partner, .. } = read_banner(stdout);
     let targets = DemoTargets {
         partner_url: partner.expect("partner url"),
         sim_url: sim.expect("sim url"),
