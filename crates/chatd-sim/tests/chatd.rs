@@ -124,6 +124,42 @@ async fn logins_fail_with_401_or_405_and_are_counted_against_the_account() {
 }
 
 #[tokio::test]
+async fn a_client_supplied_from_is_replaced_by_the_senders_own() {
+    let partner = Partner::start(1).await;
+    let sim = sim_with(&partner, |_| {}).await;
+    let (alice, mallory) = (Device::new(), Device::new());
+    let (alice_jid, _) = enlist(&sim, &partner, &alice, "alice").await;
+    let (mallory_jid, mallory_id) = enlist(&sim, &partner, &mallory, "mallory").await;
+    let wa = Device::new();
+    let wa_jid = provision_wa_user(&sim, 4915112345679, &wa).await;
+    let (mut m, first) =
+        ChatClient::login(Dial::to(&sim), &mallory.noise, &interop_payload(mallory_id, &partner.token("mallory")))
+            .await;
+    assert_eq!(first.tag, "success");
+    let (mut w, first) = ChatClient::login(Dial::to(&sim), &wa.noise, &web_payload(4915112345679)).await;
+    assert_eq!(first.tag, "success");
+
+    // Mallory's message and receipt claim to be from alice, once before and once after `to`.
+    m.send(
+        &Node::new("message")
+            .attr("from", jid(&alice_jid))
+            .attr("to", jid(&wa_jid))
+            .attr("id", "SPOOF1")
+            .attr("type", "text")
+            .attr("from", jid(&alice_jid))
+            .children(vec![Node::new("enc").attr("v", "2").attr("type", "msg").bytes(vec![1, 2, 3])]),
+    )
+    .await;
+    m.send(&Node::new("receipt").attr("from", jid(&alice_jid)).attr("to", jid(&wa_jid)).attr("id", "SPOOF2")).await;
+    for stanza in ["message", "receipt"] {
+        let (got, _) = w.recv_tag(stanza).await;
+        let froms: Vec<String> = got.attrs.iter().filter(|(k, _)| k == "from").map(|(_, v)| v.to_string()).collect();
+        assert_eq!(froms, vec![mallory_jid.clone()], "{stanza}: only the simulator's own from: {got:?}");
+        w.ack(&got).await;
+    }
+}
+
+#[tokio::test]
 async fn message_partner_to_whatsapp_and_receipt_back_with_ciphertext_untouched() {
     let partner = Partner::start(1).await;
     let sim = sim_with(&partner, |_| {}).await;

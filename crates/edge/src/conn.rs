@@ -10,11 +10,12 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use session::{CloseReason, EndReason, FirstReply, LoginRequest, SessionContext, UpstreamConfig, run_session, stanza};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use wire::frame::HEADER_LEN;
@@ -207,25 +208,32 @@ async fn write_payload<S: AsyncWrite + Unpin>(stream: &mut S, payload: &[u8]) ->
     stream.flush().await
 }
 
-/// Serves one client connection to its end.
-pub async fn serve_client<S>(ctx: Arc<EdgeContext>, stream: S, peer: SocketAddr, local: SocketAddr)
+/// Serves one client connection to its end. `deadline` ends the pre-login phase: the listener
+/// sets it to the accept time plus `login_timeout`, so that a TLS handshake, a WebSocket upgrade
+/// or a PROXY header shares that one timeout with the login frame.
+pub async fn serve_client<S>(ctx: Arc<EdgeContext>, stream: S, peer: SocketAddr, local: SocketAddr, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    serve_client_with(ctx, stream, peer, local, BytesMut::with_capacity(1024)).await
+    serve_client_with(ctx, stream, peer, local, BytesMut::with_capacity(1024), deadline, |_| {}).await
 }
 
 /// Serves one client connection whose first bytes (after a PROXY header) are already in `buf`.
 /// `peer` is the client's address as trusted by the listener (the PROXY header's or a trusted
-/// `X-Forwarded-For`'s source, else the TCP peer).
-pub async fn serve_client_with<S>(
+/// gateway's forwarded header's, else the TCP peer). `login_read` is called on the stream once
+/// the login frame has been read, before anything else is (the WebSocket edge raises its
+/// message bound there).
+pub async fn serve_client_with<S, F>(
     ctx: Arc<EdgeContext>,
     mut stream: S,
     peer: SocketAddr,
     local: SocketAddr,
     buf: BytesMut,
+    deadline: Instant,
+    login_read: F,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
+    F: FnOnce(&mut S) + Send,
 {
     let started = Instant::now();
     let mut buf = buf;
@@ -239,8 +247,8 @@ pub async fn serve_client_with<S>(
     // Boxed: the login stage (frame read, token check) is large and short-lived; inline, its
     // space would stay in this task for the session's whole life.
     let outcome = Box::pin(async {
-        let frame = match tokio::time::timeout(
-            ctx.login_timeout,
+        let frame = match tokio::time::timeout_at(
+            deadline,
             read_login_frame(&mut stream, &mut buf, LOGIN_FRAME_MAX.min(ctx.max_frame_size)),
         )
         .await
@@ -250,6 +258,7 @@ pub async fn serve_client_with<S>(
             Ok(Ok(None)) => return Ok(None),
             Ok(Ok(Some(frame))) => frame,
         };
+        login_read(&mut stream);
         if ctx.session.registry.is_draining() {
             return Err(Refusal::Draining);
         }

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, warn};
 
 use crate::cidr::any_contains;
 use crate::conn::{EdgeContext, serve_client, serve_client_with};
 use crate::proxy_header::{self, HeaderRefusal};
-use crate::ws::{WsOptions, WsStream, client_addr};
+use crate::ws::{ServerWs, WsOptions, client_addr};
 
 /// Binds a listener with a deep backlog: reconnect storms arrive as bursts of SYNs, and the
 /// default of 128 drops them into 1 s SYN retransmits.
@@ -74,13 +74,14 @@ async fn accept(
 
 /// Serves plain TCP clients until the edge stops accepting or the task is dropped. With
 /// `proxy_protocol_trusted` set, every connection must come from a trusted source and start with
-/// a PROXY v1 or v2 header (read within the login timeout), whose source address becomes the
-/// client's; anything else is closed and counted in `waproxy_proxy_protocol_refused_total`.
+/// a PROXY v1 or v2 header, whose source address becomes the client's (the header and the login
+/// frame share one login timeout from the accept); anything else is closed and counted in `waproxy_proxy_protocol_refused_total`.
 pub async fn serve_tcp(listener: TcpListener, ctx: Arc<EdgeContext>) {
     while let Some((mut stream, peer, local)) = accept(&listener, &ctx, Some("tcp")).await {
         let ctx = Arc::clone(&ctx);
+        let deadline = Instant::now() + ctx.login_timeout;
         let Some(trusted) = &ctx.proxy_protocol_trusted else {
-            tokio::spawn(serve_client(ctx, stream, peer, local));
+            tokio::spawn(serve_client(ctx, stream, peer, local, deadline));
             continue;
         };
         if !any_contains(trusted, peer.ip()) {
@@ -91,11 +92,10 @@ pub async fn serve_tcp(listener: TcpListener, ctx: Arc<EdgeContext>) {
         }
         tokio::spawn(async move {
             let mut buf = BytesMut::new();
-            let refused = match tokio::time::timeout(ctx.login_timeout, proxy_header::read(&mut stream, &mut buf)).await
-            {
+            let refused = match tokio::time::timeout_at(deadline, proxy_header::read(&mut stream, &mut buf)).await {
                 Ok(Ok(source)) => {
                     let client = source.unwrap_or(peer);
-                    return serve_client_with(Arc::clone(&ctx), stream, client, local, buf).await;
+                    return serve_client_with(Arc::clone(&ctx), stream, client, local, buf, deadline, |_| {}).await;
                 }
                 Ok(Err(HeaderRefusal::Invalid)) => "invalid",
                 Ok(Err(HeaderRefusal::Closed)) => "closed",
@@ -108,13 +108,14 @@ pub async fn serve_tcp(listener: TcpListener, ctx: Arc<EdgeContext>) {
 }
 
 /// Serves TLS clients until the edge stops accepting or the task is dropped. The TLS handshake
-/// shares the login deadline.
+/// and the login frame share one login timeout from the accept.
 pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<EdgeContext>) {
     while let Some((stream, peer, local)) = accept(&listener, &ctx, Some("tls")).await {
         let (acceptor, ctx) = (acceptor.clone(), Arc::clone(&ctx));
+        let deadline = Instant::now() + ctx.login_timeout;
         tokio::spawn(async move {
-            match tokio::time::timeout(ctx.login_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_client(ctx, tls, peer, local).await,
+            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_client(ctx, tls, peer, local, deadline).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
@@ -123,20 +124,16 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<Ed
 }
 
 /// Serves WebSocket clients (upgrade on `options.path`, binary messages carrying the frame
-/// stream) until the edge stops accepting or the task is dropped. The upgrade shares the login
-/// deadline. Counted in `waproxy_edge_connections_total{listener="ws"}` once upgraded.
+/// stream) until the edge stops accepting or the task is dropped. The upgrade and the login
+/// frame share one login timeout from the accept; until the login frame is read a message may be
+/// at most [`crate::ws::pre_login_max`] bytes, then `max_frame_size + 3`. Counted in
+/// `waproxy_edge_connections_total{listener="ws"}` once upgraded.
 pub async fn serve_ws(listener: TcpListener, options: WsOptions, ctx: Arc<EdgeContext>) {
     let options = Arc::new(options);
     while let Some((stream, peer, local)) = accept(&listener, &ctx, None).await {
         let (options, ctx) = (Arc::clone(&options), Arc::clone(&ctx));
+        let deadline = Instant::now() + ctx.login_timeout;
         tokio::spawn(async move {
-            // One message may carry a whole frame; nothing larger is accepted.
-            let max = ctx.max_frame_size + 3;
-            let config = WebSocketConfig::default()
-                .read_buffer_size(4096)
-                .write_buffer_size(0)
-                .max_message_size(Some(max))
-                .max_frame_size(Some(max));
             let mut client = peer;
             // The signature is tungstenite's header-callback contract, large error type included.
             #[allow(clippy::result_large_err)]
@@ -146,14 +143,15 @@ pub async fn serve_ws(listener: TcpListener, options: WsOptions, ctx: Arc<EdgeCo
                     *not_found.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
                     return Err(not_found);
                 }
-                client = client_addr(peer, req.headers(), &options.trusted_forwarded);
+                client = client_addr(peer, req.headers(), &options.trusted_forwarded, &options.forwarded_header);
                 Ok(resp)
             };
-            let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
-            match tokio::time::timeout(ctx.login_timeout, upgrade).await {
+            let upgrade = crate::ws::accept(stream, check, ctx.max_frame_size);
+            match tokio::time::timeout_at(deadline, upgrade).await {
                 Ok(Ok(ws)) => {
                     ctx.metrics.connections.with_label_values(&["ws"]).inc();
-                    serve_client(ctx, WsStream::new(ws), client, local).await
+                    let buf = BytesMut::with_capacity(1024);
+                    serve_client_with(ctx, ws, client, local, buf, deadline, ServerWs::logged_in).await
                 }
                 Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket upgrade failed"),
                 Err(_) => debug!(%peer, "WebSocket upgrade timed out"),

@@ -43,6 +43,18 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     Ok(Arc::new(certified))
 }
 
+/// A certificate and key read by [`ReloadableCert::read`], not yet served.
+pub struct LoadedCert {
+    certified: Arc<CertifiedKey>,
+    paths: (PathBuf, PathBuf),
+}
+
+impl std::fmt::Debug for LoadedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedCert").field("cert", &self.paths.0).finish_non_exhaustive()
+    }
+}
+
 /// The edge's certificate, reloadable from its files.
 #[derive(Debug)]
 pub struct ReloadableCert {
@@ -60,14 +72,27 @@ impl ReloadableCert {
 
     /// Reads the files again (new paths if given). On error the old certificate stays.
     pub fn reload(&self, paths: Option<(&Path, &Path)>) -> Result<(), TlsError> {
+        let fresh = self.read(paths)?;
+        self.install(fresh);
+        Ok(())
+    }
+
+    /// Reads and checks a certificate and key (from `paths`, else the files in use) without
+    /// serving it yet. This is the file I/O of a reload: it may block (a FIFO, a hung mount), so
+    /// callers run it off the async runtime.
+    pub fn read(&self, paths: Option<(&Path, &Path)>) -> Result<LoadedCert, TlsError> {
         let (cert, key) = match paths {
             Some((c, k)) => (c.to_owned(), k.to_owned()),
             None => self.paths.read().unwrap_or_else(|e| e.into_inner()).clone(),
         };
-        let fresh = load_certified_key(&cert, &key)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        *self.paths.write().unwrap_or_else(|e| e.into_inner()) = (cert, key);
-        Ok(())
+        let certified = load_certified_key(&cert, &key)?;
+        Ok(LoadedCert { certified, paths: (cert, key) })
+    }
+
+    /// Serves `loaded` to new handshakes from now on (no I/O).
+    pub fn install(&self, loaded: LoadedCert) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = loaded.certified;
+        *self.paths.write().unwrap_or_else(|e| e.into_inner()) = loaded.paths;
     }
 
     /// The certificate served now (leaf first).

@@ -1,22 +1,21 @@
 //! The edge's WebSocket path on arbitrary client bytes after the upgrade: tungstenite's framing
-//! (server role, the edge's message bounds) under `edge::ws::WsStream`, which turns binary
-//! messages back into the frame byte stream; and `client_addr` on arbitrary `Forwarded` /
+//! (server role, the edge's message bounds before or after the login) under
+//! `edge::ws::ServerWs`, which turns binary messages back into the frame byte stream; and `client_addr` on arbitrary `Forwarded` /
 //! `X-Forwarded-For` values from a trusted peer. An error or bytes, never a panic or a hang.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderValue};
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 thread_local! {
     static RT: tokio::runtime::Runtime =
         tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
 }
 
-/// The edge's bound for a 64 KiB frame limit: one frame plus its header per message.
-const MAX: usize = 64 * 1024 + 3;
+/// `edge.max_frame_size` for the run: 128 KiB, so the pre-login cap (64 KiB + 3) and the
+/// logged-in one (128 KiB + 3) differ.
+const MAX_FRAME: usize = 128 * 1024;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else { return };
@@ -29,14 +28,18 @@ fuzz_target!(|data: &[u8]| {
     }
     let trusted: Vec<edge::cidr::Cidr> = vec!["10.0.0.0/8".parse().expect("cidr")];
     let peer = "10.1.2.3:4000".parse().expect("addr");
-    let _ = edge::ws::client_addr(peer, &headers, &trusted);
+    for header in ["x-forwarded-for", "forwarded"] {
+        let header = edge::ws::ForwardedHeader::parse(header).expect("header name");
+        let _ = edge::ws::client_addr(peer, &headers, &trusted, &header);
+    }
 
     RT.with(|rt| {
         rt.block_on(async {
             let (mut client, server) = tokio::io::duplex(256 * 1024);
-            let config = WebSocketConfig::default().max_message_size(Some(MAX)).max_frame_size(Some(MAX));
-            let ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
-            let mut stream = edge::ws::WsStream::new(ws);
+            let mut stream = edge::ws::ServerWs::from_raw(server, MAX_FRAME);
+            if split % 2 == 1 {
+                stream.logged_in();
+            }
             let _ = client.write_all(frames).await;
             let _ = client.shutdown().await;
             let mut buf = [0u8; 4096];

@@ -2,6 +2,7 @@
 //! validated at start with errors that name the key.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -69,9 +70,13 @@ pub struct WebSocketConfig {
     /// The upgrade path; other paths get 404.
     #[serde(default = "defaults::ws_path")]
     pub path: String,
-    /// Peers (reverse proxies) whose `Forwarded` / `X-Forwarded-For` headers name the client.
+    /// Peers (reverse proxies) whose `forwarded_header` names the client.
     #[serde(default)]
     pub trusted_forwarded_cidrs: Vec<String>,
+    /// The one header those peers append the client's address to; its right-most entry is the
+    /// client. Any other header (`Forwarded`, say) is the client's own and is never read.
+    #[serde(default = "defaults::forwarded_header")]
+    pub forwarded_header: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,11 +159,20 @@ impl Default for SessionConfig {
 pub struct AdminConfig {
     /// `/metrics`, `/livez`, `/readyz`. Keep it on loopback or a private network.
     pub listen: SocketAddr,
+    /// Seconds a connection has to send a request's headers, from its start or from the end of
+    /// the previous response (so also the keep-alive idle timeout); then it is closed.
+    pub header_timeout_secs: NonZeroU64,
+    /// Admin connections open at once; a new one beyond this is closed at once.
+    pub max_connections: NonZeroUsize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            header_timeout_secs: NonZeroU64::new(5).unwrap_or(NonZeroU64::MIN),
+            max_connections: NonZeroUsize::new(16).unwrap_or(NonZeroUsize::MIN),
+        }
     }
 }
 
@@ -233,6 +247,9 @@ mod defaults {
     pub fn ws_path() -> String {
         "/ws/chat".into()
     }
+    pub fn forwarded_header() -> String {
+        "x-forwarded-for".into()
+    }
 }
 
 /// A configuration that cannot be used.
@@ -296,6 +313,9 @@ impl Config {
             }
             if let Err(e) = edge::cidr::parse_list(&ws.trusted_forwarded_cidrs) {
                 return invalid("edge.websocket.trusted_forwarded_cidrs", &e);
+            }
+            if let Err(e) = edge::ws::ForwardedHeader::parse(&ws.forwarded_header) {
+                return invalid("edge.websocket.forwarded_header", &e.to_string());
             }
         }
         if !(1..=60).contains(&self.edge.fin_timeout_secs) {

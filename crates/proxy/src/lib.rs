@@ -16,6 +16,7 @@
 //! | `waproxy_build_info` | gauge | `version` | always 1 |
 //! | `waproxy_draining` | gauge | | 1 from the moment a drain starts (readiness is 503), else 0 |
 //! | `waproxy_config_reloads_total` | counter | `result` (ok, error) | SIGHUP reloads; on error the old certificate and limits stay |
+//! | `waproxy_admin_connections_refused_total` | counter | | admin connections closed at once because `admin.max_connections` were open |
 
 pub mod admin;
 pub mod config;
@@ -119,20 +120,26 @@ impl RunningProxy {
     /// connections. Other keys need a restart. Nothing changes if any part fails: the old
     /// certificate and limits stay, and the error is logged and returned. Sessions are never
     /// touched. Counted in `waproxy_config_reloads_total{result}`.
+    ///
+    /// This reads files on the calling thread; the binary's signal loop instead runs
+    /// [`prepare_reload`] on a thread of its own and hands the result to
+    /// [`RunningProxy::apply_reload`], so a file that never answers cannot hold up SIGTERM.
     pub fn reload(&self, config: Result<&Config, String>) -> Result<(), String> {
-        let result = (|| {
-            let config = config?;
-            config.validate().map_err(|e| e.to_string())?;
-            if let Some(current) = &self.tls_cert {
-                let paths = config.edge.tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()));
-                current.reload(paths).map_err(|e| e.to_string())?;
+        self.apply_reload(prepare_reload(config.cloned(), self.tls_cert.as_deref()))
+    }
+
+    /// The second half of a reload: swaps in what [`prepare_reload`] read, or (on `Err`) keeps
+    /// everything as it is; logs and counts the outcome. No I/O.
+    pub fn apply_reload(&self, prepared: Result<PreparedReload, String>) -> Result<(), String> {
+        let result = prepared.map(|p| {
+            if let (Some(current), Some(cert)) = (&self.tls_cert, p.cert) {
+                current.install(cert);
             }
-            let limits = &config.limits;
+            let limits = &p.config.limits;
             self.context.session_slots.set_limit(limits.max_sessions);
             self.context.handshake_slots.set_limit(limits.max_concurrent_handshakes);
             self.context.rate_limit.set_rate(limits.per_ip_connections_per_sec);
-            Ok(())
-        })();
+        });
         match &result {
             Ok(()) => {
                 info!(tls = self.tls_cert.is_some(), "configuration reloaded");
@@ -153,6 +160,29 @@ impl RunningProxy {
             e.partner.shutdown().await;
         }
     }
+}
+
+/// What a reload read and checked, ready for [`RunningProxy::apply_reload`].
+#[derive(Debug)]
+pub struct PreparedReload {
+    config: Config,
+    cert: Option<edge::tls::LoadedCert>,
+}
+
+/// The first half of a reload, with all its file I/O: validates `config` and, when the proxy has
+/// a TLS listener (`tls`), reads and checks the certificate and key (from `config`'s
+/// `[edge.tls]`, else the files in use). Blocking: run it off the async runtime.
+pub fn prepare_reload(config: Result<Config, String>, tls: Option<&ReloadableCert>) -> Result<PreparedReload, String> {
+    let config = config?;
+    config.validate().map_err(|e| e.to_string())?;
+    let cert = match tls {
+        Some(current) => {
+            let paths = config.edge.tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()));
+            Some(current.read(paths).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    Ok(PreparedReload { config, cert })
 }
 
 fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
@@ -249,6 +279,9 @@ impl Plan {
             Some(ws) => Some(edge::ws::WsOptions {
                 path: ws.path.clone(),
                 trusted_forwarded: trusted(&ws.trusted_forwarded_cidrs, "edge.websocket.trusted_forwarded_cidrs")?,
+                forwarded_header: edge::ws::ForwardedHeader::parse(&ws.forwarded_header).map_err(|e| {
+                    config::ConfigError::Invalid { key: "edge.websocket.forwarded_header", message: e.to_string() }
+                })?,
             }),
             None => None,
         };
@@ -380,6 +413,11 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         addr: config.admin.listen,
         source,
     })?;
+    let admin_refused = prometheus::IntCounter::new(
+        "waproxy_admin_connections_refused_total",
+        "Admin connections closed at once because admin.max_connections were open.",
+    )?;
+    registry.register(Box::new(admin_refused.clone()))?;
     let scrape_context = Arc::clone(&context);
     let admin = Arc::new(AdminState {
         registry,
@@ -387,8 +425,13 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         draining: AtomicBool::new(false),
         before_scrape: Box::new(move || scrape_context.metrics.sync_jwks(&scrape_context.auth.stats())),
         drain_requested: CancellationToken::new(),
+        connections_refused: admin_refused,
     });
-    tasks.spawn(admin::serve(admin_listener, Arc::clone(&admin)));
+    let admin_limits = admin::AdminLimits {
+        header_timeout: Duration::from_secs(config.admin.header_timeout_secs.get()),
+        max_connections: config.admin.max_connections.get(),
+    };
+    tasks.spawn(admin::serve(admin_listener, Arc::clone(&admin), admin_limits));
     let drained = CancellationToken::new();
     tasks.spawn(drain_task(
         Arc::clone(&context),

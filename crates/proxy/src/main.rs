@@ -2,13 +2,20 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use proxy::config::Config;
 use proxy::demo::{DemoTargets, run as run_demo};
+use proxy::{PreparedReload, prepare_reload};
+use tokio::time::Instant;
 
-#[derive(Parser)]
+/// How long a SIGHUP reload may take to read its files before it counts as failed.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Parser, Clone)]
 #[command(name = "interop-proxy", version, about = "WhatsApp DMA interoperability connection proxy")]
 struct Cli {
     #[command(subcommand)]
@@ -25,7 +32,7 @@ struct Cli {
     admin_listen: Option<SocketAddr>,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// Serve (the default). SIGTERM, Ctrl-C or `POST /drain` drain and exit; SIGHUP reloads the
     /// TLS certificate and `[limits]`.
@@ -115,14 +122,52 @@ async fn run(cli: &Cli) -> Result<(), String> {
     }
     // The last line on stdout: whoever reads the banner can stop here.
     println!("serving");
+    // A reload's file I/O (the configuration, the certificate and key) runs on a thread of its
+    // own, never on this loop: a file that never answers (a FIFO, a hung mount) must not keep
+    // SIGTERM waiting. At most one such thread exists; its answer is applied here.
+    let reload_running = Arc::new(AtomicBool::new(false));
+    let mut pending: Option<(tokio::sync::oneshot::Receiver<Result<PreparedReload, String>>, Instant)> = None;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = proxy.admin.drain_requested.cancelled() => break,
             _ = hup.recv() => {
-                let reloaded = load(cli);
-                let _ = proxy.reload(reloaded.as_ref().map_err(Clone::clone));
+                if reload_running.swap(true, Ordering::AcqRel) {
+                    let _ = proxy.apply_reload(Err("SIGHUP ignored: the previous reload is still reading its files".into()));
+                    continue;
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let (cli, tls, running) = (cli.clone(), proxy.tls_cert.clone(), Arc::clone(&reload_running));
+                let spawned = std::thread::Builder::new().name("reload".into()).spawn(move || {
+                    let prepared = prepare_reload(load(&cli), tls.as_deref());
+                    running.store(false, Ordering::Release);
+                    let _ = tx.send(prepared);
+                });
+                match spawned {
+                    Ok(_) => pending = Some((rx, Instant::now() + RELOAD_TIMEOUT)),
+                    Err(e) => {
+                        reload_running.store(false, Ordering::Release);
+                        let _ = proxy.apply_reload(Err(format!("cannot start the reload thread: {e}")));
+                    }
+                }
+            }
+            answer = async {
+                match pending.as_mut() {
+                    Some((rx, deadline)) => tokio::time::timeout_at(*deadline, rx).await,
+                    None => std::future::pending().await,
+                }
+            }, if pending.is_some() => {
+                pending = None;
+                let prepared = match answer {
+                    Ok(Ok(prepared)) => prepared,
+                    Ok(Err(_)) => Err("the reload thread ended without an answer".into()),
+                    Err(_) => Err(format!(
+                        "reading the configuration and certificate took over {RELOAD_TIMEOUT:?} (a FIFO or a hung \
+                         mount?); a SIGHUP is ignored until that read returns"
+                    )),
+                };
+                let _ = proxy.apply_reload(prepared);
             }
         }
     }

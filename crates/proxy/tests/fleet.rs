@@ -53,12 +53,13 @@ async fn websocket_clients_log_in_and_exchange_a_message_with_the_forwarded_ip()
             listen: "127.0.0.1:0".parse().unwrap(),
             path: "/ws/chat".into(),
             trusted_forwarded_cidrs: vec!["127.0.0.0/8".into()],
+            forwarded_header: "x-forwarded-for".into(),
         })
     })
     .await;
     let ws_addr = p.ws_addr.unwrap();
     let (alice, bob) = (enlisted(&p, "wsalice").await, enlisted(&p, "wsbob").await);
-    let mut a = ws_login(ws_addr, "/ws/chat", &alice, Some("198.51.100.23, 127.0.0.9")).await;
+    let mut a = ws_login(ws_addr, "/ws/chat", &alice, Some("203.0.113.66, 198.51.100.23")).await;
     let mut b = ws_login(ws_addr, "/ws/chat", &bob, None).await;
 
     a.send(&ping("wsping")).await.unwrap();
@@ -71,7 +72,8 @@ async fn websocket_clients_log_in_and_exchange_a_message_with_the_forwarded_ip()
     assert_eq!(got.child("enc").unwrap().content, wire::Content::Bytes(ciphertext), "ciphertext untouched");
     b.send(&ack_for(&got)).await.unwrap();
 
-    // The trusted peer's X-Forwarded-For names the client (the rightmost untrusted hop).
+    // The trusted peer's X-Forwarded-For names the client: the right-most entry, the one the
+    // trusted hop appended (the client wrote 203.0.113.66).
     assert_eq!(observed(&p, &alice.jid).await["client_ips"], serde_json::json!(["198.51.100.23"]));
     assert_eq!(observed(&p, &bob.jid).await["client_ips"], serde_json::json!(["127.0.0.1"]));
     assert_eq!(metric(&p, "waproxy_edge_connections_total{listener=\"ws\"}").await, 2.0);
@@ -86,6 +88,7 @@ async fn websocket_clients_log_in_and_exchange_a_message_with_the_forwarded_ip()
             listen: "127.0.0.1:0".parse().unwrap(),
             path: "/ws/chat".into(),
             trusted_forwarded_cidrs: vec!["10.0.0.0/8".into()],
+            forwarded_header: "x-forwarded-for".into(),
         })
     })
     .await;

@@ -350,6 +350,73 @@ async fn proxy_headers_from_untrusted_sources_are_refused_without_an_answer() {
 }
 
 #[tokio::test]
+async fn proxy_v2_headers_with_malformed_tlvs_from_a_trusted_source_are_refused() {
+    let p = start(|c| {
+        c.edge.login_timeout_secs = 1;
+        c.edge.proxy_protocol = true;
+        c.edge.proxy_protocol_trusted_cidrs = vec!["127.0.0.2/32".into()];
+    })
+    .await;
+    let addr = p.tcp_addr.unwrap();
+    let eve = enlisted(&p, "tlveve").await;
+    let login = framed(&login_frame(&eve.user, &eve.jid, &eve.token).unwrap());
+    let v2 = |tlvs: &[(u8, &[u8])]| {
+        let mut b = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            ("203.0.113.5:1234".parse::<SocketAddr>().unwrap(), "10.0.0.1:5222".parse::<SocketAddr>().unwrap()),
+        );
+        for (kind, value) in tlvs {
+            b = b.write_tlv(*kind, value).unwrap();
+        }
+        b.build().unwrap()
+    };
+    let run_past_the_end = {
+        let mut h = v2(&[(0x04, &[1, 2, 3])]);
+        let at = h.len() - 5;
+        h[at..at + 2].copy_from_slice(&200u16.to_be_bytes());
+        h
+    };
+    let leftover = {
+        let mut h = v2(&[]);
+        h.extend_from_slice(&[0x04, 0x00]);
+        let len = (h.len() - 16) as u16;
+        h[14..16].copy_from_slice(&len.to_be_bytes());
+        h
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a TLV whose length runs past the header's end", run_past_the_end),
+        ("two bytes left over where a TLV should be", leftover),
+        ("a wrong CRC32C", v2(&[(0x03, &[0xde, 0xad, 0xbe, 0xef])])),
+        ("a 3-byte SSL TLV", v2(&[(0x20, &[1, 0, 0])])),
+    ];
+    for (what, header) in &cases {
+        let mut c = EdgeClient::connect(addr, Some("127.0.0.2".parse().unwrap())).await.unwrap();
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(&login);
+        let _ = c.stream_mut().write_all(&bytes).await;
+        let (answer, closed, took) = read_until_close(c.stream_mut(), WAIT).await;
+        assert!(closed && answer.is_empty(), "{what}: closed without an answer: {answer:?}");
+        assert!(took < Duration::from_millis(500), "{what}: refused at once, not at the deadline: {took:?}");
+    }
+    // The same header with well-formed TLVs is accepted.
+    let mut c = EdgeClient::connect(addr, Some("127.0.0.2".parse().unwrap())).await.unwrap();
+    let mut bytes = v2(&[(0x04, &[1, 2, 3]), (0x02, b"lb.example")]);
+    bytes.extend_from_slice(&login);
+    c.stream_mut().write_all(&bytes).await.unwrap();
+    assert_eq!(c.recv(WAIT).await.unwrap().tag, "success");
+    let refused = metric(&p, "waproxy_proxy_protocol_refused_total{reason=\"invalid\"}").await;
+    let seen = observed(&p, &eve.jid).await;
+    println!(
+        "PROXY v2 with malformed TLVs from a trusted source: {} refused ({refused} counted invalid); chatd {seen}",
+        cases.len()
+    );
+    assert_eq!(refused, cases.len() as f64);
+    assert_eq!(seen["total"], 1, "only the well-formed header's login reached chatd: {seen}");
+    assert_eq!(seen["client_ips"], serde_json::json!(["203.0.113.5"]));
+}
+
+#[tokio::test]
 async fn websocket_abuse_gets_closes_and_spares_sessions() {
     let max_frame = 64 * 1024;
     let p = start(|c| {
@@ -359,6 +426,7 @@ async fn websocket_abuse_gets_closes_and_spares_sessions() {
             listen: "127.0.0.1:0".parse().unwrap(),
             path: "/ws/chat".into(),
             trusted_forwarded_cidrs: vec![],
+            forwarded_header: "x-forwarded-for".into(),
         })
     })
     .await;
@@ -439,6 +507,357 @@ async fn websocket_abuse_gets_closes_and_spares_sessions() {
     assert_eq!((eve_seen["total"].as_u64(), eve_seen["current"].as_u64()), (Some(1), Some(0)), "{eve_seen}");
     let stats = sim_stats(&sim_url).await;
     println!("WebSocket abuse: {attempts} attempts, all closed or ignored as documented; chatd stats {stats}");
+}
+
+#[tokio::test]
+async fn a_client_written_forwarded_header_picks_neither_the_address_nor_the_rate_limit_key() {
+    // The test is the trusted gateway (loopback): it passes the client's own headers on and
+    // appends the address it saw, 198.51.100.30, to X-Forwarded-For.
+    let p = start(|c| {
+        c.edge.login_timeout_secs = 1;
+        c.limits.per_ip_connections_per_sec = 1;
+        c.edge.websocket = Some(proxy::config::WebSocketConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            path: "/ws/chat".into(),
+            trusted_forwarded_cidrs: vec!["127.0.0.0/8".into()],
+            forwarded_header: "x-forwarded-for".into(),
+        })
+    })
+    .await;
+    let ws_addr = p.ws_addr.unwrap();
+    let mallory = enlisted(&p, "fwmallory").await;
+    let through_gateway = |claimed: &str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut r = format!("ws://{ws_addr}/ws/chat").into_client_request().unwrap();
+        let h = r.headers_mut();
+        h.append("forwarded", format!("for={claimed}").parse().unwrap());
+        h.append("x-real-ip", claimed.parse().unwrap());
+        h.append("x-forwarded-for", format!("{claimed}, 198.51.100.30").parse().unwrap());
+        r
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(through_gateway("203.0.113.66")).await.unwrap();
+    ws.send(Message::binary(framed(&login_frame(&mallory.user, &mallory.jid, &mallory.token).unwrap()))).await.unwrap();
+    let mut m = EdgeClient::new(edge::ws::WsStream::new(ws));
+    assert_eq!(m.recv(WAIT).await.unwrap().tag, "success");
+    let ips = observed(&p, &mallory.jid).await["client_ips"].clone();
+    assert_eq!(ips, serde_json::json!(["198.51.100.30"]), "chatd records the gateway's entry, not the client's");
+
+    // The rate limit (1/s, burst 2) keys on the same entry: each further connection claims an
+    // address of its own, and still shares the one bucket. The login took one token.
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let claimed = format!("203.0.113.{}", 100 + i);
+        let (ws, _) = tokio_tungstenite::connect_async(through_gateway(&claimed)).await.unwrap();
+        clients.push(EdgeClient::new(edge::ws::WsStream::new(ws)));
+    }
+    let mut answers = Vec::new();
+    for c in &mut clients {
+        answers.push(c.recv(Duration::from_secs(3)).await.map(|n| tag_reason(&n)));
+    }
+    let shed = answers.iter().filter(|a| matches!(a, Ok((t, Some(r))) if t == "failure" && r == "429")).count();
+    println!("client-written forwarded headers: chatd saw {ips}; 4 connections claiming 4 addresses: {answers:?}");
+    assert!(shed >= 2, "the limiter keyed on the client's claims: {answers:?}");
+    assert!(metric(&p, "waproxy_connections_rate_limited_total").await >= 2.0);
+    assert_pings(&mut m, "fw-still-fine").await;
+}
+
+/// Reads (and discards) until the peer closes; how long after `since` that was, or `None` if it
+/// stayed open past `limit`.
+async fn closed_at(s: &mut TcpStream, since: Instant, limit: Duration) -> Option<Duration> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((since + limit).into(), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(since.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_closes_idle_and_half_sent_connections_and_caps_them() {
+    let p = start(|c| {
+        c.admin.header_timeout_secs = std::num::NonZeroU64::new(1).unwrap();
+        c.admin.max_connections = std::num::NonZeroUsize::new(4).unwrap();
+    })
+    .await;
+    let admin = p.admin_addr;
+    let guard = enlisted(&p, "adguard").await;
+    let mut g = logged_in(&p, &guard).await;
+
+    // Four connections take every slot: two silent ones, half a request, and a kept-alive
+    // connection that went idle after its answer.
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(admin).await.unwrap();
+    let mut idle2 = TcpStream::connect(admin).await.unwrap();
+    let mut half = TcpStream::connect(admin).await.unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut kept = TcpStream::connect(admin).await.unwrap();
+    kept.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"ok\n") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, kept.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "kept-alive connection closed before its answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answered = Instant::now();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+
+    // A fifth is closed at once, and the edge still takes logins meanwhile.
+    let fifth_at = Instant::now();
+    let mut fifth = TcpStream::connect(admin).await.unwrap();
+    let _ = fifth.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let fifth_closed = closed_at(&mut fifth, fifth_at, Duration::from_millis(500)).await;
+    assert!(fifth_closed.is_some(), "a connection beyond admin.max_connections is closed at once");
+    let other = enlisted(&p, "adother").await;
+    let mut o = logged_in(&p, &other).await;
+    assert_pings(&mut o, "edge-while-admin-full").await;
+
+    // Each of the four is closed by the 1 s header timeout.
+    let limit = Duration::from_secs(4);
+    let idle_closed = closed_at(&mut idle, started, limit).await;
+    let idle2_closed = closed_at(&mut idle2, started, limit).await;
+    let half_closed = closed_at(&mut half, started, limit).await;
+    let kept_closed = closed_at(&mut kept, answered, limit).await;
+    // A request body cut short: the answer does not wait for it, and the connection is not kept.
+    let body_at = Instant::now();
+    let mut body = TcpStream::connect(admin).await.unwrap();
+    body.write_all(b"POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc").await.unwrap();
+    let body_closed = closed_at(&mut body, body_at, limit).await;
+    println!(
+        "admin listener (header timeout 1 s, at most 4 connections): silent closed after {idle_closed:?} and \
+         {idle2_closed:?}, half a request after {half_closed:?}, kept-alive idle {kept_closed:?} after its answer; \
+         a fifth closed after {fifth_closed:?}; a cut-short body closed after {body_closed:?}"
+    );
+    for (what, closed) in [
+        ("silent", idle_closed),
+        ("silent", idle2_closed),
+        ("half a request", half_closed),
+        ("kept-alive idle", kept_closed),
+    ] {
+        let closed = closed.unwrap_or_else(|| panic!("{what}: still open after {limit:?}"));
+        assert!(closed >= Duration::from_millis(900) && closed < Duration::from_millis(2500), "{what}: {closed:?}");
+    }
+    assert!(body_closed.is_some_and(|c| c < Duration::from_millis(2500)), "a cut-short body: {body_closed:?}");
+
+    // A client that asks for /metrics 2,000 times in one go (about 20 MB of answers) and reads nothing: the answers stall in
+    // the socket buffers, and the connection is closed 1 s into the stall instead of holding its
+    // slot while it waits.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut greedy = socket.connect(admin).await.unwrap();
+    const ASKED: usize = 2000;
+    greedy.write_all(&b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(ASKED)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut got = Vec::new();
+    let drained = tokio::time::timeout(Duration::from_secs(4), async {
+        let mut buf = [0u8; 65536];
+        loop {
+            match greedy.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answers = got.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+    println!("a client that never reads {ASKED} answers: got {answers} ({} bytes) before the close", got.len());
+    assert!(drained.is_ok(), "the stalled connection was closed");
+    assert!(answers < ASKED, "closed in the stall, not after every answer: {answers}");
+
+    // The slots are free again: /metrics answers, and shows the refusal.
+    let (status, metrics) = get_text(&format!("http://{admin}/metrics")).await;
+    assert_eq!(status, 200);
+    let refused =
+        metrics.lines().find(|l| l.starts_with("waproxy_admin_connections_refused_total ")).unwrap_or_default();
+    assert_eq!(refused, "waproxy_admin_connections_refused_total 1");
+    assert_pings(&mut g, "edge-after-admin").await;
+}
+
+fn tls_files(what: &str) -> (std::path::PathBuf, rcgen::CertifiedKey<rcgen::KeyPair>) {
+    let dir = std::env::temp_dir().join(format!("proxy-hostile-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    (dir, cert)
+}
+
+fn tls_connector(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_login_deadline_covers_the_tls_handshake_the_upgrade_and_the_proxy_header() {
+    let (dir, cert) = tls_files("deadline");
+    let p = start(|c| {
+        c.edge.login_timeout_secs = 1;
+        c.edge.proxy_protocol = true;
+        c.edge.proxy_protocol_trusted_cidrs = vec!["127.0.0.0/8".into()];
+        c.edge.tls = Some(proxy::config::TlsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        });
+        c.edge.websocket = Some(proxy::config::WebSocketConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            path: "/ws/chat".into(),
+            trusted_forwarded_cidrs: vec![],
+            forwarded_header: "x-forwarded-for".into(),
+        });
+    })
+    .await;
+    let (tcp_addr, tls_addr, ws_addr) = (p.tcp_addr.unwrap(), p.tls_addr.unwrap(), p.ws_addr.unwrap());
+    // Each slow client spends 700 ms before its first stage (TLS handshake, upgrade, PROXY
+    // header) completes, then sends no login. One 1 s deadline from the accept closes it at 1 s;
+    // a fresh timeout per stage would close it at 1.7 s.
+    let slow = Duration::from_millis(700);
+    let tls = tokio::spawn({
+        let connector = tls_connector(&cert);
+        async move {
+            let connected = Instant::now();
+            let tcp = TcpStream::connect(tls_addr).await.unwrap();
+            tokio::time::sleep(slow).await;
+            let mut s = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+            let (answer, closed, _) = read_until_close(&mut s, Duration::from_secs(4)).await;
+            (answer.iter().map(tag_reason).collect::<Vec<_>>(), closed, connected.elapsed())
+        }
+    });
+    let ws = tokio::spawn(async move {
+        let connected = Instant::now();
+        let tcp = TcpStream::connect(ws_addr).await.unwrap();
+        tokio::time::sleep(slow).await;
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{ws_addr}/ws/chat"), tcp).await.unwrap();
+        let mut c = EdgeClient::new(edge::ws::WsStream::new(ws));
+        let answer = c.recv(Duration::from_secs(4)).await.map(|n| vec![tag_reason(&n)]).unwrap_or_default();
+        let closed = matches!(c.recv(Duration::from_secs(4)).await, Err(ClientError::Closed | ClientError::Io(_)));
+        (answer, closed, connected.elapsed())
+    });
+    let proxied = tokio::spawn(async move {
+        let connected = Instant::now();
+        let mut s = TcpStream::connect(tcp_addr).await.unwrap();
+        tokio::time::sleep(slow).await;
+        s.write_all(b"PROXY TCP4 198.51.100.9 10.0.0.1 40000 5222\r\n").await.unwrap();
+        let (answer, closed, _) = read_until_close(&mut s, Duration::from_secs(4)).await;
+        (answer.iter().map(tag_reason).collect::<Vec<_>>(), closed, connected.elapsed())
+    });
+    let timeout = vec![("failure".to_owned(), Some("408".to_owned()))];
+    for (what, task) in [("TLS", tls), ("WebSocket", ws), ("PROXY header", proxied)] {
+        let (answer, closed, took) = task.await.unwrap();
+        println!("{what}: first stage done after {slow:?}, then silence: {answer:?}, closed {closed} after {took:?}");
+        assert_eq!(answer, timeout, "{what}");
+        assert!(closed, "{what}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+            "{what}: closed after {took:?}"
+        );
+    }
+    assert_eq!(metric(&p, "waproxy_logins_total{result=\"timeout\"}").await, 3.0);
+}
+
+/// Upgrades a raw TCP connection to a WebSocket by hand, so raw frames can follow.
+async fn raw_ws(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "upgrade answer cut short: {head:?}");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// A masked client frame header for a binary message of `len` bytes (64-bit length form).
+fn ws_binary_header(len: u64) -> Vec<u8> {
+    let mut h = vec![0x82, 0x80 | 127];
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 0]);
+    h
+}
+
+#[tokio::test]
+async fn a_websocket_message_above_the_login_cap_is_refused_before_the_login_and_taken_after() {
+    let p = start(|c| {
+        c.edge.login_timeout_secs = 2;
+        c.edge.websocket = Some(proxy::config::WebSocketConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            path: "/ws/chat".into(),
+            trusted_forwarded_cidrs: vec![],
+            forwarded_header: "x-forwarded-for".into(),
+        });
+    })
+    .await;
+    let ws_addr = p.ws_addr.unwrap();
+    let (guard, wsu) = (enlisted(&p, "wscapguard").await, enlisted(&p, "wscapuser").await);
+    let mut g = logged_in(&p, &guard).await;
+
+    // Before the login: a frame header announcing 1 MiB, or 64 KiB + 4 (one byte above the login
+    // frame's cap plus its header), and no payload. The header alone closes the connection; the
+    // proxy neither reserves the announced size nor waits for it.
+    for len in [1u64 << 20, 64 * 1024 + 4] {
+        let mut s = raw_ws(ws_addr).await;
+        s.write_all(&ws_binary_header(len)).await.unwrap();
+        let (answer, closed, took) = read_until_close(&mut s, Duration::from_secs(4)).await;
+        println!("before the login, a frame header announcing {len} bytes: {answer:?}, closed {closed} after {took:?}");
+        assert!(closed && answer.is_empty(), "{len}: {answer:?}");
+        assert!(took < Duration::from_millis(500), "{len}: closed at once, not at the login deadline: {took:?}");
+    }
+    // A whole 1 MiB message before the login: closed, no answer.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{ws_addr}/ws/chat")).await.unwrap();
+    let _ = ws.send(Message::binary(vec![0u8; 1 << 20])).await;
+    let ended = tokio::time::timeout(WAIT, async {
+        use futures_util::StreamExt;
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(Message::Binary(b))) if !decode_frames(&b).is_empty() => return false,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "a 1 MiB message before the login is closed without an answer");
+
+    // A login frame of exactly the cap's size still fits one message; after the login, one
+    // message of 200 KiB (one frame) is taken and reaches chatd.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{ws_addr}/ws/chat")).await.unwrap();
+    ws.send(Message::binary(framed(&login_frame(&wsu.user, &wsu.jid, &wsu.token).unwrap()))).await.unwrap();
+    let first = tokio::time::timeout(WAIT, async {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(Ok(Message::Binary(b))) = ws.next().await {
+                break decode_frames(&b);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(first[0].tag, "success");
+    let big: Vec<u8> = (0..200 * 1024u32).map(|i| (i * 13) as u8).collect();
+    let stanza = wire::encode::encode(&message(&guard.jid, "BIG1", &big)).unwrap();
+    ws.send(Message::binary(framed(&stanza))).await.unwrap();
+    let mut c = EdgeClient::new(edge::ws::WsStream::new(ws));
+    let (ack, _) = c.recv_tag("ack", WAIT).await.unwrap();
+    assert_eq!((ack.get_str("id"), ack.get("error")), (Some("BIG1"), None), "{ack:?}");
+    let (got, _) = g.recv_tag("message", WAIT).await.unwrap();
+    assert_eq!(got.child("enc").unwrap().content, wire::Content::Bytes(big), "200 KiB after the login");
+    assert_pings(&mut g, "ws-cap-guard").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -931,4 +1350,75 @@ async fn the_binary_under_a_token_flood_keeps_secrets_out_of_debug_logs_and_memo
         log.lines().count(),
         secrets.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_does_not_buffer_oversized_websocket_messages_before_the_login() {
+    let dir = std::env::temp_dir().join(format!("proxy-hostile-wsmem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        "embedded = true\n[edge]\nlisten = \"127.0.0.1:0\"\nlogin_timeout_secs = 3\n[edge.websocket]\nlisten = \
+         \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nper_ip_connections_per_sec = 0\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_interop-proxy"))
+        .args(["--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let banner = read_banner(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let p = Proc {
+        child,
+        tcp: banner.tcp.unwrap(),
+        admin: banner.admin.unwrap(),
+        targets: DemoTargets {
+            partner_url: banner.partner.unwrap(),
+            sim_url: banner.sim.unwrap(),
+            edge_addr: banner.tcp.unwrap(),
+        },
+        log: dir.join("none"),
+    };
+    let ws_addr = banner.ws.expect("ws address in the banner");
+    let pid = p.child.id();
+
+    // 40 connections at once each send a 1 MiB message but its last byte before any login
+    // (max_frame_size is the default 16 MiB, so only the pre-login cap stands in the way). A
+    // proxy that took such messages would hold 40 MiB until the login deadline (3 s).
+    const N: usize = 40;
+    let (rss_before, hwm_before) = rss_kib(pid);
+    let mut tasks = Vec::new();
+    for _ in 0..N {
+        tasks.push(tokio::spawn(async move {
+            let mut s = raw_ws(ws_addr).await;
+            let mut bytes = ws_binary_header(1 << 20);
+            bytes.resize(bytes.len() + (1 << 20) - 1, 0);
+            let _ = s.write_all(&bytes).await;
+            read_until_close(&mut s, Duration::from_secs(5)).await
+        }));
+    }
+    let mut closed_without_answer = 0;
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (answer, closed, took) = t.await.unwrap();
+        if closed && answer.is_empty() {
+            closed_without_answer += 1;
+        }
+        slowest = slowest.max(took);
+    }
+    let (rss_after, hwm_after) = rss_kib(pid);
+    println!(
+        "{N} x 1 MiB WebSocket messages before the login against the binary: {closed_without_answer} closed without \
+         an answer (the last after {slowest:?}); VmRSS {rss_before} -> {rss_after} KiB, VmHWM {hwm_before} -> \
+         {hwm_after} KiB"
+    );
+    assert_eq!(closed_without_answer, N);
+    assert!(slowest < Duration::from_secs(1), "closed on the frame header, not at the login deadline: {slowest:?}");
+    // Buffered, the messages would take 40 MiB; refused on their headers, nothing near that.
+    assert!(hwm_after.saturating_sub(hwm_before) < 8 * 1024, "peak grew {hwm_before} -> {hwm_after} KiB");
+    let (status, _) = get_text(&format!("http://{}/livez", p.admin)).await;
+    assert_eq!(status, 200);
 }

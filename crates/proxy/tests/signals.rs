@@ -49,7 +49,7 @@ fn spawn(config: &str, dir: &std::path::Path) -> Proc {
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let Banner { tcp, tls, admin, sim, partner } = read_banner(stdout);
+    let Banner { tcp, tls, admin, sim, partner, .. } = read_banner(stdout);
     let targets = DemoTargets {
         partner_url: partner.expect("partner url"),
         sim_url: sim.expect("sim url"),
@@ -286,4 +286,70 @@ async fn sighup_reloads_the_tls_certificate_without_dropping_sessions() {
     assert!(tls_connect(tls_addr, &new).await.is_ok(), "still serving the last good certificate");
     established.send(&ping("after-bad-hup")).await.unwrap();
     assert_eq!(established.recv_tag("iq", WAIT).await.unwrap().0.get_str("id"), Some("after-bad-hup"));
+}
+
+/// Opens the write end of `fifo` once a reader has it open (a non-blocking open fails with ENXIO
+/// until then), and keeps it: the reader then waits in read() for bytes that never come.
+fn writer_once_read(fifo: &std::path::Path, limit: Duration) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK (0o4000 on Linux): fail instead of waiting for a reader.
+    const O_NONBLOCK: i32 = 0o4000;
+    let start = Instant::now();
+    loop {
+        match std::fs::OpenOptions::new().write(true).custom_flags(O_NONBLOCK).open(fifo) {
+            Ok(f) => return f,
+            Err(e) => assert!(start.elapsed() < limit, "nobody opened {fifo:?} to read: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_hung_sighup_reload_still_drains_by_the_deadline() {
+    let dir = temp_dir("fifo");
+    self_signed(&dir);
+    let config = |cert: &std::path::Path| {
+        format!(
+            "embedded = true\n[edge]\nlisten = \"127.0.0.1:0\"\n[edge.tls]\nlisten = \"127.0.0.1:0\"\ncert = {cert:?}\n\
+             key = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[drain]\nwindow_secs = 1\ndeadline_secs = 3\n",
+            dir.join("key.pem")
+        )
+    };
+    let p = spawn(&config(&dir.join("cert.pem")), &dir);
+    let olga = enlisted_at(&p.targets, "fifoolga").await;
+    let mut session = login(tokio::net::TcpStream::connect(p.tcp.unwrap()).await.unwrap(), &olga).await;
+
+    // The configuration now names a FIFO as the certificate: reading it waits for a writer.
+    let fifo = dir.join("cert.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    std::fs::write(dir.join("proxy.toml"), config(&fifo)).unwrap();
+    signal(&p.child, "HUP");
+    // Once the reload has opened the FIFO, a writer that never writes keeps it reading.
+    let fifo_for_writer = fifo.clone();
+    let _writer = tokio::task::spawn_blocking(move || writer_once_read(&fifo_for_writer, WAIT)).await.unwrap();
+
+    // The proxy serves on while the reload hangs.
+    session.send(&ping("during-hung-reload")).await.unwrap();
+    assert_eq!(session.recv_tag("iq", WAIT).await.unwrap().0.get_str("id"), Some("during-hung-reload"));
+    let reloads = metric(p.admin, "waproxy_config_reloads_total{result=\"ok\"}").await
+        + metric(p.admin, "waproxy_config_reloads_total{result=\"error\"}").await;
+    assert_eq!(reloads, 0.0, "the reload is still reading the FIFO");
+
+    // SIGTERM drains and exits by the 3 s deadline (the 1 s window, with one session).
+    let sent = Instant::now();
+    signal(&p.child, "TERM");
+    let (notice, _) = session.recv_tag("stream:error", WAIT).await.unwrap();
+    assert_eq!(notice.get_str("text"), Some("draining"));
+    let mut p = p;
+    let exit = loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            break (status, sent.elapsed());
+        }
+        assert!(sent.elapsed() < Duration::from_secs(6), "the process did not exit after SIGTERM during a hung reload");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!("SIGTERM during a SIGHUP reload hung on a FIFO: exited {:?} after SIGTERM with {}", exit.1, exit.0);
+    assert!(exit.0.success() && exit.1 < Duration::from_secs(3), "drained by the deadline: {exit:?}");
 }

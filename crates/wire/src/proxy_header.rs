@@ -97,21 +97,101 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, InvalidHeader> {
                 ppp::v1::Addresses::Unknown => None,
             },
         ),
-        ppp::HeaderResult::V2(Ok(h)) => (
-            h.len(),
-            match (h.command, h.addresses) {
-                (v2::Command::Local, _) => None,
-                (_, v2::Addresses::IPv4(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
-                (_, v2::Addresses::IPv6(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
-                _ => None,
-            },
-        ),
+        ppp::HeaderResult::V2(Ok(h)) => {
+            validate_tlvs(&h)?;
+            let ip = matches!(h.addresses, v2::Addresses::IPv4(_) | v2::Addresses::IPv6(_));
+            if h.command == v2::Command::Proxy && ip && h.protocol == v2::Protocol::Datagram {
+                // A UDP client's address on a TCP connection: not a header a load balancer sends.
+                return Err(InvalidHeader);
+            }
+            (
+                h.len(),
+                match (h.command, h.protocol, h.addresses) {
+                    (v2::Command::Local, _, _) | (_, v2::Protocol::Unspecified, _) => None,
+                    (_, _, v2::Addresses::IPv4(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                    (_, _, v2::Addresses::IPv6(a)) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                    _ => None,
+                },
+            )
+        }
         _ => return Err(InvalidHeader),
     };
     if len > MAX_LEN {
         return Err(InvalidHeader);
     }
     Ok(Parsed::Header { len, source })
+}
+
+/// v2 TLV types with a defined shape (the specification's `PP2_TYPE_*`).
+const PP2_TYPE_AUTHORITY: u8 = 0x02;
+const PP2_TYPE_CRC32C: u8 = 0x03;
+const PP2_TYPE_UNIQUE_ID: u8 = 0x05;
+const PP2_TYPE_SSL: u8 = 0x20;
+/// The longest `PP2_TYPE_UNIQUE_ID` value the specification allows.
+const UNIQUE_ID_MAX: usize = 128;
+
+/// Checks the TLVs after a v2 header's addresses: they must tile the rest of the header exactly
+/// (no TLV running past the header's end, no leftover bytes), and the types with a defined shape
+/// must have it: `CRC32C` 4 bytes and matching the header, `AUTHORITY` UTF-8, `UNIQUE_ID` at most
+/// 128 bytes, `SSL` a client byte, a 4-byte verify result and well-formed sub-TLVs. Other types
+/// (ALPN, NOOP, NETNS, custom ranges) need only be well-formed.
+fn validate_tlvs(h: &v2::Header<'_>) -> Result<(), InvalidHeader> {
+    let header = h.as_bytes();
+    let tlvs = h.tlv_bytes();
+    let start = header.len() - tlvs.len();
+    for (offset, kind, value) in tlv_walk(tlvs)? {
+        match kind {
+            PP2_TYPE_CRC32C => {
+                let expected: [u8; 4] = value.try_into().map_err(|_| InvalidHeader)?;
+                // The checksum covers the whole header with its own value zeroed.
+                let at = start + offset + 3;
+                let mut copy = header.to_vec();
+                copy[at..at + 4].fill(0);
+                if crc32c(&copy) != u32::from_be_bytes(expected) {
+                    return Err(InvalidHeader);
+                }
+            }
+            PP2_TYPE_AUTHORITY if std::str::from_utf8(value).is_err() => return Err(InvalidHeader),
+            PP2_TYPE_UNIQUE_ID if value.len() > UNIQUE_ID_MAX => return Err(InvalidHeader),
+            PP2_TYPE_SSL => {
+                // client (1 byte), verify (4 bytes), then sub-TLVs.
+                let subs = value.get(5..).ok_or(InvalidHeader)?;
+                tlv_walk(subs)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One TLV: its offset in the TLV bytes, its type and its value.
+type Tlv<'a> = (usize, u8, &'a [u8]);
+
+/// Each TLV in `bytes`, which they must fill exactly.
+fn tlv_walk(bytes: &[u8]) -> Result<Vec<Tlv<'_>>, InvalidHeader> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let head = bytes.get(offset..offset + 3).ok_or(InvalidHeader)?;
+        let len = usize::from(u16::from_be_bytes([head[1], head[2]]));
+        let value = bytes.get(offset + 3..offset + 3 + len).ok_or(InvalidHeader)?;
+        out.push((offset, head[0], value));
+        offset += 3 + len;
+    }
+    Ok(out)
+}
+
+/// CRC-32C (Castagnoli), as `PP2_TYPE_CRC32C` uses. Bitwise: headers are at most [`MAX_LEN`]
+/// bytes and arrive once per connection.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
 
 /// Both addresses in one family (see the module docs).
@@ -198,6 +278,116 @@ mod tests {
             assert_eq!(parsed.addresses, v2::Addresses::from((addr(client), addr(proxy))));
             assert_eq!(parsed.len(), out.len());
         }
+    }
+
+    /// A v2 PROXY header for 203.0.113.7:40000 with these TLVs (type, value) appended.
+    fn v2_with(tlvs: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut b = v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            (addr("203.0.113.7:40000"), addr("10.0.0.1:5222")),
+        );
+        for (kind, value) in tlvs {
+            b = b.write_tlv(*kind, value).unwrap();
+        }
+        b.build().unwrap()
+    }
+
+    /// Sets a v2 header's length field to what follows its 16-byte start.
+    fn fix_len(h: &mut [u8]) {
+        let len = (h.len() - 16) as u16;
+        h[14..16].copy_from_slice(&len.to_be_bytes());
+    }
+
+    fn source_of(h: &[u8]) -> Result<Parsed, InvalidHeader> {
+        parse(h)
+    }
+
+    #[test]
+    fn crc32c_matches_the_reference_value() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
+    fn v2_tlvs_must_be_well_formed() {
+        let good = |h: &[u8]| matches!(source_of(h), Ok(Parsed::Header { len, source: Some(_) }) if len == h.len());
+        // Well-formed TLVs of every defined shape are accepted.
+        let mut ssl = vec![0x01, 0, 0, 0, 0];
+        ssl.extend_from_slice(&[0x21, 0x00, 0x07]);
+        ssl.extend_from_slice(b"TLSv1.3");
+        let ok = v2_with(&[
+            (0x01, b"h2"),
+            (0x02, b"lb.example"),
+            (0x04, &[0; 3]),
+            (0x05, &[7; 128]),
+            (0x20, &ssl),
+            (0xE0, b"x"),
+        ]);
+        assert!(good(&ok), "{:?}", source_of(&ok));
+        assert!(good(&v2_with(&[])));
+
+        // A CRC32C TLV that matches the header is accepted; a wrong one is refused.
+        let mut crc = v2_with(&[(0x03, &[0; 4])]);
+        let sum = crc32c(&crc);
+        let at = crc.len() - 4;
+        crc[at..].copy_from_slice(&sum.to_be_bytes());
+        assert!(good(&crc));
+        crc[at] ^= 1;
+        assert_eq!(source_of(&crc), Err(InvalidHeader), "wrong checksum");
+
+        let refused: Vec<(&str, Vec<u8>)> = vec![
+            ("a TLV whose length runs past the header's end", {
+                let mut h = v2_with(&[(0x04, &[1, 2, 3])]);
+                let at = h.len() - 5;
+                h[at..at + 2].copy_from_slice(&9u16.to_be_bytes());
+                h
+            }),
+            ("two bytes left over after the TLVs", {
+                let mut h = v2_with(&[(0x04, &[1])]);
+                h.extend_from_slice(&[0x04, 0x00]);
+                fix_len(&mut h);
+                h
+            }),
+            ("one byte where a TLV should start", {
+                let mut h = v2_with(&[]);
+                h.push(0x04);
+                fix_len(&mut h);
+                h
+            }),
+            ("a CRC32C of 3 bytes", v2_with(&[(0x03, &[0; 3])])),
+            ("an AUTHORITY that is not UTF-8", v2_with(&[(0x02, &[0xff, 0xfe])])),
+            ("a UNIQUE_ID of 129 bytes", v2_with(&[(0x05, &[7; 129])])),
+            ("an SSL TLV shorter than its fixed part", v2_with(&[(0x20, &[1, 0, 0])])),
+            ("an SSL sub-TLV running past its parent", v2_with(&[(0x20, &[1, 0, 0, 0, 0, 0x21, 0x00, 0x09, b'T'])])),
+            ("a UDP source on a stream connection", {
+                v2::Builder::with_addresses(
+                    v2::Version::Two | v2::Command::Proxy,
+                    v2::Protocol::Datagram,
+                    (addr("203.0.113.7:40000"), addr("10.0.0.1:5222")),
+                )
+                .build()
+                .unwrap()
+            }),
+        ];
+        for (what, h) in &refused {
+            assert_eq!(source_of(h), Err(InvalidHeader), "{what}");
+            // Still refused with the connection's first bytes after it.
+            let mut more = h.clone();
+            more.extend_from_slice(b"\x00\x00\x10login");
+            assert_eq!(source_of(&more), Err(InvalidHeader), "{what}, then more bytes");
+        }
+
+        // A LOCAL header (health check) with a malformed TLV is refused too.
+        let mut local = v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Local,
+            v2::Protocol::Stream,
+            (addr("203.0.113.7:40000"), addr("10.0.0.1:5222")),
+        )
+        .build()
+        .unwrap();
+        local.push(0x04);
+        fix_len(&mut local);
+        assert_eq!(source_of(&local), Err(InvalidHeader));
     }
 
     #[test]

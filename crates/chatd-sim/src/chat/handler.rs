@@ -93,7 +93,8 @@ impl Handler<'_> {
         });
     }
 
-    /// Relays a message or receipt to its `to`, as `from` this account, and acks the sender.
+    /// Relays a message or receipt to its `to`, as `from` this account (a `from` the client wrote
+    /// is dropped), and acks the sender.
     fn route(&self, node: NodeRef<'_>, class: AckClass) -> Outcome {
         let id = node.attr_str("id").unwrap_or_default().to_owned();
         let to = node.attr("to").and_then(|v| v.as_jid()).map(|j| j.to_owned().to_account());
@@ -107,8 +108,10 @@ impl Handler<'_> {
         ack = ack.attr("from", to.clone());
         let now = self.sim.clock.now().to_string();
         let mut forward = Node::new(node.tag());
+        // `from` and `t` are the server's to set, as WhatsApp's chatd does: whatever the client
+        // wrote there (once or several times) is dropped, never relayed next to the real sender.
         for (k, v) in node.attrs() {
-            if k != "to" && k != "t" {
+            if !matches!(k, "to" | "t" | "from") {
                 forward.attrs.push((k.to_owned(), v.to_owned()));
             }
         }

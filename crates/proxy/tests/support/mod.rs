@@ -205,6 +205,7 @@ pub fn tag_reason(n: &Node) -> (String, Option<String>) {
 pub struct Banner {
     pub tcp: Option<std::net::SocketAddr>,
     pub tls: Option<std::net::SocketAddr>,
+    pub ws: Option<std::net::SocketAddr>,
     pub admin: Option<std::net::SocketAddr>,
     pub sim: Option<String>,
     pub partner: Option<String>,
@@ -219,6 +220,8 @@ pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
             b.tcp = addr(&line, "tcp://");
         } else if line.starts_with("clients connect to   tls://") {
             b.tls = addr(&line, "tls://");
+        } else if line.starts_with("clients connect to   ws://") {
+            b.ws = addr(&line, "ws://");
         } else if line.starts_with("metrics at") {
             b.admin = addr(&line, "http://");
         } else if line.starts_with("embedded chatd-sim") {
