@@ -377,6 +377,16 @@ mod tests {
             assert_eq!(source_of(&more), Err(InvalidHeader), "{what}, then more bytes");
         }
 
+        // An UNSPEC transport carries no usable source: the TCP peer is used.
+        let unspec = v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Unspecified,
+            (addr("203.0.113.7:40000"), addr("10.0.0.1:5222")),
+        )
+        .build()
+        .unwrap();
+        assert_eq!(source_of(&unspec), Ok(Parsed::Header { len: unspec.len(), source: None }));
+
         // A LOCAL header (health check) with a malformed TLV is refused too.
         let mut local = v2::Builder::with_addresses(
             v2::Version::Two | v2::Command::Local,
