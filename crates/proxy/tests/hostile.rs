@@ -866,6 +866,7 @@ async fn a_websocket_message_above_the_login_cap_is_refused_before_the_login_and
 struct Proc {
     child: Child,
     tcp: SocketAddr,
+    ws: Option<SocketAddr>,
     admin: SocketAddr,
     targets: DemoTargets,
     log: std::path::PathBuf,
@@ -878,28 +879,38 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_debug(dir: &std::path::Path) -> Proc {
-    let path = dir.join("proxy.toml");
-    std::fs::write(
-        &path,
-        "embedded = true\n[edge]\nlisten = \"127.0.0.1:0\"\nlogin_timeout_secs = 2\n[admin]\nlisten = \
-         \"127.0.0.1:0\"\n[limits]\nper_ip_connections_per_sec = 0\n",
+/// The embedded default for the binary tests, with the given extra `[edge]` lines.
+fn embedded_config(edge: &str) -> String {
+    format!(
+        "embedded = true\n[edge]\nlisten = \"127.0.0.1:0\"\n{edge}[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\n\
+         per_ip_connections_per_sec = 0\n"
     )
-    .unwrap();
+}
+
+/// `interop-proxy` on `config` (TOML) with `RUST_LOG=log_level`, its stderr in `dir/stderr.log`,
+/// once its banner is printed. `outside` names the Partner's and the simulator's URLs when they
+/// are not embedded (then the banner does).
+fn spawn_binary(dir: &std::path::Path, config: &str, log_level: &str, outside: Option<(String, String)>) -> Proc {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
     let log = dir.join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_interop-proxy"))
         .args(["--config", path.to_str().unwrap()])
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", log_level)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let Banner { tcp, admin, sim, partner, .. } = read_banner(stdout);
+    let Banner { tcp, ws, admin, sim, partner, .. } =
+        read_banner(std::io::BufReader::new(child.stdout.take().unwrap()));
     let tcp = tcp.expect("tcp address");
-    let targets =
-        DemoTargets { partner_url: partner.expect("partner url"), sim_url: sim.expect("sim url"), edge_addr: tcp };
-    Proc { child, tcp, admin: admin.expect("admin address"), targets, log }
+    let (partner_url, sim_url) = outside.unwrap_or_else(|| (partner.expect("partner url"), sim.expect("sim url")));
+    let targets = DemoTargets { partner_url, sim_url, edge_addr: tcp };
+    Proc { child, tcp, ws, admin: admin.expect("admin address"), targets, log }
+}
+
+fn spawn_debug(dir: &std::path::Path) -> Proc {
+    spawn_binary(dir, &embedded_config("login_timeout_secs = 2\n"), "debug", None)
 }
 
 /// `(VmRSS, VmHWM)` of a process, in KiB.
@@ -1090,39 +1101,18 @@ async fn keys_and_tokens_do_not_outlive_their_use_in_the_proxys_memory() {
     let emb = proxy::start_embedded().await.unwrap();
     let dir = std::env::temp_dir().join(format!("proxy-hostile-secrets-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("proxy.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[edge]\nlisten = \"127.0.0.1:0\"\nlogin_timeout_secs = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [upstream]\naddr = \"{}\"\nroot_public_key = \"{}\"\n[auth]\njwks_url = \"{}\"\nissuer = \"{}\"\n\
-             audience = \"{}\"\n[limits]\nper_ip_connections_per_sec = 0\n",
-            emb.sim.chat_addr,
-            hex::encode(emb.sim.root_public_key()),
-            emb.partner.jwks_url(),
-            emb.partner.issuer(),
-            emb.partner.audience(),
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_interop-proxy"))
-        .args(["--config", path.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let banner = read_banner(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let proc_ = Proc {
-        child,
-        tcp: banner.tcp.expect("tcp address"),
-        admin: banner.admin.expect("admin address"),
-        targets: DemoTargets {
-            partner_url: emb.partner.base_url().to_owned(),
-            sim_url: emb.sim.http_url(),
-            edge_addr: banner.tcp.unwrap(),
-        },
-        log: path.clone(),
-    };
+    let config = format!(
+        "[edge]\nlisten = \"127.0.0.1:0\"\nlogin_timeout_secs = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\n\
+         addr = \"{}\"\nroot_public_key = \"{}\"\n[auth]\njwks_url = \"{}\"\nissuer = \"{}\"\naudience = \"{}\"\n\
+         [limits]\nper_ip_connections_per_sec = 0\n",
+        emb.sim.chat_addr,
+        hex::encode(emb.sim.root_public_key()),
+        emb.partner.jwks_url(),
+        emb.partner.issuer(),
+        emb.partner.audience(),
+    );
+    let outside = (emb.partner.base_url().to_owned(), emb.sim.http_url());
+    let proc_ = spawn_binary(&dir, &config, "info", Some(outside));
     let (pid, t) = (proc_.child.id(), &proc_.targets);
     let (alice, bob, carol, dave) = (
         enlisted_at(t, "sec-alice").await,
@@ -1356,33 +1346,9 @@ async fn the_binary_under_a_token_flood_keeps_secrets_out_of_debug_logs_and_memo
 async fn the_binary_does_not_buffer_oversized_websocket_messages_before_the_login() {
     let dir = std::env::temp_dir().join(format!("proxy-hostile-wsmem-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("proxy.toml");
-    std::fs::write(
-        &path,
-        "embedded = true\n[edge]\nlisten = \"127.0.0.1:0\"\nlogin_timeout_secs = 3\n[edge.websocket]\nlisten = \
-         \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nper_ip_connections_per_sec = 0\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_interop-proxy"))
-        .args(["--config", path.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let banner = read_banner(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let p = Proc {
-        child,
-        tcp: banner.tcp.unwrap(),
-        admin: banner.admin.unwrap(),
-        targets: DemoTargets {
-            partner_url: banner.partner.unwrap(),
-            sim_url: banner.sim.unwrap(),
-            edge_addr: banner.tcp.unwrap(),
-        },
-        log: dir.join("none"),
-    };
-    let ws_addr = banner.ws.expect("ws address in the banner");
+    let config = embedded_config("login_timeout_secs = 3\n[edge.websocket]\nlisten = \"127.0.0.1:0\"\n");
+    let p = spawn_binary(&dir, &config, "warn", None);
+    let ws_addr = p.ws.expect("ws address in the banner");
     let pid = p.child.id();
 
     // 40 connections at once each send a 1 MiB message but its last byte before any login
