@@ -58,7 +58,7 @@ async fn binary_serves_from_config_file_and_stops_on_sigterm() {
         // The file's port is unusable (1): --listen must override it.
         let config = TempConfig::new(
             "ok",
-            "listen = \"127.0.0.1:1\"\naudience = \"whatsapp-test\"\ntoken_ttl_secs = 120\n[media]\nmax_object_bytes = 1024\n",
+            "plain_http = true\nlisten = \"127.0.0.1:1\"\naudience = \"whatsapp-test\"\ntoken_ttl_secs = 120\n[media]\nmax_object_bytes = 1024\n",
         );
         let mut child = Command::new(BIN)
             .arg("--config")
@@ -101,7 +101,8 @@ async fn binary_serves_from_config_file_and_stops_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_rejects_invalid_config_with_a_clear_error() {
     within(async {
-        let config = TempConfig::new("bad", "listen = \"127.0.0.1:0\"\n[media]\nmax_object_bytes = 0\n");
+        let config =
+            TempConfig::new("bad", "plain_http = true\nlisten = \"127.0.0.1:0\"\n[media]\nmax_object_bytes = 0\n");
         let output = tokio::time::timeout(
             Duration::from_secs(30),
             Command::new(BIN).arg("--config").arg(&config.0).stdin(Stdio::null()).output(),
