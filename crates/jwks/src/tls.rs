@@ -75,10 +75,32 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// CA certificates generated in this process and trusted by its clients: the embedded default's
+/// local CA (see [`LocalCa::trust_in_this_process`]). Its key never leaves the process.
+static PROCESS_TRUST: RwLock<Vec<CertificateDer<'static>>> = RwLock::new(Vec::new());
+
+fn add_process_trust(certs: Vec<CertificateDer<'static>>) {
+    let mut trusted = PROCESS_TRUST.write().unwrap_or_else(|e| e.into_inner());
+    for der in certs {
+        if !trusted.contains(&der) {
+            trusted.push(der);
+        }
+    }
+}
+
+/// Makes every [`ClientTls`] with `platform_roots` in this process trust the CA certificates in
+/// `path` (PEM), as [`LocalCa::trust_in_this_process`] does for a CA made here: for tests and
+/// tools that talk to an embedded default running in another process.
+pub fn trust_ca_file_in_this_process(path: &Path) -> Result<(), TlsError> {
+    add_process_trust(load_certs(path)?);
+    Ok(())
+}
+
 /// Client-side trust: the platform's roots, an extra CA file, or both.
 #[derive(Clone, Debug)]
 pub struct ClientTls {
-    /// Trust the platform's store (rustls-native-certs). Default true.
+    /// Trust the platform's store (rustls-native-certs), and the local CAs this process generated
+    /// and marked trusted (the embedded default's). Default true.
     pub platform_roots: bool,
     /// PEM file of extra trusted CA certificates (a private PKI, the embedded default's local CA).
     pub ca_file: Option<PathBuf>,
@@ -108,6 +130,8 @@ impl ClientTls {
             }
             let (added, ignored) = roots.add_parsable_certificates(found.certs);
             tracing::debug!(added, ignored, "platform trust store loaded");
+            let local = PROCESS_TRUST.read().unwrap_or_else(|e| e.into_inner()).clone();
+            roots.add_parsable_certificates(local);
         }
         if let Some(path) = &self.ca_file {
             for cert in load_certs(path)? {
@@ -349,6 +373,13 @@ impl LocalCa {
     /// The CA certificate, PEM: what clients trust.
     pub fn cert_pem(&self) -> String {
         self.issuer.pem()
+    }
+
+    /// Makes every [`ClientTls`] with `platform_roots` in this process trust this CA, as if it
+    /// were in the platform's store: for the embedded default, whose in-process clients (demo,
+    /// tests) then need no CA file. Other processes still need the CA file.
+    pub fn trust_in_this_process(&self) {
+        add_process_trust(vec![self.issuer.der().clone()]);
     }
 
     /// Writes the CA certificate to `path`.

@@ -60,12 +60,53 @@ pub enum StartError {
     Partner(#[from] partner_server::StartError),
     #[error("embedded partner server: {0}")]
     PartnerConfig(#[from] partner_server::ConfigError),
+    #[error("embedded local CA: {}", jwks::error_chain(.0))]
+    LocalCa(#[from] jwks::tls::LocalCaError),
 }
 
-/// The in-process WhatsApp side and Partner server of the embedded default.
+/// The in-process WhatsApp side and Partner server of the embedded default, both on HTTPS with
+/// certificates from a local CA generated at start.
 pub struct Embedded {
     pub sim: RunningSim,
     pub partner: RunningPartnerServer,
+    /// The local CA's certificate (PEM): what clients outside this process must trust
+    /// (`interop-client --ca-file`, `curl --cacert`).
+    pub ca_file: std::path::PathBuf,
+}
+
+/// The embedded default's local CA: one per process, generated on first use, trusted by this
+/// process's own HTTPS clients, its certificate written to `{temp}/interop-proxy-{pid}/ca.pem`.
+struct LocalPki {
+    ca: jwks::tls::LocalCa,
+    dir: std::path::PathBuf,
+    issued: std::sync::atomic::AtomicU64,
+}
+
+fn local_pki() -> Result<&'static LocalPki, jwks::tls::LocalCaError> {
+    static PKI: std::sync::OnceLock<LocalPki> = std::sync::OnceLock::new();
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if let Some(pki) = PKI.get() {
+        return Ok(pki);
+    }
+    let _once = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pki) = PKI.get() {
+        return Ok(pki);
+    }
+    let dir = std::env::temp_dir().join(format!("interop-proxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|source| jwks::tls::LocalCaError::Write { path: dir.display().to_string(), source })?;
+    let ca = jwks::tls::LocalCa::generate(&format!("interop-proxy embedded local CA (pid {})", std::process::id()))?;
+    ca.write_cert(&dir.join("ca.pem"))?;
+    ca.trust_in_this_process();
+    Ok(PKI.get_or_init(|| LocalPki { ca, dir, issued: std::sync::atomic::AtomicU64::new(0) }))
+}
+
+impl LocalPki {
+    /// A fresh loopback certificate, written as `{stem}-{n}.pem` / `.key`.
+    fn issue(&self, stem: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), jwks::tls::LocalCaError> {
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        self.ca.issue_loopback()?.write(&self.dir, &format!("{stem}-{n}"))
+    }
 }
 
 /// A running proxy. Dropping it stops every task.
@@ -159,14 +200,24 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener,
     edge::listener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// Starts the simulator and the partner server on loopback, knowing each other.
+/// Starts the simulator and the partner server on loopback over HTTPS, knowing and trusting each
+/// other, as production runs.
 async fn start_embedded() -> Result<Embedded, StartError> {
-    let partner = PartnerServer::start(partner_server::Config {
+    let pki = local_pki()?;
+    let ca_file = pki.dir.join("ca.pem");
+    let (cert, key) = pki.issue("partner")?;
+    let mut partner_config = partner_server::Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls: Some(partner_server::TlsConfig { cert, key }),
+        plain_http: false,
         ..Default::default()
-    })
-    .await?;
+    };
+    partner_config.push.jwks_ca_file = Some(ca_file.clone());
+    let partner = PartnerServer::start(partner_config).await?;
+    let (cert, key) = pki.issue("chatd-sim")?;
     let mut sim_config = chatd_sim::Config::local();
+    sim_config.http.tls = Some(chatd_sim::config::TlsConfig { cert, key });
+    sim_config.http.partner_ca_file = Some(ca_file.clone());
     sim_config.integrators.push(chatd_sim::config::IntegratorConfig {
         id: 1,
         base_url: partner.base_url().to_owned(),
@@ -175,7 +226,7 @@ async fn start_embedded() -> Result<Embedded, StartError> {
     });
     let sim = ChatdSim::start(sim_config).await?;
     partner.set_push_jwks_url(&format!("{}/.well-known/jwks", sim.http_url()))?;
-    Ok(Embedded { sim, partner })
+    Ok(Embedded { sim, partner, ca_file })
 }
 
 /// Starts the proxy.
@@ -192,6 +243,7 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         });
         config.auth.get_or_insert(config::AuthConfig {
             jwks_url: e.partner.jwks_url(),
+            jwks_ca_file: Some(e.ca_file.clone()),
             issuer: e.partner.issuer().to_owned(),
             audience: e.partner.audience().to_owned(),
             account_claim: "wa_account".into(),
@@ -243,6 +295,7 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         verifier: jwks::VerifierConfig {
             refresh_interval: Duration::from_secs(auth.jwks_refresh_secs.max(1)),
             min_refetch_interval: Duration::from_secs(auth.jwks_min_refetch_secs.max(1)),
+            tls: jwks::tls::ClientTls::with_ca_file(auth.jwks_ca_file.clone()),
             ..jwks::VerifierConfig::default()
         },
     })?;

@@ -476,10 +476,14 @@ fn spawn_debug(dir: &std::path::Path) -> Proc {
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let Banner { tcp, admin, sim, partner, .. } = read_banner(stdout);
+    let Banner { tcp, admin, sim, partner, ca_file, .. } = read_banner(stdout);
     let tcp = tcp.expect("tcp address");
-    let targets =
-        DemoTargets { partner_url: partner.expect("partner url"), sim_url: sim.expect("sim url"), edge_addr: tcp };
+    let targets = DemoTargets {
+        partner_url: partner.expect("partner url"),
+        sim_url: sim.expect("sim url"),
+        edge_addr: tcp,
+        ca_file: Some(ca_file.expect("the banner names the local CA")),
+    };
     Proc { child, tcp, admin: admin.expect("admin address"), targets, log }
 }
 
