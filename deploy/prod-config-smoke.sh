@@ -5,7 +5,7 @@
 # the copy; the diff is printed), against the chatd simulator and the partner server as separate
 # processes, both on HTTPS with certificates from a throwaway local CA. Then one Partner user
 # enlists (HTTPS to both), logs in through the proxy (whose JWKS fetch is HTTPS), and the proxy's
-# metrics must show the login and no JWKS TLS failure.
+# metrics must show the login forwarded, chatd's acceptance, and no JWKS TLS failure.
 #
 # Binaries from BIN_DIR (default target/release): interop-proxy, chatd-sim, partner-server,
 # interop-client. Loopback ports: SMOKE_EDGE_PORT (35222), SMOKE_ADMIN_PORT (39090).
@@ -19,6 +19,11 @@ PIDS=()
 
 cleanup() {
     local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    # The proxy drains over [drain] window_secs (30 s as shipped); a second SIGTERM stops it now.
+    sleep 0.3
     for pid in "${PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -129,7 +134,8 @@ JID=$(sed -n 's/^enlisted: //p' "$TMP/enlist.out")
 grep -q "$JID" "$TMP/login.out" || fail "login did not report $JID"
 
 metrics=$(curl -fsS --max-time 3 "http://127.0.0.1:$ADMIN_PORT/metrics") || fail "metrics"
-grep -q '^waproxy_logins_total{result="ok"} 1$' <<<"$metrics" || fail "the proxy did not count the login: $(grep logins_total <<<"$metrics")"
+grep -q '^waproxy_logins_total{result="forwarded"} 1$' <<<"$metrics" || fail "the proxy did not count the login: $(grep logins_total <<<"$metrics")"
+grep -q '^waproxy_upstream_logins_total{result="accepted"} 1$' <<<"$metrics" || fail "chatd did not accept the login"
 grep -q '^waproxy_jwks_refreshes_total [1-9]' <<<"$metrics" || fail "no JWKS fetch counted"
 grep -q '^waproxy_jwks_tls_failures_total 0$' <<<"$metrics" || fail "JWKS TLS failures counted"
 log "ok: $JID logged in through interop-proxy on config/proxy.toml (JWKS over HTTPS, partner and simulator on HTTPS)"

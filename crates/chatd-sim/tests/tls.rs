@@ -39,8 +39,12 @@ impl Pki {
 
 /// One HTTPS request trusting only `ca`; status and body, or the error chain.
 async fn https(method: &str, url: &str, ca: &Path, ctype: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
-    let client = jwks::tls::https_client::<Full<Bytes>>(&ClientTls { platform_roots: false, ca_file: Some(ca.into()) })
-        .map_err(|e| jwks::error_chain(&e))?;
+    let client = jwks::tls::https_client::<Full<Bytes>>(&ClientTls {
+        platform_roots: false,
+        ca_file: Some(ca.into()),
+        tls13_only: false,
+    })
+    .map_err(|e| jwks::error_chain(&e))?;
     let req = hyper::Request::builder()
         .method(method)
         .uri(url)
@@ -232,7 +236,7 @@ async fn the_partner_client_refuses_wrong_name_untrusted_and_expired_certificate
         let verifier = jwks::JwksVerifier::new(
             &url,
             jwks::VerifierConfig {
-                tls: ClientTls { platform_roots: false, ca_file: Some(ca.clone()) },
+                tls: ClientTls { platform_roots: false, ca_file: Some(ca.clone()), tls13_only: false },
                 ..jwks::VerifierConfig::default()
             },
         )

@@ -104,18 +104,21 @@ pub struct ClientTls {
     pub platform_roots: bool,
     /// PEM file of extra trusted CA certificates (a private PKI, the embedded default's local CA).
     pub ca_file: Option<PathBuf>,
+    /// Refuse TLS 1.2: TLS 1.3 only (the seed's push example, `curl --tlsv1.3`). Default false:
+    /// 1.3 preferred, 1.2 accepted.
+    pub tls13_only: bool,
 }
 
 impl Default for ClientTls {
     fn default() -> Self {
-        Self { platform_roots: true, ca_file: None }
+        Self { platform_roots: true, ca_file: None, tls13_only: false }
     }
 }
 
 impl ClientTls {
     /// Platform roots plus `ca_file` when given.
     pub fn with_ca_file(ca_file: Option<impl Into<PathBuf>>) -> Self {
-        Self { platform_roots: true, ca_file: ca_file.map(Into::into) }
+        Self { platform_roots: true, ca_file: ca_file.map(Into::into), tls13_only: false }
     }
 
     /// The trust anchors this stands for.
@@ -144,7 +147,7 @@ impl ClientTls {
         Ok(roots)
     }
 
-    /// A client configuration: TLS 1.3 and 1.2 (1.3 preferred), these roots, no client
+    /// A client configuration: TLS 1.3 and 1.2 (1.3 preferred; 1.3 only with `tls13_only`), these roots, no client
     /// certificate, ALPN `h2` then `http/1.1`. With no root at all it is still built (plain
     /// `http://` keeps working) and every `https://` request fails; a warning says so.
     pub fn client_config(&self) -> Result<ClientConfig, TlsError> {
@@ -158,8 +161,13 @@ impl ClientTls {
         if roots.is_empty() {
             tracing::warn!("no trusted root certificates (empty platform store, no CA file): https requests will fail");
         }
+        let versions: &[&rustls::SupportedProtocolVersion] = if self.tls13_only {
+            &[&rustls::version::TLS13]
+        } else {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        };
         Ok(ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_protocol_versions(versions)?
             .with_root_certificates(roots)
             .with_no_client_auth())
     }

@@ -498,8 +498,10 @@ mod tests {
     fn construction_validates_url_and_config() {
         let ok = JwksVerifier::new("http://127.0.0.1:9/.well-known/jwks", VerifierConfig::default());
         assert!(ok.is_ok());
-        let no_roots =
-            VerifierConfig { tls: ClientTls { platform_roots: false, ca_file: None }, ..VerifierConfig::default() };
+        let no_roots = VerifierConfig {
+            tls: ClientTls { platform_roots: false, ca_file: None, tls13_only: false },
+            ..VerifierConfig::default()
+        };
         assert!(matches!(
             JwksVerifier::new("https://example.com/jwks", no_roots.clone()),
             Err(ConfigError::Tls(TlsError::NoRoots))

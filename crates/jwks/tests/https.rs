@@ -57,7 +57,7 @@ fn verifier_trusting(url: &str, ca: Option<&Path>) -> JwksVerifier {
     let cfg = VerifierConfig {
         min_refetch_interval: Duration::from_millis(50),
         fetch_timeout: Duration::from_secs(2),
-        tls: ClientTls { platform_roots: false, ca_file: ca.map(Path::to_owned) },
+        tls: ClientTls { platform_roots: false, ca_file: ca.map(Path::to_owned), tls13_only: false },
         ..VerifierConfig::default()
     };
     JwksVerifier::new(url, cfg).expect("verifier")
@@ -156,7 +156,7 @@ async fn oversized_and_silent_https_servers_are_bounded() {
         let cfg = VerifierConfig {
             max_response_bytes: 1024,
             fetch_timeout: Duration::from_secs(2),
-            tls: ClientTls { platform_roots: false, ca_file: Some(pki.ca_file()) },
+            tls: ClientTls { platform_roots: false, ca_file: Some(pki.ca_file()), tls13_only: false },
             ..VerifierConfig::default()
         };
         let verifier = JwksVerifier::new(&server.url(), cfg).expect("verifier");
@@ -175,7 +175,7 @@ async fn oversized_and_silent_https_servers_are_bounded() {
         });
         let cfg = VerifierConfig {
             fetch_timeout: Duration::from_millis(300),
-            tls: ClientTls { platform_roots: false, ca_file: Some(pki.ca_file()) },
+            tls: ClientTls { platform_roots: false, ca_file: Some(pki.ca_file()), tls13_only: false },
             ..VerifierConfig::default()
         };
         let verifier = JwksVerifier::new(&url, cfg).expect("verifier");
@@ -184,6 +184,60 @@ async fn oversized_and_silent_https_servers_are_bounded() {
         assert!(matches!(*cause, FetchError::Timeout(_)), "{cause:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         hold.abort();
+    })
+    .await;
+}
+
+/// A JWKS server that speaks TLS 1.2 only.
+async fn tls12_only_server(
+    cert: &Arc<ReloadableCert>,
+    keys: Arc<SigningKeys>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("versions")
+        .with_no_client_auth()
+        .with_cert_resolver(cert.clone());
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(loopback()).await.expect("bind");
+    let url = format!("https://{}{PATH}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, keys) = (acceptor.clone(), keys.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |_req| {
+                    let body = http_body_util::Full::new(bytes::Bytes::from(keys.jwks().to_string()));
+                    async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_is_accepted_unless_tls13_is_required() {
+    within(async {
+        let pki = Pki::new();
+        let keys = Arc::new(SigningKeys::generate().expect("keygen"));
+        let cert = pki.cert(&pki.ca.issue_loopback().expect("leaf"), "tls12");
+        let (url, task) = tls12_only_server(&cert, keys.clone()).await;
+        // The proxy's JWKS fetch: TLS 1.3 preferred, 1.2 accepted.
+        pki.verifier(&url).refresh_now().await.expect("a TLS 1.2 JWKS server is accepted");
+        // TLS 1.3 only (the simulator's push client): refused, and counted as a TLS failure.
+        let cfg = VerifierConfig {
+            tls: ClientTls { platform_roots: false, ca_file: Some(pki.ca_file()), tls13_only: true },
+            ..VerifierConfig::default()
+        };
+        let strict = JwksVerifier::new(&url, cfg).expect("verifier");
+        let cause = refused(&strict, &keys).await;
+        assert!(matches!(*cause, FetchError::Tls(_)), "{}", error_chain(cause.as_ref()));
+        assert_eq!(strict.stats().tls_failures, 1);
+        task.abort();
     })
     .await;
 }

@@ -7,27 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use common::{Alpn, Http, Pki, config, start, within};
+use common::{Alpn, Http, Pki, config, presented_leaf, start, within};
 use hyper::{StatusCode, Version};
 use partner_server::Config;
-use rustls_pki_types::ServerName;
 
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
 fn tls_config(tls: partner_server::TlsConfig) -> Config {
     Config { tls: Some(tls), plain_http: false, ..config() }
-}
-
-/// The leaf certificate the server presents to a new connection.
-async fn presented_leaf(addr: std::net::SocketAddr, ca_file: &std::path::Path) -> Vec<u8> {
-    let tls = jwks::tls::ClientTls { platform_roots: false, ca_file: Some(ca_file.to_owned()) };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config().expect("client config")));
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let name = ServerName::try_from("127.0.0.1").expect("name");
-    let stream = connector.connect(name, tcp).await.expect("handshake");
-    let (_, conn) = stream.get_ref();
-    assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
-    conn.peer_certificates().expect("peer certificates")[0].as_ref().to_vec()
 }
 
 fn leaf_der(tls: &partner_server::TlsConfig) -> Vec<u8> {
@@ -56,7 +43,7 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
         let verifier = jwks::JwksVerifier::new(
             &server.jwks_url(),
             jwks::VerifierConfig {
-                tls: jwks::tls::ClientTls { platform_roots: false, ca_file: Some(pki.ca_file()) },
+                tls: jwks::tls::ClientTls { platform_roots: false, ca_file: Some(pki.ca_file()), tls13_only: false },
                 ..jwks::VerifierConfig::default()
             },
         )

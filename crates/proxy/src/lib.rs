@@ -101,6 +101,15 @@ fn local_pki() -> Result<&'static LocalPki, jwks::tls::LocalCaError> {
     Ok(PKI.get_or_init(|| LocalPki { ca, dir, issued: std::sync::atomic::AtomicU64::new(0) }))
 }
 
+/// Removes the embedded default's local CA directory, if this process made one (at exit: nothing
+/// may use its certificates afterwards).
+pub fn remove_local_pki() {
+    let dir = std::env::temp_dir().join(format!("interop-proxy-{}", std::process::id()));
+    if dir.join("ca.pem").exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 impl LocalPki {
     /// A fresh loopback certificate, written as `{stem}-{n}.pem` / `.key`.
     fn issue(&self, stem: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), jwks::tls::LocalCaError> {

@@ -92,6 +92,7 @@ async fn main() -> ExitCode {
         Some(Command::GenLocalCa { out, certs }) => gen_local_ca(out, certs),
         Some(Command::Run) | None => run(&cli).await,
     };
+    proxy::remove_local_pki();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

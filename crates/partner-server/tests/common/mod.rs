@@ -150,7 +150,7 @@ impl Http {
 /// A client TLS configuration trusting only `ca_file` (or nothing), without ALPN (the connector
 /// builder sets it).
 fn tls_config(ca_file: Option<&std::path::Path>) -> rustls::ClientConfig {
-    let tls = jwks::tls::ClientTls { platform_roots: false, ca_file: ca_file.map(Into::into) };
+    let tls = jwks::tls::ClientTls { platform_roots: false, ca_file: ca_file.map(Into::into), tls13_only: false };
     let mut config = tls.client_config().expect("client TLS config");
     config.alpn_protocols.clear();
     config
@@ -184,6 +184,18 @@ impl Pki {
     pub fn loopback(&self, stem: &str) -> partner_server::TlsConfig {
         self.write(&self.ca.issue_loopback().expect("leaf"), stem)
     }
+}
+
+/// The leaf certificate the server presents to a new connection.
+pub async fn presented_leaf(addr: std::net::SocketAddr, ca_file: &std::path::Path) -> Vec<u8> {
+    let tls = jwks::tls::ClientTls { platform_roots: false, ca_file: Some(ca_file.to_owned()), tls13_only: false };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config().expect("client config")));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let stream = connector.connect(name, tcp).await.expect("handshake");
+    let (_, conn) = stream.get_ref();
+    assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    conn.peer_certificates().expect("peer certificates")[0].as_ref().to_vec()
 }
 
 /// The chatd simulator's side of push: its signing keys and JWKS endpoint.
