@@ -215,10 +215,11 @@ impl Env {
         let bin = |name: &str| opts.bin_dir.join(name);
 
         let partner_cfg = dir.join("partner-server.toml");
-        // Tokens outlive a day-long soak; the harness asks for many at once.
+        // Tokens outlive a day-long soak; the harness asks for many at once. Plain HTTP: the
+        // harness measures the proxy's edge and chatd paths, not the Partner's HTTPS.
         write(
             &partner_cfg,
-            "listen = \"127.0.0.1:0\"\naudience = \"whatsapp\"\ntoken_ttl_secs = 86400\n\n[limits]\nmax_connections = 1024\n",
+            "plain_http = true\nlisten = \"127.0.0.1:0\"\naudience = \"whatsapp\"\ntoken_ttl_secs = 86400\n\n[limits]\nmax_connections = 1024\n",
         )?;
         let partner_cfg_s = partner_cfg.to_string_lossy().into_owned();
         let mut partner = spawn(

@@ -25,6 +25,11 @@ pub trait TokenVerifier: Send + Sync + 'static {
         integrator: &'a IntegratorConfig,
         token: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<VerifiedToken, TokenRejected>> + Send + 'a>>;
+
+    /// Partner JWKS fetches that failed on TLS so far (for `/admin/stats`).
+    fn jwks_tls_failures(&self) -> u64 {
+        0
+    }
 }
 
 /// Verifies Partner tokens against each integrator's JWKS at
@@ -55,6 +60,10 @@ impl JwksTokenVerifier {
 }
 
 impl TokenVerifier for JwksTokenVerifier {
+    fn jwks_tls_failures(&self) -> u64 {
+        crate::sim::lock(&self.verifiers).values().map(|v| v.stats().tls_failures).sum()
+    }
+
     fn verify<'a>(
         &'a self,
         integrator: &'a IntegratorConfig,
@@ -64,7 +73,7 @@ impl TokenVerifier for JwksTokenVerifier {
             let verifier = self.verifier_for(integrator)?;
             let expect = jwks::Expectations::new(integrator.issuer.clone(), integrator.audience.clone());
             let claims: jwks::PartnerClaims =
-                verifier.verify(token, &expect).await.map_err(|e| TokenRejected(e.to_string()))?;
+                verifier.verify(token, &expect).await.map_err(|e| TokenRejected(jwks::error_chain(&e)))?;
             Ok(VerifiedToken { subject: claims.sub })
         })
     }

@@ -1,6 +1,7 @@
 //! Configuration: one TOML file (`config/chatd-sim.toml` documents every key), validated at start.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -57,15 +58,45 @@ impl Default for ChatConfig {
 pub struct HttpConfig {
     /// The HTTP listener: enlistment API, media, observation API, push JWKS.
     pub listen: SocketAddr,
-    /// The base URL Partners and clients should use; defaults to `http://{listen}`.
+    /// HTTPS on that listener (TLS 1.3, HTTP/1.1 and HTTP/2 by ALPN); plain HTTP without it.
+    pub tls: Option<TlsConfig>,
+    /// The base URL Partners and clients should use; defaults to `https://{listen}` (`http://`
+    /// without `tls`).
     pub public_url: Option<String>,
     /// Largest accepted request body (media uploads included), in bytes.
     pub max_body_bytes: usize,
+    /// PEM CA certificates trusted for the Partner servers (push, their JWKS, their media), in
+    /// addition to the platform's roots.
+    pub partner_ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), public_url: None, max_body_bytes: 16 << 20 }
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            public_url: None,
+            max_body_bytes: 16 << 20,
+            partner_ca_file: None,
+        }
+    }
+}
+
+/// `[http.tls]`: the HTTP listener's certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
+impl HttpConfig {
+    /// Whom the simulator's HTTPS clients (push, Partner JWKS, Partner media) trust, and how:
+    /// TLS 1.3 only, as WhatsApp's push (`curl --tlsv1.3` in the seed's example).
+    pub fn partner_tls(&self) -> jwks::tls::ClientTls {
+        jwks::tls::ClientTls { tls13_only: true, ..jwks::tls::ClientTls::with_ca_file(self.partner_ca_file.clone()) }
     }
 }
 

@@ -135,7 +135,12 @@ pub async fn enlist(sim: &Sim, verifier: &dyn TokenVerifier, body: &[u8]) -> Ans
     }
     match verifier.verify(integrator, &req.token).await {
         Ok(t) if t.subject == req.user_identifier => {}
-        _ => return Answer::fail(Reason::BadToken),
+        Ok(_) => return Answer::fail(Reason::BadToken),
+        Err(e) => {
+            // The answer keeps the seed's reason; the log says why (a JWKS TLS failure included).
+            tracing::info!(integrator = integrator.id, reason = %e, "enlistment token refused");
+            return Answer::fail(Reason::BadToken);
+        }
     }
     let now = sim.clock.now();
     if let Some(jid) = sim.store.jid_by_user(req.integrator, &req.user_identifier) {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -36,26 +37,47 @@ pub struct HttpState {
     pub media: MediaStore,
     /// Set when the clock can be moved through the admin API.
     pub clock: Option<Arc<ShiftedClock>>,
-    pub client: Client<HttpConnector, Full<Bytes>>,
+    pub client: PartnerClient,
 }
+
+/// The client the simulator reaches Partner servers with (push, media): HTTPS or HTTP by URL.
+pub type PartnerClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Time a client gets to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Resp = Response<Full<Bytes>>;
 
-/// Serves HTTP until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<HttpState>) {
+/// Serves HTTP (HTTPS with `tls`: TLS 1.3, HTTP/1.1 or HTTP/2 by ALPN) until the task is dropped.
+pub async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, state: Arc<HttpState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let state = Arc::clone(&state);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            let result = match tls {
+                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => builder.serve_connection(TokioIo::new(stream), service).await,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        debug!("TLS handshake timed out");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = result {
                 debug!(error = %e, "http connection ended");
             }
         });
@@ -138,6 +160,8 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Resp {
                     "pushes_sent": get(&t.pushes_sent),
                     "pushes_failed": get(&t.pushes_failed),
                     "enlistments": get(&t.enlistments),
+                    "partner_tls_failures": get(&t.partner_tls_failures),
+                    "partner_jwks_tls_failures": state.verifier.jwks_tls_failures(),
                 }),
             )
         }
@@ -230,6 +254,11 @@ async fn partner_media(state: &HttpState, integrator: &str, reference: &str) -> 
     };
     let response = match tokio::time::timeout(Duration::from_secs(10), state.client.request(request)).await {
         Ok(Ok(r)) => r,
+        Ok(Err(e)) if jwks::tls::find_tls_error(&e).is_some() => {
+            state.sim.totals.partner_tls_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(url, error = %jwks::error_chain(&e), "partner media: TLS with the Partner failed");
+            return error(StatusCode::BAD_GATEWAY, "partner server certificate refused");
+        }
         _ => return error(StatusCode::BAD_GATEWAY, "partner server unreachable"),
     };
     if !response.status().is_success() {

@@ -21,8 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use jwks::tls::{ReloadableCert, TlsError};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -42,6 +41,8 @@ pub enum StartError {
     Keys(#[from] sim::KeyError),
     #[error("push signing keys: {0}")]
     PushKeys(#[from] jwks::KeyError),
+    #[error("TLS: {}", jwks::error_chain(.0))]
+    Tls(#[from] TlsError),
 }
 
 /// The simulator, not yet started.
@@ -55,13 +56,22 @@ pub struct RunningSim {
     pub chat_addr: SocketAddr,
     pub ws_addr: Option<SocketAddr>,
     pub http_addr: SocketAddr,
+    /// The HTTP listener's certificate, with `[http.tls]`.
+    pub tls: Option<Arc<ReloadableCert>>,
     tasks: JoinSet<()>,
 }
 
 impl RunningSim {
-    /// `http://{http_addr}`.
+    /// `https://{http_addr}` (`http://` without `[http.tls]`).
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
+    }
+
+    /// Re-reads the HTTP listener's certificate and key (new connections get them); on error the
+    /// old pair stays. Without TLS there is nothing to reload.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        self.tls.as_ref().map_or(Ok(()), |cert| cert.reload(None))
     }
 
     /// The root public key clients must trust for this simulator's certificate chain.
@@ -86,13 +96,26 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 impl ChatdSim {
     /// Binds the listeners and starts serving with the JWKS-backed token verifier.
     pub async fn start(config: Config) -> Result<RunningSim, StartError> {
-        let verifier = Arc::new(JwksTokenVerifier::new(config.tokens.verifier_config()));
+        let mut verifier_config = config.tokens.verifier_config();
+        verifier_config.tls = config.http.partner_tls();
+        let verifier = Arc::new(JwksTokenVerifier::new(verifier_config));
         Self::start_with(config, verifier).await
     }
 
     /// Like [`ChatdSim::start`] with a chosen token verifier.
     pub async fn start_with(mut config: Config, verifier: Arc<dyn TokenVerifier>) -> Result<RunningSim, StartError> {
         config.validate()?;
+        let tls = match &config.http.tls {
+            Some(files) => Some(ReloadableCert::load(&files.cert, &files.key)?),
+            None => None,
+        };
+        let acceptor = match &tls {
+            Some(cert) => Some(cert.http_acceptor()?),
+            None => None,
+        };
+        // Push, Partner JWKS and Partner media: HTTPS verified against the platform's roots and
+        // http.partner_ca_file, TLS 1.3 preferred, HTTP/2 where the Partner offers it.
+        let partner_client = jwks::tls::https_client(&config.http.partner_tls())?;
         let chat = bind("chat listener", config.chat.listen).await?;
         let ws = match config.chat.ws_listen {
             Some(addr) => Some(bind("websocket listener", addr).await?),
@@ -102,7 +125,8 @@ impl ChatdSim {
         let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
         let (chat_addr, http_addr) = (local(&chat), local(&http));
         let ws_addr = ws.as_ref().map(local);
-        config.http.public_url.get_or_insert_with(|| format!("http://{http_addr}"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        config.http.public_url.get_or_insert_with(|| format!("{scheme}://{http_addr}"));
 
         let clock = Arc::new(ShiftedClock::default());
         let store = Arc::new(store::MemoryStore::new(config.limits.max_accounts));
@@ -121,10 +145,10 @@ impl ChatdSim {
             push_keys: Arc::clone(&push_keys),
             media: media::MediaStore::new(sim.config.http.max_body_bytes.saturating_mul(16)),
             clock: Some(Arc::clone(&clock)),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: partner_client.clone(),
         });
-        tasks.spawn(http::serve(http, state));
-        tasks.spawn(push::run(Arc::clone(&sim), push_keys, push_rx));
+        tasks.spawn(http::serve(http, acceptor, state));
+        tasks.spawn(push::run(Arc::clone(&sim), push_keys, partner_client, push_rx));
         let sweeper = Arc::clone(&sim);
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -133,6 +157,6 @@ impl ChatdSim {
                 sweeper.sweep();
             }
         });
-        Ok(RunningSim { sim, clock, chat_addr, ws_addr, http_addr, tasks })
+        Ok(RunningSim { sim, clock, chat_addr, ws_addr, http_addr, tls, tasks })
     }
 }

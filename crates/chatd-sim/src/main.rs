@@ -62,7 +62,22 @@ async fn main() -> ExitCode {
     }
     println!("http_url={}", running.http_url());
     println!("root_public_key={}", hex::encode(running.root_public_key()));
-    let _ = tokio::signal::ctrl_c().await;
+    // SIGTERM or Ctrl-C stop; SIGHUP re-reads the HTTPS certificate and key.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        eprintln!("chatd-sim: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => match running.reload_tls() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %jwks::error_chain(&e), "TLS reload failed; keeping the old certificate"),
+            },
+        }
+    }
     running.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -9,18 +9,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jwks::{PushClaims, SigningKeys};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::http::PartnerClient;
 use crate::sim::{PushRequest, Sim};
 
-/// Delivers queued pushes until the queue closes.
-pub async fn run(sim: Arc<Sim>, keys: Arc<SigningKeys>, mut queue: mpsc::Receiver<PushRequest>) {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+/// Delivers queued pushes until the queue closes. `client` speaks HTTPS to the Partner (its
+/// certificate checked against the platform's roots and `http.partner_ca_file`), HTTP/1.1 as in
+/// the seed's example, HTTP/2 where the Partner offers it by ALPN.
+pub async fn run(sim: Arc<Sim>, keys: Arc<SigningKeys>, client: PartnerClient, mut queue: mpsc::Receiver<PushRequest>) {
     while let Some(req) = queue.recv().await {
         let (sim, keys, client) = (Arc::clone(&sim), Arc::clone(&keys), client.clone());
         tokio::spawn(async move {
@@ -34,12 +33,7 @@ pub async fn run(sim: Arc<Sim>, keys: Arc<SigningKeys>, mut queue: mpsc::Receive
     }
 }
 
-async fn deliver(
-    sim: &Sim,
-    keys: &SigningKeys,
-    client: &Client<HttpConnector, Full<Bytes>>,
-    req: &PushRequest,
-) -> bool {
+async fn deliver(sim: &Sim, keys: &SigningKeys, client: &PartnerClient, req: &PushRequest) -> bool {
     let Some(integrator) = sim.config.integrators.iter().find(|i| i.id == req.integrator) else { return false };
     let url = format!("{}/push", integrator.base_url.trim_end_matches('/'));
     let body = serde_json::json!({ "to": req.user_identifier }).to_string();
@@ -70,7 +64,14 @@ async fn deliver(
                 return true;
             }
             Ok(Ok(resp)) => debug!(account = %req.account_jid, attempt, status = %resp.status(), "push refused"),
-            Ok(Err(e)) => debug!(account = %req.account_jid, attempt, error = %e, "push failed"),
+            Ok(Err(e)) => match jwks::tls::find_tls_error(&e) {
+                // A certificate problem will not fix itself between retries: say so loudly.
+                Some(tls) => {
+                    sim.totals.partner_tls_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(account = %req.account_jid, attempt, url, error = %tls, "push refused: TLS with the Partner failed");
+                }
+                None => debug!(account = %req.account_jid, attempt, error = %jwks::error_chain(&e), "push failed"),
+            },
             Err(_) => debug!(account = %req.account_jid, attempt, "push timed out"),
         }
         tokio::time::sleep(backoff).await;

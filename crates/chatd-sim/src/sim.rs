@@ -58,6 +58,8 @@ pub struct Totals {
     pub pushes_sent: AtomicU64,
     pub pushes_failed: AtomicU64,
     pub enlistments: AtomicU64,
+    /// Push and Partner-media requests that failed on TLS (the Partner's certificate refused).
+    pub partner_tls_failures: AtomicU64,
 }
 
 /// Why a stanza could not be delivered.

@@ -191,7 +191,7 @@ async fn both_binaries_as_processes_enlist_and_log_in() {
     let dir = std::env::temp_dir().join(format!("chatd-sim-procs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let partner_cfg = dir.join("partner.toml");
-    std::fs::write(&partner_cfg, "listen = \"127.0.0.1:0\"\n").unwrap();
+    std::fs::write(&partner_cfg, "plain_http = true\nlisten = \"127.0.0.1:0\"\n").unwrap();
     let (_partner, facts) = spawn(&partner_bin, &["--config", partner_cfg.to_str().unwrap()], &["base_url"]);
     let base = facts["base_url"].clone();
 

@@ -139,7 +139,8 @@ pub struct LoginFailed {
 
 /// Enlists this device as Partner user `user` of `integrator` (the seed's Part 1: a token from
 /// the partner server, then the enlistment request with the device's keys) and records the
-/// account and endpoints in the store.
+/// account and endpoints in the store. HTTPS trusts the store's `Endpoints::ca_file` (set it
+/// first for a private PKI) besides the platform's roots.
 pub async fn enlist_partner(
     store: &mut Store,
     chatd_http: &str,
@@ -147,7 +148,7 @@ pub async fn enlist_partner(
     integrator: u16,
     user: &str,
 ) -> Result<String, ClientError> {
-    let services = Services::default();
+    let services = Services::for_store(store)?;
     let token = services.token(partner, user, None).await?;
     let enlisted = services.enlist(chatd_http, store, integrator, user, &token).await?;
     store.set_account(Some(Account::Partner {
@@ -166,7 +167,7 @@ pub async fn enlist_partner(
 
 /// Registers this device as WhatsApp-side user `phone` with the simulator.
 pub async fn register_whatsapp(store: &mut Store, chatd_http: &str, phone: u64) -> Result<String, ClientError> {
-    let jid = Services::default().provision_whatsapp(chatd_http, store, phone).await?;
+    let jid = Services::for_store(store)?.provision_whatsapp(chatd_http, store, phone).await?;
     store.set_account(Some(Account::WhatsApp { jid: jid.clone(), phone }));
     let mut endpoints = store.endpoints().clone();
     endpoints.chatd_http = chatd_http.to_owned();
@@ -196,7 +197,10 @@ impl Client {
     /// bound to the account), or directly to chatd. Tops up one-time prekeys afterwards.
     pub async fn login(store: Store, route: &Route) -> Result<Client, Box<LoginFailed>> {
         let wait = Duration::from_secs(15);
-        let services = Services::default();
+        let services = match Services::for_store(&store) {
+            Ok(s) => s,
+            Err(e) => return Err(Box::new(LoginFailed { store, error: e.into() })),
+        };
         let conn = match Client::connect(&store, &services, route, wait).await {
             Ok(c) => c,
             Err(error) => return Err(Box::new(LoginFailed { store, error })),

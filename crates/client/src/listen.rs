@@ -191,7 +191,7 @@ async fn wait_for_push(store: &Store, deadline: Option<Instant>) -> Result<bool,
     else {
         return Err(ClientError::NotEnlisted);
     };
-    let services = Services::default();
+    let services = Services::for_store(store)?;
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let wait = cap(Duration::from_secs(25), left);

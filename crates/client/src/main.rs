@@ -31,6 +31,11 @@ struct Cli {
     /// chatd's certificate root key (hex) for --direct; by default the simulator's published one.
     #[arg(long, global = true)]
     root: Option<String>,
+    /// PEM CA certificates trusted for the HTTPS services (partner server, chatd's enlistment
+    /// and media host) besides the platform's roots: a private PKI, or the CA the embedded
+    /// proxy prints at start. Remembered in the state directory by enlist / register-wa.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,7 +128,8 @@ async fn route(cli: &Cli, store: &Store) -> Result<Route, String> {
             Some(hex_key) => {
                 hex::decode(hex_key).ok().and_then(|b| b.try_into().ok()).ok_or("--root must be 64 hex characters")?
             }
-            None => client::services::Services::default()
+            None => client::services::Services::for_store(store)
+                .map_err(|e| e.to_string())?
                 .chatd_root(&store.endpoints().chatd_http)
                 .await
                 .map_err(|e| format!("{e} (or give chatd's root key with --root)"))?,
@@ -162,11 +168,21 @@ fn print_event(e: &Event, download: Option<&Path>, saved: &mut Vec<(String, Medi
     }
 }
 
+/// `--ca-file`, when given, replaces the one the store remembers.
+fn apply_ca_file(cli: &Cli, store: &mut Store) {
+    if let Some(ca) = &cli.ca_file {
+        let mut endpoints = store.endpoints().clone();
+        endpoints.ca_file = Some(std::path::absolute(ca).unwrap_or_else(|_| ca.clone()));
+        store.set_endpoints(endpoints);
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     let e = |e: client::ClientError| e.to_string();
     match &cli.command {
         Command::Enlist { user, integrator, partner, chatd } => {
             let mut store = Store::create(Some(&cli.state)).map_err(|e| e.to_string())?;
+            apply_ca_file(&cli, &mut store);
             eprintln!("enlisting {user} with integrator {integrator}...");
             let jid = enlist_partner(&mut store, chatd, partner, *integrator, user).await.map_err(e)?;
             println!("enlisted: {jid}");
@@ -175,13 +191,15 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::RegisterWa { phone, chatd } => {
             let mut store = Store::create(Some(&cli.state)).map_err(|e| e.to_string())?;
+            apply_ca_file(&cli, &mut store);
             let jid = register_whatsapp(&mut store, chatd, *phone).await.map_err(e)?;
             println!("registered: {jid}");
             return Ok(());
         }
         _ => {}
     }
-    let store = Store::open(&cli.state).map_err(|e| e.to_string())?;
+    let mut store = Store::open(&cli.state).map_err(|e| e.to_string())?;
+    apply_ca_file(&cli, &mut store);
     let route = route(&cli, &store).await?;
     if let Command::Listen { seconds, push, download } = &cli.command {
         let mut opts = ListenOptions::new(route.clone());

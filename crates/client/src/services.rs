@@ -8,9 +8,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use jwks::tls::ClientTls;
 use serde_json::{Value, json};
 
 use crate::store::Store;
@@ -30,17 +31,40 @@ pub enum ServiceError {
     BadAnswer { url: String, reason: String },
     #[error("enlistment refused: {0}")]
     Enlist(String),
+    #[error("TLS settings")]
+    Tls(#[from] jwks::tls::TlsError),
 }
 
-/// An HTTP/1.1 client for the services (plain HTTP on loopback in the embedded setup).
+/// An HTTPS client for the services: certificates checked against the platform's roots and an
+/// optional CA file, TLS 1.3 preferred, HTTP/2 or HTTP/1.1 by ALPN; plain `http://` URLs work too.
 #[derive(Clone)]
 pub struct Services {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Default for Services {
+    /// The platform's roots only.
     fn default() -> Self {
-        Services { http: Client::builder(TokioExecutor::new()).build_http() }
+        // No file to read: building on the platform store cannot fail (an empty store is a
+        // warning, and https requests then fail with an unknown-issuer error).
+        Services::new(&ClientTls::default()).expect("a TLS client on the platform's roots needs no file")
+    }
+}
+
+impl Services {
+    /// Trusting `tls`.
+    pub fn new(tls: &ClientTls) -> Result<Services, ServiceError> {
+        Ok(Services { http: jwks::tls::https_client(tls)? })
+    }
+
+    /// The platform's roots plus `ca_file` when given.
+    pub fn with_ca_file(ca_file: Option<&std::path::Path>) -> Result<Services, ServiceError> {
+        Services::new(&ClientTls::with_ca_file(ca_file))
+    }
+
+    /// Trusting what the device's store says (`Endpoints::ca_file`).
+    pub fn for_store(store: &Store) -> Result<Services, ServiceError> {
+        Services::with_ca_file(store.endpoints().ca_file.as_deref())
     }
 }
 
@@ -53,6 +77,11 @@ pub struct Enlisted {
 
 fn unreachable(url: &str, e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Unreachable { url: url.to_owned(), reason: e.to_string() }
+}
+
+/// The whole cause chain: a refused certificate says why (unknown issuer, wrong name, expired).
+fn unreachable_chain(url: &str, e: &(dyn std::error::Error + 'static)) -> ServiceError {
+    ServiceError::Unreachable { url: url.to_owned(), reason: jwks::error_chain(e) }
 }
 
 fn e64(b: &[u8]) -> String {
@@ -77,7 +106,7 @@ impl Services {
             .map_err(|e| unreachable(url, e))?;
         let resp =
             tokio::time::timeout(wait, self.http.request(req)).await.map_err(|_| unreachable(url, "timed out"))?;
-        let resp = resp.map_err(|e| unreachable(url, e))?;
+        let resp = resp.map_err(|e| unreachable_chain(url, &e))?;
         let status = resp.status().as_u16();
         let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| unreachable(url, e))?;

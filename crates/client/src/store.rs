@@ -68,6 +68,10 @@ pub struct Endpoints {
     /// The partner server: tokens, push wake-up, media hosting (Partner users only).
     #[serde(default)]
     pub partner: Option<String>,
+    /// PEM CA certificates trusted for these HTTPS endpoints besides the platform's roots (a
+    /// private PKI, or the embedded default's local CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A message this device sent, kept to re-encrypt on a retry receipt.

@@ -26,22 +26,32 @@ async fn a_partner_user_and_a_whatsapp_user_talk_through_the_cli() {
     let proxy = proxy::start(config).await.unwrap();
     let e = proxy.embedded.as_ref().unwrap();
     let (chatd, partner) = (e.sim.http_url(), e.partner.base_url().to_owned());
+    let ca_file = e.ca_file.to_str().unwrap().to_owned();
+    assert!(chatd.starts_with("https://") && partner.starts_with("https://"));
     let (edge, chat) = (proxy.tcp_addr.unwrap().to_string(), e.sim.chat_addr.to_string());
     let dir = tempfile::tempdir().unwrap();
     let (alice, wa) = (dir.path().join("alice"), dir.path().join("wa"));
 
     let out = tokio::task::spawn_blocking({
-        let (alice, wa, chatd, partner, edge, chat) =
-            (alice.clone(), wa.clone(), chatd.clone(), partner.clone(), edge.clone(), chat.clone());
+        let (alice, wa, chatd, partner, edge, chat, ca_file) =
+            (alice.clone(), wa.clone(), chatd.clone(), partner.clone(), edge.clone(), chat.clone(), ca_file.clone());
         move || {
-            let enlisted =
-                ok(&client(&alice, &["enlist", "--user", "alice", "--partner", &partner, "--chatd", &chatd]));
+            // The embedded services are HTTPS with a local CA: the CLI is told to trust it once,
+            // at enlistment, and remembers it in its state directory.
+            let enlisted = ok(&client(
+                &alice,
+                &["enlist", "--user", "alice", "--partner", &partner, "--chatd", &chatd, "--ca-file", &ca_file],
+            ));
             let alice_jid = enlisted.trim().strip_prefix("enlisted: ").unwrap().lines().next().unwrap().to_owned();
             // Enlisting twice into the same state is refused with advice.
-            let again = client(&alice, &["enlist", "--user", "alice", "--partner", &partner, "--chatd", &chatd]);
+            let again = client(
+                &alice,
+                &["enlist", "--user", "alice", "--partner", &partner, "--chatd", &chatd, "--ca-file", &ca_file],
+            );
             assert!(!again.status.success());
             assert!(String::from_utf8_lossy(&again.stderr).contains("another --state directory"));
-            let registered = ok(&client(&wa, &["register-wa", "--phone", "15557654321", "--chatd", &chatd]));
+            let registered =
+                ok(&client(&wa, &["register-wa", "--phone", "15557654321", "--chatd", &chatd, "--ca-file", &ca_file]));
             let wa_jid = registered.trim().strip_prefix("registered: ").unwrap().to_owned();
             assert!(ok(&client(&alice, &["--proxy", &edge, "login"])).contains(&alice_jid));
 

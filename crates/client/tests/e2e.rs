@@ -335,7 +335,11 @@ async fn blocking_unblocking_enlistment_checks_and_deletion() {
         integrator: 1,
         user: "erin".into(),
     }));
-    stale.set_endpoints(client::Endpoints { chatd_http: w.sim().http_url(), partner: Some(w.partner_url()) });
+    stale.set_endpoints(client::Endpoints {
+        chatd_http: w.sim().http_url(),
+        partner: Some(w.partner_url()),
+        ca_file: None,
+    });
     let failed = Client::login(stale, &w.edge()).await.err().unwrap();
     assert!(matches!(failed.error, ClientError::Refused(CloseReason::Unauthorized)), "{}", failed.error);
 }

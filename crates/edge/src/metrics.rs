@@ -9,6 +9,7 @@
 //! | `waproxy_jwks_refreshes_total` | counter | | successful Partner JWKS fetches |
 //! | `waproxy_jwks_refresh_failures_total` | counter | | failed Partner JWKS fetches |
 //! | `waproxy_jwks_refetches_suppressed_total` | counter | | unknown-kid refetches skipped by the rate limit |
+//! | `waproxy_jwks_tls_failures_total` | counter | | JWKS fetches failed on TLS: certificate refused (untrusted, wrong name, expired) or handshake failed; included in the failures above |
 //! | `waproxy_handshakes_in_flight` | gauge | | logins past the edge's checks whose chatd handshake has not answered yet (bounded by `limits.max_concurrent_handshakes`) |
 //! | `waproxy_connections_rate_limited_total` | counter | | connections refused by the per-source-IP rate limit (`limits.per_ip_connections_per_sec`) with `<failure reason="429" retry_after="N"/>` |
 //! | `waproxy_proxy_protocol_refused_total` | counter | `reason` (untrusted, invalid, closed) | plain-TCP connections closed because `edge.proxy_protocol` is on and the peer is not trusted, sent no valid header, or closed before one |
@@ -58,6 +59,7 @@ pub struct EdgeMetrics {
     pub jwks_refreshes: IntCounter,
     pub jwks_refresh_failures: IntCounter,
     pub jwks_refetches_suppressed: IntCounter,
+    pub jwks_tls_failures: IntCounter,
     pub handshakes_in_flight: IntGauge,
     pub connections_rate_limited: IntCounter,
     pub proxy_protocol_refused: IntCounterVec,
@@ -87,6 +89,10 @@ impl EdgeMetrics {
                 "waproxy_jwks_refetches_suppressed_total",
                 "Unknown-kid JWKS refetches skipped by the rate limit.",
             )?,
+            jwks_tls_failures: IntCounter::new(
+                "waproxy_jwks_tls_failures_total",
+                "Partner JWKS fetches failed on TLS (certificate refused or handshake failed).",
+            )?,
             handshakes_in_flight: IntGauge::new(
                 "waproxy_handshakes_in_flight",
                 "Logins whose chatd handshake is in progress (bounded by limits.max_concurrent_handshakes).",
@@ -109,6 +115,7 @@ impl EdgeMetrics {
         registry.register(Box::new(m.jwks_refreshes.clone()))?;
         registry.register(Box::new(m.jwks_refresh_failures.clone()))?;
         registry.register(Box::new(m.jwks_refetches_suppressed.clone()))?;
+        registry.register(Box::new(m.jwks_tls_failures.clone()))?;
         registry.register(Box::new(m.handshakes_in_flight.clone()))?;
         registry.register(Box::new(m.connections_rate_limited.clone()))?;
         registry.register(Box::new(m.proxy_protocol_refused.clone()))?;
@@ -125,6 +132,7 @@ impl EdgeMetrics {
             (&self.jwks_refreshes, stats.refreshes),
             (&self.jwks_refresh_failures, stats.refresh_failures),
             (&self.jwks_refetches_suppressed, stats.refetches_suppressed),
+            (&self.jwks_tls_failures, stats.tls_failures),
         ] {
             counter.inc_by(value.saturating_sub(counter.get()));
         }

@@ -1,4 +1,5 @@
-//! Fetching and parsing a JWKS over plain HTTP, bounded in time and size.
+//! Fetching and parsing a JWKS over HTTPS (or plain HTTP where the URL says so), bounded in time
+//! and size.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -12,10 +13,11 @@ use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::header::{ACCEPT, CONTENT_LENGTH, USER_AGENT};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
+
+use crate::tls::{ClientTls, FetchClient, TlsError, find_tls_error};
 
 /// Longest kid accepted from a JWKS (and echoed in errors); real kids are tens of characters.
 pub(crate) const MAX_KID_LEN: usize = 256;
@@ -37,6 +39,10 @@ pub enum FetchError {
     /// Connecting or sending the request failed.
     #[error("JWKS request failed")]
     Request(#[source] hyper_util::client::legacy::Error),
+    /// The TLS handshake with the JWKS server failed: most often its certificate was refused
+    /// (untrusted issuer, wrong host name, expired). Counted in `VerifierStats::tls_failures`.
+    #[error("TLS with the JWKS server failed")]
+    Tls(#[source] rustls::Error),
     /// The whole fetch (connect, response, body) took longer than the configured limit.
     #[error("JWKS fetch timed out after {0:?}")]
     Timeout(Duration),
@@ -65,26 +71,24 @@ pub enum FetchError {
     },
 }
 
-/// The HTTP side of the verifier: one pooled plain-HTTP client plus the limits.
+/// The HTTP side of the verifier: one pooled HTTPS-or-HTTP client plus the limits.
 pub(crate) struct Fetcher {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: FetchClient,
     timeout: Duration,
     max_bytes: usize,
     max_keys: usize,
 }
 
 impl Fetcher {
-    pub(crate) fn new(timeout: Duration, max_bytes: usize, max_keys: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
+    pub(crate) fn new(tls: &ClientTls, timeout: Duration, max_bytes: usize, max_keys: usize) -> Result<Self, TlsError> {
+        let connector = tls.connector(Some(timeout))?;
         // Fetches are minutes apart: keep at most one idle connection, and not for long.
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1)
             .build(connector);
-        Self { client, timeout, max_bytes, max_keys }
+        Ok(Self { client, timeout, max_bytes, max_keys })
     }
 
     /// GET the JWKS and turn it into decoding keys by kid.
@@ -103,7 +107,10 @@ impl Fetcher {
             // The URI was validated at construction and the headers are static, so this cannot fail;
             // map it anyway rather than panic.
             .map_err(|e| FetchError::Body(Box::new(e)))?;
-        let response = self.client.request(request).await.map_err(FetchError::Request)?;
+        let response = self.client.request(request).await.map_err(|e| match find_tls_error(&e) {
+            Some(tls) => FetchError::Tls(tls.clone()),
+            None => FetchError::Request(e),
+        })?;
         if response.status() != StatusCode::OK {
             return Err(FetchError::Status(response.status()));
         }

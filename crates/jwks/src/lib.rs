@@ -5,7 +5,9 @@
 //!   and refetches on unknown key ids, rate limited so junk tokens cannot make it hammer the JWKS
 //!   server.
 //! - [`PartnerClaims`] / [`PushClaims`]: the claim sets both sides of the interop flow agree on.
-//! - [`JwksServer`]: a minimal HTTP endpoint serving one [`SigningKeys`]' JWKS (tests, small tools).
+//! - [`tls`]: the one HTTPS client builder (platform roots plus an optional CA file) and the
+//!   reloadable server certificate every HTTP server of the workspace uses.
+//! - [`JwksServer`]: a minimal HTTP(S) endpoint serving one [`SigningKeys`]' JWKS (tests, small tools).
 //!
 //! Crypto is aws-lc-rs only: signing goes straight to aws-lc-rs (the private key never leaves its
 //! `KeyPair`), verification goes through `jsonwebtoken` built with its `aws_lc_rs` provider.
@@ -17,6 +19,7 @@ mod claims;
 mod fetch;
 mod serve;
 mod signing;
+pub mod tls;
 mod verifier;
 
 pub use claims::{PartnerClaims, PushClaims, unix_now};

@@ -1,4 +1,4 @@
-//! A minimal HTTP endpoint that serves one [`SigningKeys`]' JWKS: for tests and small tools that
+//! A minimal HTTP or HTTPS endpoint that serves one [`SigningKeys`]' JWKS: for tests and small tools that
 //! need a JWKS URL without a full server (the chatd simulator's push key, a fake Partner).
 
 use std::convert::Infallible;
@@ -20,6 +20,10 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::SigningKeys;
+use crate::tls::{ReloadableCert, TlsError};
+
+/// Time a client gets to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections served at once; a JWKS endpoint sees a handful of verifiers, not a crowd.
 const MAX_CONNECTIONS: usize = 256;
@@ -34,6 +38,7 @@ pub struct JwksServer;
 pub struct RunningJwksServer {
     local_addr: SocketAddr,
     path: String,
+    scheme: &'static str,
     requests: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -49,12 +54,33 @@ impl JwksServer {
     /// Bind `addr` (port 0 picks one) and serve the JWKS of `keys` at `path` (e.g.
     /// `/.well-known/jwks`).
     pub async fn start(addr: SocketAddr, path: &str, keys: Arc<SigningKeys>) -> io::Result<RunningJwksServer> {
+        Self::start_inner(addr, path, keys, None).await
+    }
+
+    /// Like [`start`](Self::start), over TLS 1.3 with `cert` (ALPN `h2`, `http/1.1`).
+    pub async fn start_tls(
+        addr: SocketAddr,
+        path: &str,
+        keys: Arc<SigningKeys>,
+        cert: &Arc<ReloadableCert>,
+    ) -> io::Result<RunningJwksServer> {
+        let acceptor = cert.http_acceptor().map_err(|e: TlsError| io::Error::other(e))?;
+        Self::start_inner(addr, path, keys, Some(acceptor)).await
+    }
+
+    async fn start_inner(
+        addr: SocketAddr,
+        path: &str,
+        keys: Arc<SigningKeys>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> io::Result<RunningJwksServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, path.to_owned(), keys, requests.clone(), stop_rx));
-        Ok(RunningJwksServer { local_addr, path: path.to_owned(), requests, stop, task: Some(task) })
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = tokio::spawn(accept_loop(listener, path.to_owned(), keys, requests.clone(), tls, stop_rx));
+        Ok(RunningJwksServer { local_addr, path: path.to_owned(), scheme, requests, stop, task: Some(task) })
     }
 }
 
@@ -64,9 +90,9 @@ impl RunningJwksServer {
         self.local_addr
     }
 
-    /// `http://{addr}{path}`.
+    /// `http://{addr}{path}`, or `https://` when started with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.local_addr, self.path)
+        format!("{}://{}{}", self.scheme, self.local_addr, self.path)
     }
 
     /// JWKS requests served (GETs of the JWKS path) so far.
@@ -98,6 +124,7 @@ async fn accept_loop(
     path: String,
     keys: Arc<SigningKeys>,
     requests: Arc<AtomicU64>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -128,12 +155,28 @@ async fn accept_loop(
             async move { Ok::<_, Infallible>(response) }
         });
         let mut stop = stop.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let served = async {
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "JWKS server: TLS handshake failed"),
+                            Err(_) => tracing::debug!("JWKS server: TLS handshake timed out"),
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                _ = conn => {}
+                _ = served => {}
                 _ = stop.wait_for(|stopped| *stopped) => {}
             }
         });

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::fetch::{FetchError, Fetcher, MAX_KID_LEN, truncate_kid};
+use crate::tls::{ClientTls, TlsError};
 
 /// Longest token accepted, in bytes. The seed caps Partner tokens at 4 KiB; twice that leaves room
 /// for other issuers while keeping base64/JSON work on junk input bounded.
@@ -38,6 +39,9 @@ pub struct VerifierConfig {
     pub max_response_bytes: usize,
     /// Bound on keys in the set. Default 32.
     pub max_keys: usize,
+    /// Whom an `https://` JWKS server's certificate must chain to: the platform's roots and/or
+    /// a CA file. Default: the platform's roots.
+    pub tls: ClientTls,
 }
 
 impl Default for VerifierConfig {
@@ -49,6 +53,7 @@ impl Default for VerifierConfig {
             fetch_timeout: Duration::from_secs(5),
             max_response_bytes: 64 * 1024,
             max_keys: 32,
+            tls: ClientTls::default(),
         }
     }
 }
@@ -83,7 +88,7 @@ pub enum ConfigError {
         #[source]
         source: hyper::http::uri::InvalidUri,
     },
-    /// The JWKS URL is not `http://host[:port]/path`.
+    /// The JWKS URL is not `https://host[:port]/path` (or `http://`).
     #[error("unsupported JWKS URL {url:?}: {reason}")]
     UnsupportedUrl {
         /// The URL as given.
@@ -94,6 +99,9 @@ pub enum ConfigError {
     /// A duration or limit in [`VerifierConfig`] is zero.
     #[error("verifier config: {0} must be greater than zero")]
     Zero(&'static str),
+    /// The TLS trust settings cannot be used (unreadable CA file, no roots at all).
+    #[error("JWKS TLS settings")]
+    Tls(#[from] TlsError),
 }
 
 /// Why a token was rejected.
@@ -179,6 +187,9 @@ pub struct VerifierStats {
     pub refetches_suppressed: u64,
     /// Keys in the cached set now.
     pub keys: u64,
+    /// Failed fetches whose cause was TLS: the server's certificate was refused (untrusted,
+    /// wrong name, expired) or the handshake failed. Included in `refresh_failures`.
+    pub tls_failures: u64,
 }
 
 /// A fetched set and when its fetch started.
@@ -202,6 +213,7 @@ struct Counters {
     refresh_failures: AtomicU64,
     unknown_kid_refetches: AtomicU64,
     refetches_suppressed: AtomicU64,
+    tls_failures: AtomicU64,
 }
 
 struct Inner {
@@ -224,8 +236,8 @@ struct Inner {
 /// need it wait for it, and tasks holding a still-usable (if stale) set keep verifying with it
 /// while another task refreshes.
 ///
-/// Plain `http://` only for now: HTTPS JWKS URLs are rejected at construction (needs a TLS
-/// connector such as hyper-rustls, which is not wired in yet).
+/// `https://` URLs are fetched over TLS (1.3 preferred, 1.2 accepted) with the certificate
+/// checked against `VerifierConfig::tls`; `http://` is fetched in the clear (loopback, tests).
 ///
 /// Needs a Tokio runtime (with timers) when verifying.
 #[derive(Clone)]
@@ -240,15 +252,16 @@ impl fmt::Debug for JwksVerifier {
 }
 
 impl JwksVerifier {
-    /// A verifier for the JWKS at `url` (`http://host[:port]/path`). Does no I/O.
+    /// A verifier for the JWKS at `url` (`https://host[:port]/path`, or `http://`). Reads the
+    /// trust store and CA file, but does no network I/O.
     pub fn new(url: &str, config: VerifierConfig) -> Result<Self, ConfigError> {
         let uri: Uri = url.parse().map_err(|source| ConfigError::InvalidUrl { url: url.to_owned(), source })?;
         let unsupported = |reason| ConfigError::UnsupportedUrl { url: url.to_owned(), reason };
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(unsupported("https is not supported yet (plain http only)")),
-            _ => return Err(unsupported("scheme must be http")),
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(unsupported("scheme must be https or http")),
+        };
         if uri.host().is_none_or(str::is_empty) {
             return Err(unsupported("no host"));
         }
@@ -263,7 +276,10 @@ impl JwksVerifier {
                 return Err(ConfigError::Zero(name));
             }
         }
-        let fetcher = Fetcher::new(config.fetch_timeout, config.max_response_bytes, config.max_keys);
+        if https && config.tls.root_store()?.is_empty() {
+            return Err(TlsError::NoRoots.into());
+        }
+        let fetcher = Fetcher::new(&config.tls, config.fetch_timeout, config.max_response_bytes, config.max_keys)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 url: url.to_owned(),
@@ -292,6 +308,7 @@ impl JwksVerifier {
             unknown_kid_refetches: c.unknown_kid_refetches.load(Ordering::Relaxed),
             refetches_suppressed: c.refetches_suppressed.load(Ordering::Relaxed),
             keys,
+            tls_failures: c.tls_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -449,6 +466,9 @@ impl JwksVerifier {
             }
             Err(e) => {
                 self.inner.counters.refresh_failures.fetch_add(1, Ordering::Relaxed);
+                if matches!(e, FetchError::Tls(_)) {
+                    self.inner.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::warn!(url = %self.inner.url, error = %error_chain(&e), "JWKS fetch failed");
                 let e = Arc::new(e);
                 state.last_error = Some(e.clone());
@@ -478,9 +498,21 @@ mod tests {
     fn construction_validates_url_and_config() {
         let ok = JwksVerifier::new("http://127.0.0.1:9/.well-known/jwks", VerifierConfig::default());
         assert!(ok.is_ok());
+        let no_roots = VerifierConfig {
+            tls: ClientTls { platform_roots: false, ca_file: None, tls13_only: false },
+            ..VerifierConfig::default()
+        };
         assert!(matches!(
-            JwksVerifier::new("https://example.com/jwks", VerifierConfig::default()),
-            Err(ConfigError::UnsupportedUrl { .. })
+            JwksVerifier::new("https://example.com/jwks", no_roots.clone()),
+            Err(ConfigError::Tls(TlsError::NoRoots))
+        ));
+        // Plain http needs no roots.
+        assert!(JwksVerifier::new("http://127.0.0.1:9/jwks", no_roots).is_ok());
+        let missing_ca =
+            VerifierConfig { tls: ClientTls::with_ca_file(Some("/nonexistent/ca.pem")), ..VerifierConfig::default() };
+        assert!(matches!(
+            JwksVerifier::new("https://example.com/jwks", missing_ca),
+            Err(ConfigError::Tls(TlsError::Cert { .. }))
         ));
         assert!(matches!(
             JwksVerifier::new("ftp://example.com/jwks", VerifierConfig::default()),

@@ -70,14 +70,23 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The whole configuration. `Default` is a loopback server on port 8480 with push disabled.
+/// The whole configuration. `Default` (for embedding in tests) is a plain-HTTP loopback server on
+/// port 8480 with push disabled; a configuration file must choose: `[tls]` or `plain_http = true`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to bind; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// HTTPS on the listener: TLS 1.3, HTTP/1.1 and HTTP/2 by ALPN, certificate and key reloaded
+    /// on SIGHUP (or [`reload_tls`](crate::RunningPartnerServer::reload_tls)).
+    pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP (no `[tls]`): loopback and tests only. A file that sets neither is an
+    /// error; in a file it defaults to false, in `Config::default()` to true.
+    #[serde(default)]
+    pub plain_http: bool,
     /// The URL clients and WhatsApp reach this server at (no trailing slash). Default
-    /// `http://{listen}`, with an unspecified listen address replaced by 127.0.0.1.
+    /// `https://{listen}` (`http://` with `plain_http`), with an unspecified listen address
+    /// replaced by 127.0.0.1.
     pub public_base_url: Option<String>,
     /// `iss` of the tokens this server issues. Default: the base URL.
     pub issuer: Option<String>,
@@ -101,6 +110,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
+            tls: None,
+            plain_http: true,
             public_base_url: None,
             issuer: None,
             audience: "whatsapp".into(),
@@ -114,13 +125,25 @@ impl Default for Config {
     }
 }
 
+/// `[tls]`: the listener's certificate.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
 /// `[push]`: how WhatsApp's (the simulator's) push JWTs are verified.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PushConfig {
-    /// The pusher's JWKS (the chatd simulator's `/.well-known/jwks`), plain `http://` only. Unset:
-    /// `/push` answers 503 until an embedding program sets it at run time.
+    /// The pusher's JWKS (the chatd simulator's `/.well-known/jwks`), `https://` (or `http://`
+    /// on loopback). Unset: `/push` answers 503 until an embedding program sets it at run time.
     pub jwks_url: Option<String>,
+    /// PEM CA certificates trusted for `jwks_url`, in addition to the platform's roots.
+    pub jwks_ca_file: Option<PathBuf>,
     /// Required `iss` of push tokens.
     pub issuer: String,
     /// Required `aud` of push tokens. Default: this server's base URL.
@@ -139,6 +162,7 @@ impl Default for PushConfig {
     fn default() -> Self {
         Self {
             jwks_url: None,
+            jwks_ca_file: None,
             issuer: "WHATSAPP".into(),
             audience: None,
             leeway_secs: 60,
@@ -281,6 +305,12 @@ impl Config {
             return Err(invalid("media.max_objects", "must be greater than zero"));
         }
 
+        match (&self.tls, self.plain_http) {
+            (None, false) => return Err(invalid("tls", "set [tls] cert and key, or plain_http = true")),
+            (Some(_), true) => return Err(invalid("plain_http", "cannot be true together with [tls]")),
+            _ => {}
+        }
+
         let limits = &self.limits;
         for (value, key) in [
             (limits.max_connections as u64, "limits.max_connections"),
@@ -311,6 +341,7 @@ impl PushConfig {
         jwks::VerifierConfig {
             refresh_interval: Duration::from_secs(self.jwks_refresh_secs.max(1)),
             min_refetch_interval: Duration::from_secs(self.jwks_min_refetch_secs.max(1)),
+            tls: jwks::tls::ClientTls::with_ca_file(self.jwks_ca_file.clone()),
             ..jwks::VerifierConfig::default()
         }
     }
@@ -340,6 +371,9 @@ mod tests {
         let text = include_str!("../../../config/partner-server.toml");
         let config = Config::from_toml_str(text).expect("example config is valid");
         assert_eq!(config.audience, "whatsapp");
+        assert!(config.tls.is_some() && !config.plain_http, "the example serves HTTPS");
+        // A file that says nothing about TLS is refused: plain HTTP only when asked for.
+        assert!(matches!(Config::from_toml_str(""), Err(ConfigError::Invalid { key: "tls", .. })));
     }
 
     #[test]
@@ -349,12 +383,16 @@ mod tests {
             ("token_ttl_secs = 0", "token_ttl_secs"),
             ("audience = \"\"", "audience"),
             ("[media]\nmax_object_bytes = 10\nmax_total_bytes = 5", "media.max_total_bytes"),
-            ("[push]\njwks_url = \"https://x/jwks\"", "push.jwks_url"),
+            ("[push]\njwks_url = \"ftp://x/jwks\"", "push.jwks_url"),
+            ("plain_http = false", "tls"),
+            ("plain_http = true\n[tls]\ncert = \"c\"\nkey = \"k\"", "plain_http"),
             ("[limits]\nmax_wait_ms = 99999999", "limits.max_wait_ms"),
             ("admin_token = \"short\"", "admin_token"),
             ("public_base_url = \"ftp://x\"", "public_base_url"),
         ];
         for (text, key) in cases {
+            let text = if text.contains("plain_http") { text.to_owned() } else { format!("plain_http = true\n{text}") };
+            let text = text.as_str();
             match Config::from_toml_str(text) {
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
                 other => panic!("{text}: expected invalid {key}, got {other:?}"),
@@ -368,7 +406,7 @@ mod tests {
 
     #[test]
     fn admin_token_is_redacted() {
-        let c = Config::from_toml_str("admin_token = \"0123456789abcdef-secret\"").expect("valid");
+        let c = Config::from_toml_str("plain_http = true\nadmin_token = \"0123456789abcdef-secret\"").expect("valid");
         assert!(!format!("{c:?}").contains("secret"));
     }
 }

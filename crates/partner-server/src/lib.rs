@@ -14,8 +14,11 @@
 //! | `POST /media`, `GET /{storage_reference}` | media hosting (seed 4.1.1) |
 //! | `GET /livez` | liveness |
 //!
-//! HTTP/1.1 and HTTP/2 (prior knowledge, h2c) are served on the same port, as the seed requires
-//! both. Run it in-process with [`PartnerServer::start`], or as the `partner-server` binary.
+//! HTTPS: with `[tls]` the listener speaks TLS 1.3 only, and HTTP/2 or HTTP/1.1 is chosen by ALPN
+//! (the seed requires both of Partner servers); the certificate and key are reloaded without a
+//! restart ([`RunningPartnerServer::reload_tls`], SIGHUP in the binary). Plain HTTP (HTTP/1.1 and
+//! h2c prior knowledge) only with `plain_http = true`. Run it in-process with
+//! [`PartnerServer::start`], or as the `partner-server` binary.
 //! See `docs/partner-server.md`.
 
 mod config;
@@ -31,6 +34,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use jwks::tls::{ReloadableCert, TlsError};
 use jwks::{JwksVerifier, SigningKeys};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
@@ -38,7 +42,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    Config, ConfigError, LimitsConfig, MAX_TOKEN_TTL_SECS, MAX_WAIT_CAP_MS, MediaConfig, PushConfig, Secret,
+    Config, ConfigError, LimitsConfig, MAX_TOKEN_TTL_SECS, MAX_WAIT_CAP_MS, MediaConfig, PushConfig, Secret, TlsConfig,
 };
 pub use http::JWKS_PATH;
 pub use media::MediaUsage;
@@ -50,6 +54,8 @@ use push::Pushes;
 
 /// Listen backlog: connection bursts beyond the default 128 otherwise cost SYN retransmits.
 const LISTEN_BACKLOG: u32 = 1024;
+/// Time a client gets to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +75,9 @@ pub enum StartError {
     /// The signing key could not be generated.
     #[error("cannot create the signing key")]
     Keys(#[from] jwks::KeyError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS certificate")]
+    Tls(#[from] TlsError),
 }
 
 /// Entry point: see [`PartnerServer::start`].
@@ -81,6 +90,7 @@ pub struct RunningPartnerServer {
     local_addr: SocketAddr,
     base_url: String,
     state: Arc<AppState>,
+    tls: Option<Arc<ReloadableCert>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -104,6 +114,14 @@ impl PartnerServer {
         })
         .await
         .map_err(|_| jwks::KeyError::Generate)??;
+        let tls = match &config.tls {
+            Some(files) => Some(ReloadableCert::load(&files.cert, &files.key)?),
+            None => None,
+        };
+        let acceptor = match &tls {
+            Some(cert) => Some(cert.http_acceptor()?),
+            None => None,
+        };
         let listener = bind(config.listen).map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
 
@@ -114,7 +132,8 @@ impl PartnerServer {
                 if shown.ip().is_unspecified() {
                     shown.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
-                format!("http://{shown}")
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{shown}")
             }
         };
         let push_verifier = match &config.push.jwks_url {
@@ -135,9 +154,9 @@ impl PartnerServer {
             shutdown: CancellationToken::new(),
             config,
         });
-        tracing::info!(%base_url, issuer = %state.issuer, kid = %state.keys.current_kid(), "partner server listening");
-        let task = tokio::spawn(serve(listener, state.clone()));
-        Ok(RunningPartnerServer { local_addr, base_url, state, task: Some(task) })
+        tracing::info!(%base_url, issuer = %state.issuer, kid = %state.keys.current_kid(), tls = tls.is_some(), "partner server listening");
+        let task = tokio::spawn(serve(listener, acceptor, state.clone()));
+        Ok(RunningPartnerServer { local_addr, base_url, state, tls, task: Some(task) })
     }
 }
 
@@ -147,7 +166,8 @@ impl RunningPartnerServer {
         self.local_addr
     }
 
-    /// The base URL (`public_base_url`, or `http://{local_addr}`), no trailing slash.
+    /// The base URL (`public_base_url`, or `https://{local_addr}` (`http://` without TLS)), no
+    /// trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
@@ -196,6 +216,21 @@ impl RunningPartnerServer {
         Ok(())
     }
 
+    /// Whether the listener serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Re-reads the TLS certificate and key (from `paths` when given, else the files in use)
+    /// without a restart: new connections get the new certificate, open ones keep theirs. On
+    /// error the old certificate stays. Without TLS there is nothing to reload (`Ok`).
+    pub fn reload_tls(&self, paths: Option<(&std::path::Path, &std::path::Path)>) -> Result<(), TlsError> {
+        match &self.tls {
+            Some(cert) => cert.reload(paths),
+            None => Ok(()),
+        }
+    }
+
     /// Stop accepting, end long-polls (503), let open requests finish for up to
     /// `limits.shutdown_grace_secs`, then close whatever is left. Returns once the port is released
     /// and every connection is closed.
@@ -223,7 +258,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn serve(listener: TcpListener, state: Arc<AppState>) {
+async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, state: Arc<AppState>) {
     let limits = &state.config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(limits.header_timeout_secs));
@@ -264,10 +299,28 @@ async fn serve(listener: TcpListener, state: Arc<AppState>) {
             let state = state.clone();
             hyper::service::service_fn(move |req| http::handle(state.clone(), req))
         };
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let watched = graceful.watch(conn);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         connections.spawn(async move {
-            if let Err(e) = watched.await {
+            // The TLS handshake runs in the connection's task, bounded, so a slow client holds
+            // only its own slot. The protocol is the one ALPN chose: the auto builder reads the
+            // HTTP/2 preface when the client picked h2.
+            let result = match tls {
+                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);

@@ -49,7 +49,23 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Machine-readable lines on stdout (logs go to stderr): scripts and tests read the URLs here.
     println!("base_url: {}", server.base_url());
     println!("jwks_url: {}", server.jwks_url());
-    wait_for_signal().await?;
+    // SIGHUP re-reads the TLS certificate and key from the configured files; a failed reload
+    // keeps the old pair.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = &mut stop => {
+                r?;
+                break;
+            }
+            _ = hup.recv() => match server.reload_tls(None) {
+                Ok(()) => tracing::info!(tls = server.is_tls(), "TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %error_chain(&e), "TLS reload failed; keeping the old certificate"),
+            },
+        }
+    }
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())

@@ -58,7 +58,7 @@ async fn binary_serves_from_config_file_and_stops_on_sigterm() {
         // The file's port is unusable (1): --listen must override it.
         let config = TempConfig::new(
             "ok",
-            "listen = \"127.0.0.1:1\"\naudience = \"whatsapp-test\"\ntoken_ttl_secs = 120\n[media]\nmax_object_bytes = 1024\n",
+            "plain_http = true\nlisten = \"127.0.0.1:1\"\naudience = \"whatsapp-test\"\ntoken_ttl_secs = 120\n[media]\nmax_object_bytes = 1024\n",
         );
         let mut child = Command::new(BIN)
             .arg("--config")
@@ -101,7 +101,8 @@ async fn binary_serves_from_config_file_and_stops_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_rejects_invalid_config_with_a_clear_error() {
     within(async {
-        let config = TempConfig::new("bad", "listen = \"127.0.0.1:0\"\n[media]\nmax_object_bytes = 0\n");
+        let config =
+            TempConfig::new("bad", "plain_http = true\nlisten = \"127.0.0.1:0\"\n[media]\nmax_object_bytes = 0\n");
         let output = tokio::time::timeout(
             Duration::from_secs(30),
             Command::new(BIN).arg("--config").arg(&config.0).stdin(Stdio::null()).output(),
@@ -116,6 +117,68 @@ async fn binary_rejects_invalid_config_with_a_clear_error() {
         let missing = Command::new(BIN).arg("--config").arg("/nonexistent/partner.toml").output().await.expect("run");
         assert!(!missing.status.success());
         assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_https_and_reloads_its_certificate_on_sighup() {
+    within(async {
+        let pki = common::Pki::new();
+        let tls = pki.loopback("served");
+        let config = TempConfig::new(
+            "tls",
+            &format!(
+                "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                tls.cert.display(),
+                tls.key.display()
+            ),
+        );
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config.0)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn partner-server");
+        let (base, jwks_url) = read_urls(&mut child).await;
+        assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+        let fingerprint = |der: &[u8]| der.iter().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(*b)));
+        let served = |url: String| {
+            let ca = pki.ca_file();
+            async move {
+                let http = Http::tls(&ca, common::Alpn::Both, true);
+                let reply = http.try_get(&url).await.expect("HTTPS request");
+                assert_eq!(reply.status, StatusCode::OK);
+            }
+        };
+        served(jwks_url.clone()).await;
+        let before = fingerprint(&std::fs::read(&tls.cert).expect("cert"));
+
+        // New files in place (written whole, then renamed by IssuedCert::write), then SIGHUP.
+        let fresh = pki.ca.issue_loopback().expect("leaf");
+        fresh.write(pki.dir.path(), "served").expect("replace files");
+        assert_ne!(before, fingerprint(&std::fs::read(&tls.cert).expect("cert")));
+        let pid = child.id().expect("pid").to_string();
+        assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+        // New connections get the new certificate; requests keep working throughout.
+        let want = jwks::tls::load_certs(&tls.cert).expect("cert")[0].as_ref().to_vec();
+        let addr: std::net::SocketAddr = base.trim_start_matches("https://").parse().expect("addr");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            served(jwks_url.clone()).await;
+            if common::presented_leaf(addr, &pki.ca_file()).await == want {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the new certificate was never served");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pid = child.id().expect("pid").to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits").expect("wait");
+        assert!(exit.success(), "{exit:?}");
     })
     .await;
 }

@@ -118,9 +118,12 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// The Partner's JWKS (`https://partner.example/.well-known/oauth/openid/jwks`; plain http
-    /// only on loopback for now).
+    /// The Partner's JWKS (`https://partner.example/.well-known/oauth/openid/jwks`; `http://`
+    /// only on loopback).
     pub jwks_url: String,
+    /// PEM CA certificates trusted for `jwks_url` besides the platform's roots (a private PKI).
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
     /// The `iss` the Partner's tokens carry.
     pub issuer: String,
     /// The `aud` the Partner's tokens carry.
@@ -345,6 +348,11 @@ impl Config {
         match (&self.auth, self.embedded) {
             (None, false) => return invalid("auth", "required (or set embedded = true)"),
             (Some(a), _) => {
+                if let Some(ca) = &a.jwks_ca_file
+                    && let Err(e) = jwks::tls::load_certs(ca)
+                {
+                    return Err(ConfigError::Invalid { key: "auth.jwks_ca_file", message: jwks::error_chain(&e) });
+                }
                 if a.account_claim.is_empty() {
                     return invalid("auth.account_claim", "must name a claim");
                 }

@@ -3,6 +3,7 @@
 //! login frames) are also what the proxy's own tests use to drive the edge at the frame level.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use client::client::{enlist_partner, register_whatsapp};
@@ -19,6 +20,24 @@ pub struct DemoTargets {
     pub partner_url: String,
     pub sim_url: String,
     pub edge_addr: SocketAddr,
+    /// The CA the HTTPS services' certificates chain to, besides the platform's roots (the
+    /// embedded default's local CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl DemoTargets {
+    fn services(&self) -> Result<Services, DemoError> {
+        step("TLS settings", Services::with_ca_file(self.ca_file.as_deref()))
+    }
+
+    /// A new device store that trusts `ca_file` for the HTTPS services.
+    fn store(&self) -> Result<Store, DemoError> {
+        let mut store = step("device", Store::create(None))?;
+        let mut endpoints = store.endpoints().clone();
+        endpoints.ca_file = self.ca_file.clone();
+        store.set_endpoints(endpoints);
+        Ok(store)
+    }
 }
 
 /// What went wrong, in words for the console.
@@ -50,12 +69,12 @@ impl User {
 
 /// A Partner JWT for `user` from the partner server, bound to `account` when given.
 pub async fn token(targets: &DemoTargets, user: &str, account: Option<&str>) -> Result<String, DemoError> {
-    step("token", Services::default().token(&targets.partner_url, user, account).await)
+    step("token", targets.services()?.token(&targets.partner_url, user, account).await)
 }
 
 /// Enlists `user` (the seed's Part 1 request) and returns its interop JID.
 pub async fn enlist(targets: &DemoTargets, user: &User) -> Result<Jid, DemoError> {
-    let services = Services::default();
+    let services = targets.services()?;
     let token = token(targets, &user.name, None).await?;
     let enlisted = step("enlisting", services.enlist(&targets.sim_url, &user.store, 1, &user.name, &token).await)?;
     Jid::parse(&enlisted.jid).map_err(|e| err("login JID", e))
@@ -133,21 +152,21 @@ async fn media_exchange(
 /// receipts. Only ciphertext crosses the proxy. `show_metrics` runs while the sessions are up.
 pub async fn run(targets: &DemoTargets, chat_addr: SocketAddr, show_metrics: &dyn Fn()) -> Result<(), DemoError> {
     let (chatd, partner) = (targets.sim_url.as_str(), targets.partner_url.as_str());
-    println!("demo: two Partner users enlist (Signal keys made on the device); one WhatsApp user registers");
+    println!("demo: two Partner users enlist over HTTPS (Signal keys made on the device); one WhatsApp user registers");
     let mut devices = Vec::new();
     for name in ["alice", "bob"] {
-        let mut store = step("device", Store::create(None))?;
+        let mut store = targets.store()?;
         let jid = step("enlisting", enlist_partner(&mut store, chatd, partner, 1, name).await)?;
         println!("  {name:<5} enlisted as {jid}");
         devices.push(store);
     }
-    let mut wa_store = step("device", Store::create(None))?;
+    let mut wa_store = targets.store()?;
     let wa_jid = step("registering", register_whatsapp(&mut wa_store, chatd, 15550001234).await)?;
     println!("  wa    registered as {wa_jid} (a WhatsApp-side user of the simulator)");
 
     println!("demo: alice and bob log in through the proxy at {}; wa connects to chatd directly", targets.edge_addr);
     let edge = Route::Edge { addr: targets.edge_addr, tls: None };
-    let root = step("chatd root key", Services::default().chatd_root(chatd).await)?;
+    let root = step("chatd root key", targets.services()?.chatd_root(chatd).await)?;
     let bob_store = devices.pop().ok_or_else(|| DemoError("no device".into()))?;
     let alice_store = devices.pop().ok_or_else(|| DemoError("no device".into()))?;
     let mut alice = Client::login(alice_store, &edge).await.map_err(|f| err("alice login", f.error))?;

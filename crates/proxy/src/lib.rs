@@ -61,12 +61,62 @@ pub enum StartError {
     Partner(#[from] partner_server::StartError),
     #[error("embedded partner server: {0}")]
     PartnerConfig(#[from] partner_server::ConfigError),
+    #[error("embedded local CA: {}", jwks::error_chain(.0))]
+    LocalCa(#[from] jwks::tls::LocalCaError),
 }
 
-/// The in-process WhatsApp side and Partner server of the embedded default.
+/// The in-process WhatsApp side and Partner server of the embedded default, both on HTTPS with
+/// certificates from a local CA generated at start.
 pub struct Embedded {
     pub sim: RunningSim,
     pub partner: RunningPartnerServer,
+    /// The local CA's certificate (PEM): what clients outside this process must trust
+    /// (`interop-client --ca-file`, `curl --cacert`).
+    pub ca_file: std::path::PathBuf,
+}
+
+/// The embedded default's local CA: one per process, generated on first use, trusted by this
+/// process's own HTTPS clients, its certificate written to `{temp}/interop-proxy-{pid}/ca.pem`.
+struct LocalPki {
+    ca: jwks::tls::LocalCa,
+    dir: std::path::PathBuf,
+    issued: std::sync::atomic::AtomicU64,
+}
+
+fn local_pki() -> Result<&'static LocalPki, jwks::tls::LocalCaError> {
+    static PKI: std::sync::OnceLock<LocalPki> = std::sync::OnceLock::new();
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if let Some(pki) = PKI.get() {
+        return Ok(pki);
+    }
+    let _once = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pki) = PKI.get() {
+        return Ok(pki);
+    }
+    let dir = std::env::temp_dir().join(format!("interop-proxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|source| jwks::tls::LocalCaError::Write { path: dir.display().to_string(), source })?;
+    let ca = jwks::tls::LocalCa::generate(&format!("interop-proxy embedded local CA (pid {})", std::process::id()))?;
+    ca.write_cert(&dir.join("ca.pem"))?;
+    ca.trust_in_this_process();
+    Ok(PKI.get_or_init(|| LocalPki { ca, dir, issued: std::sync::atomic::AtomicU64::new(0) }))
+}
+
+/// Removes the embedded default's local CA directory, if this process made one (at exit: nothing
+/// may use its certificates afterwards).
+pub fn remove_local_pki() {
+    let dir = std::env::temp_dir().join(format!("interop-proxy-{}", std::process::id()));
+    if dir.join("ca.pem").exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+impl LocalPki {
+    /// A fresh loopback certificate, written as `{stem}-{n}.pem` / `.key`.
+    fn issue(&self, stem: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), jwks::tls::LocalCaError> {
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        self.ca.issue_loopback()?.write(&self.dir, &format!("{stem}-{n}"))
+    }
 }
 
 /// A running proxy. Dropping it stops every task.
@@ -189,14 +239,24 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener,
     edge::listener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// Starts the simulator and the partner server on loopback, knowing each other.
+/// Starts the simulator and the partner server on loopback over HTTPS, knowing and trusting each
+/// other, as production runs.
 pub async fn start_embedded() -> Result<Embedded, StartError> {
-    let partner = PartnerServer::start(partner_server::Config {
+    let pki = local_pki()?;
+    let ca_file = pki.dir.join("ca.pem");
+    let (cert, key) = pki.issue("partner")?;
+    let mut partner_config = partner_server::Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls: Some(partner_server::TlsConfig { cert, key }),
+        plain_http: false,
         ..Default::default()
-    })
-    .await?;
+    };
+    partner_config.push.jwks_ca_file = Some(ca_file.clone());
+    let partner = PartnerServer::start(partner_config).await?;
+    let (cert, key) = pki.issue("chatd-sim")?;
     let mut sim_config = chatd_sim::Config::local();
+    sim_config.http.tls = Some(chatd_sim::config::TlsConfig { cert, key });
+    sim_config.http.partner_ca_file = Some(ca_file.clone());
     sim_config.integrators.push(chatd_sim::config::IntegratorConfig {
         id: 1,
         base_url: partner.base_url().to_owned(),
@@ -205,7 +265,7 @@ pub async fn start_embedded() -> Result<Embedded, StartError> {
     });
     let sim = ChatdSim::start(sim_config).await?;
     partner.set_push_jwks_url(&format!("{}/.well-known/jwks", sim.http_url()))?;
-    Ok(Embedded { sim, partner })
+    Ok(Embedded { sim, partner, ca_file })
 }
 
 /// Everything [`start`] builds from a configuration before it binds a socket: the component
@@ -233,7 +293,15 @@ impl Plan {
         config.validate()?;
         if config.embedded {
             let jwks_url = format!("http://{EMBEDDED_PLACEHOLDER}/.well-known/jwks");
-            embedded_sections(&mut config, EMBEDDED_PLACEHOLDER.into(), [0; 32], jwks_url, "embedded", "whatsapp");
+            embedded_sections(
+                &mut config,
+                EMBEDDED_PLACEHOLDER.into(),
+                [0; 32],
+                jwks_url,
+                "embedded",
+                "whatsapp",
+                None,
+            );
         }
         let (Some(upstream), Some(auth)) = (config.upstream.clone(), config.auth.clone()) else {
             return Err(config::ConfigError::Invalid { key: "upstream", message: "missing".into() }.into());
@@ -256,6 +324,7 @@ impl Plan {
             verifier: jwks::VerifierConfig {
                 refresh_interval: Duration::from_secs(auth.jwks_refresh_secs.max(1)),
                 min_refetch_interval: Duration::from_secs(auth.jwks_min_refetch_secs.max(1)),
+                tls: jwks::tls::ClientTls::with_ca_file(auth.jwks_ca_file.clone()),
                 ..jwks::VerifierConfig::default()
             },
         })?;
@@ -305,6 +374,7 @@ fn embedded_sections(
     jwks_url: String,
     issuer: &str,
     audience: &str,
+    jwks_ca_file: Option<std::path::PathBuf>,
 ) {
     config.upstream.get_or_insert(config::UpstreamConfig {
         addr,
@@ -315,6 +385,7 @@ fn embedded_sections(
     });
     config.auth.get_or_insert(config::AuthConfig {
         jwks_url,
+        jwks_ca_file,
         issuer: issuer.to_owned(),
         audience: audience.to_owned(),
         account_claim: "wa_account".into(),
@@ -337,6 +408,7 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
             partner.jwks_url(),
             partner.issuer(),
             partner.audience(),
+            Some(e.ca_file.clone()),
         );
     }
     let Plan { config, upstream: upstream_cfg, relay, authenticator, tls, proxy_protocol_trusted, ws } =

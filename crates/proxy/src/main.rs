@@ -43,6 +43,30 @@ enum Command {
     /// Start the embedded default on ephemeral loopback ports, run the demo traffic through the
     /// proxy, print the proxy's metrics and exit.
     Demo,
+    /// Write a throwaway local CA (`ca.pem`) and loopback server certificates signed by it
+    /// (`NAME.pem`, `NAME.key` for localhost, 127.0.0.1 and ::1) into DIR: for test setups of the
+    /// partner server, the simulator and the TLS edge. Production uses its own PKI.
+    GenLocalCa {
+        /// Output directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Certificates to issue, by file stem.
+        #[arg(long = "cert", value_name = "NAME", default_values_t = ["server".to_owned()])]
+        certs: Vec<String>,
+    },
+}
+
+fn gen_local_ca(out: &std::path::Path, certs: &[String]) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let ca = jwks::tls::LocalCa::generate("interop-proxy local CA").map_err(|e| jwks::error_chain(&e))?;
+    let ca_file = out.join("ca.pem");
+    ca.write_cert(&ca_file).map_err(|e| jwks::error_chain(&e))?;
+    println!("ca: {}", ca_file.display());
+    for name in certs {
+        let (cert, key) = ca.issue_loopback().and_then(|c| c.write(out, name)).map_err(|e| jwks::error_chain(&e))?;
+        println!("{name}: {} {}", cert.display(), key.display());
+    }
+    Ok(())
 }
 
 fn load(cli: &Cli) -> Result<Config, String> {
@@ -68,7 +92,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match &cli.command {
         // Everything start does short of binding sockets: the file, every component's checks, the
         // token checker, the TLS certificate and key.
         Some(Command::CheckConfig) => {
@@ -77,8 +101,10 @@ async fn main() -> ExitCode {
             })
         }
         Some(Command::Demo) => demo(&cli).await,
+        Some(Command::GenLocalCa { out, certs }) => gen_local_ca(out, certs),
         Some(Command::Run) | None => run(&cli).await,
     };
+    proxy::remove_local_pki();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -100,8 +126,12 @@ fn banner(proxy: &proxy::RunningProxy) {
     }
     println!("metrics at           http://{}/metrics (and /livez, /readyz)", proxy.admin_addr);
     if let Some(e) = &proxy.embedded {
-        println!("embedded chatd-sim   chat {} http {}", e.sim.chat_addr, e.sim.http_url());
+        println!("embedded chatd-sim   chat {} https {}", e.sim.chat_addr, e.sim.http_url());
         println!("embedded partner     {}", e.partner.base_url());
+        println!(
+            "local CA             {} (HTTPS clients trust it: interop-client --ca-file, curl --cacert)",
+            e.ca_file.display()
+        );
     }
 }
 
@@ -114,8 +144,12 @@ async fn run(cli: &Cli) -> Result<(), String> {
     let proxy = proxy::start(config).await.map_err(|e| e.to_string())?;
     banner(&proxy);
     if let (Some(e), Some(edge_addr)) = (&proxy.embedded, proxy.tcp_addr) {
-        let targets =
-            DemoTargets { partner_url: e.partner.base_url().to_owned(), sim_url: e.sim.http_url(), edge_addr };
+        let targets = DemoTargets {
+            partner_url: e.partner.base_url().to_owned(),
+            sim_url: e.sim.http_url(),
+            edge_addr,
+            ca_file: Some(e.ca_file.clone()),
+        };
         if let Err(e) = run_demo(&targets, e.sim.chat_addr, &|| print_metrics(&proxy)).await {
             eprintln!("interop-proxy: {e}");
         }
@@ -219,7 +253,12 @@ async fn demo(cli: &Cli) -> Result<(), String> {
     let (Some(e), Some(edge_addr)) = (&proxy.embedded, proxy.tcp_addr) else {
         return Err("no embedded servers".into());
     };
-    let targets = DemoTargets { partner_url: e.partner.base_url().to_owned(), sim_url: e.sim.http_url(), edge_addr };
+    let targets = DemoTargets {
+        partner_url: e.partner.base_url().to_owned(),
+        sim_url: e.sim.http_url(),
+        edge_addr,
+        ca_file: Some(e.ca_file.clone()),
+    };
     let outcome = run_demo(&targets, e.sim.chat_addr, &|| print_metrics(&proxy)).await.map_err(|e| e.to_string());
     proxy.shutdown().await;
     outcome

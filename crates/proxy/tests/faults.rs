@@ -40,6 +40,7 @@ fn upstream_via(
     });
     c.auth = Some(proxy::config::AuthConfig {
         jwks_url: partner.jwks_url(),
+        jwks_ca_file: None,
         issuer: partner.issuer().to_owned(),
         audience: partner.audience().to_owned(),
         account_claim: "wa_account".into(),
@@ -255,6 +256,7 @@ async fn a_restarted_simulator_is_reached_again_only_when_the_client_reconnects(
         partner_url: partner.base_url().to_owned(),
         sim_url: sim1.http_url(),
         edge_addr: p.tcp_addr.unwrap(),
+        ca_file: None,
     };
     let user = proxy::demo::User::new("rsalice").unwrap();
     let jid = proxy::demo::enlist(&t1, &user).await.unwrap();

@@ -888,9 +888,9 @@ fn embedded_config(edge: &str) -> String {
 }
 
 /// `interop-proxy` on `config` (TOML) with `RUST_LOG=log_level`, its stderr in `dir/stderr.log`,
-/// once its banner is printed. `outside` names the Partner's and the simulator's URLs when they
-/// are not embedded (then the banner does).
-fn spawn_binary(dir: &std::path::Path, config: &str, log_level: &str, outside: Option<(String, String)>) -> Proc {
+/// once its banner is printed. `outside` names the Partner and the simulator when they are not
+/// embedded (then the banner does); its `edge_addr` is set to the binary's.
+fn spawn_binary(dir: &std::path::Path, config: &str, log_level: &str, outside: Option<DemoTargets>) -> Proc {
     let path = dir.join("proxy.toml");
     std::fs::write(&path, config).unwrap();
     let log = dir.join("stderr.log");
@@ -901,11 +901,16 @@ fn spawn_binary(dir: &std::path::Path, config: &str, log_level: &str, outside: O
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let Banner { tcp, ws, admin, sim, partner, .. } =
+    let Banner { tcp, ws, admin, sim, partner, ca_file, .. } =
         read_banner(std::io::BufReader::new(child.stdout.take().unwrap()));
     let tcp = tcp.expect("tcp address");
-    let (partner_url, sim_url) = outside.unwrap_or_else(|| (partner.expect("partner url"), sim.expect("sim url")));
-    let targets = DemoTargets { partner_url, sim_url, edge_addr: tcp };
+    let mut targets = outside.unwrap_or_else(|| DemoTargets {
+        partner_url: partner.expect("partner url"),
+        sim_url: sim.expect("sim url"),
+        edge_addr: tcp,
+        ca_file: Some(ca_file.expect("the banner names the local CA")),
+    });
+    targets.edge_addr = tcp;
     Proc { child, tcp, ws, admin: admin.expect("admin address"), targets, log }
 }
 
@@ -1103,15 +1108,21 @@ async fn keys_and_tokens_do_not_outlive_their_use_in_the_proxys_memory() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = format!(
         "[edge]\nlisten = \"127.0.0.1:0\"\nlogin_timeout_secs = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\n\
-         addr = \"{}\"\nroot_public_key = \"{}\"\n[auth]\njwks_url = \"{}\"\nissuer = \"{}\"\naudience = \"{}\"\n\
-         [limits]\nper_ip_connections_per_sec = 0\n",
+         addr = \"{}\"\nroot_public_key = \"{}\"\n[auth]\njwks_url = \"{}\"\njwks_ca_file = \"{}\"\nissuer = \"{}\"\n\
+         audience = \"{}\"\n[limits]\nper_ip_connections_per_sec = 0\n",
         emb.sim.chat_addr,
         hex::encode(emb.sim.root_public_key()),
         emb.partner.jwks_url(),
+        emb.ca_file.display(),
         emb.partner.issuer(),
         emb.partner.audience(),
     );
-    let outside = (emb.partner.base_url().to_owned(), emb.sim.http_url());
+    let outside = DemoTargets {
+        partner_url: emb.partner.base_url().to_owned(),
+        sim_url: emb.sim.http_url(),
+        edge_addr: emb.sim.chat_addr,
+        ca_file: Some(emb.ca_file.clone()),
+    };
     let proc_ = spawn_binary(&dir, &config, "info", Some(outside));
     let (pid, t) = (proc_.child.id(), &proc_.targets);
     let (alice, bob, carol, dave) = (

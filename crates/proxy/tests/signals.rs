@@ -49,11 +49,12 @@ fn spawn(config: &str, dir: &std::path::Path) -> Proc {
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let Banner { tcp, tls, admin, sim, partner, .. } = read_banner(stdout);
+    let Banner { tcp, tls, admin, sim, partner, ca_file, .. } = read_banner(stdout);
     let targets = DemoTargets {
         partner_url: partner.expect("partner url"),
         sim_url: sim.expect("sim url"),
         edge_addr: tcp.unwrap_or_else(|| "127.0.0.1:1".parse().unwrap()),
+        ca_file: Some(ca_file.expect("the banner names the local CA")),
     };
     Proc { child, tcp, tls, admin: admin.expect("admin address"), targets }
 }

@@ -14,9 +14,9 @@ use bytes::{Bytes, BytesMut};
 use chatd_sim::{ChatdSim, Config, RunningSim};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jwks::{JwksServer, PartnerClaims, RunningJwksServer, SigningKeys};
 use prost::Message as _;
 use tokio::io::AsyncWriteExt;
@@ -131,8 +131,9 @@ impl Device {
     }
 }
 
-pub fn http() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
+/// HTTP or HTTPS (the platform's roots, and the local CA of an embedded proxy in this process).
+pub fn http() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    jwks::tls::https_client(&jwks::tls::ClientTls::default()).expect("a TLS client on the platform's roots")
 }
 
 pub async fn request(method: &str, url: &str, content_type: &str, body: Vec<u8>) -> (u16, Bytes) {

@@ -28,6 +28,7 @@ pub fn targets(p: &RunningProxy) -> DemoTargets {
         partner_url: e.partner.base_url().to_owned(),
         sim_url: e.sim.http_url(),
         edge_addr: p.tcp_addr.unwrap(),
+        ca_file: Some(e.ca_file.clone()),
     }
 }
 
@@ -71,18 +72,25 @@ pub async fn logged_in(p: &RunningProxy, who: &Enlisted) -> EdgeClient<TcpStream
     c
 }
 
+/// HTTP or HTTPS; trusts the platform's roots and this process's embedded local CA (the
+/// simulator's admin API is on HTTPS like the rest of its HTTP side).
+pub fn https_client() -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+> {
+    jwks::tls::https_client(&jwks::tls::ClientTls::default()).unwrap()
+}
+
 pub async fn get_json(url: &str) -> serde_json::Value {
     use http_body_util::BodyExt;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let client = https_client();
     let resp = client.get(url.parse().unwrap()).await.unwrap();
     serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
 }
 
 pub async fn get_text(url: &str) -> (u16, String) {
     use http_body_util::BodyExt;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let client = https_client();
     let resp = client.get(url.parse().unwrap()).await.unwrap();
     let status = resp.status().as_u16();
     (status, String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
@@ -209,6 +217,7 @@ pub struct Banner {
     pub admin: Option<std::net::SocketAddr>,
     pub sim: Option<String>,
     pub partner: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
@@ -225,7 +234,13 @@ pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
         } else if line.starts_with("metrics at") {
             b.admin = addr(&line, "http://");
         } else if line.starts_with("embedded chatd-sim") {
-            b.sim = line.split(" http ").nth(1).map(str::to_owned);
+            b.sim = line.split(" https ").nth(1).map(str::to_owned);
+        } else if let Some(rest) = line.strip_prefix("local CA") {
+            b.ca_file = rest.split_whitespace().next().map(Into::into);
+            // The process's own HTTPS clients (get_json, get_text) trust that process's CA too.
+            if let Some(ca) = &b.ca_file {
+                jwks::tls::trust_ca_file_in_this_process(ca).unwrap();
+            }
         } else if line.starts_with("embedded partner") {
             b.partner = line.split_whitespace().last().map(str::to_owned);
         } else if line == "serving" {
