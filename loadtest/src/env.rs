@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -31,13 +31,15 @@ pub struct External {
     pub partner_url: String,
 }
 
-/// A pooled HTTP/1 client for the admin APIs.
+/// A pooled HTTP client for the admin APIs: plain HTTP, or HTTPS (an embedded default's
+/// simulator, whose local CA this process trusts; the platform's roots otherwise).
 #[derive(Clone)]
-pub struct Http(Client<HttpConnector, Full<Bytes>>);
+pub struct Http(Client<HttpsConnector<HttpConnector>, Full<Bytes>>);
 
 impl Default for Http {
     fn default() -> Self {
-        Http(Client::builder(TokioExecutor::new()).build_http())
+        // No CA file to read: building on the platform store cannot fail.
+        Http(jwks::tls::https_client(&jwks::tls::ClientTls::default()).expect("a TLS client on the platform's roots"))
     }
 }
 

@@ -93,6 +93,7 @@ fn local_pki() -> Result<&'static LocalPki, jwks::tls::LocalCaError> {
     if let Some(pki) = PKI.get() {
         return Ok(pki);
     }
+    sweep_stale_local_pki();
     let dir = std::env::temp_dir().join(format!("interop-proxy-{}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .map_err(|source| jwks::tls::LocalCaError::Write { path: dir.display().to_string(), source })?;
@@ -100,6 +101,28 @@ fn local_pki() -> Result<&'static LocalPki, jwks::tls::LocalCaError> {
     ca.write_cert(&dir.join("ca.pem"))?;
     ca.trust_in_this_process();
     Ok(PKI.get_or_init(|| LocalPki { ca, dir, issued: std::sync::atomic::AtomicU64::new(0) }))
+}
+
+/// Removes the local CA directories of embedded defaults whose process is gone (killed before it
+/// could clean up, or a test process): `{temp}/interop-proxy-{pid}` with a `ca.pem` and no
+/// `/proc/{pid}`. Best effort; anything unreadable is left alone.
+fn sweep_stale_local_pki() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) =
+            name.to_str().and_then(|n| n.strip_prefix("interop-proxy-")).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if pid != std::process::id()
+            && path.join("ca.pem").is_file()
+            && !std::path::Path::new("/proc").join(pid.to_string()).exists()
+        {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 /// Removes the embedded default's local CA directory, if this process made one (at exit: nothing
