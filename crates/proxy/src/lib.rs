@@ -197,6 +197,9 @@ pub async fn start_embedded() -> Result<Embedded, StartError> {
     })
     .await?;
     let mut sim_config = chatd_sim::Config::local();
+    // WhatsApp Web client libraries (Baileys) join the local world over the simulator's
+    // WebSocket chat listener, as a WhatsApp-side user: loopback, ephemeral port, in the banner.
+    sim_config.chat.ws_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     sim_config.integrators.push(chatd_sim::config::IntegratorConfig {
         id: 1,
         base_url: partner.base_url().to_owned(),

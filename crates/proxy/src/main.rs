@@ -102,6 +102,9 @@ fn banner(proxy: &proxy::RunningProxy) {
     if let Some(e) = &proxy.embedded {
         println!("embedded chatd-sim   chat {} http {}", e.sim.chat_addr, e.sim.http_url());
         println!("embedded partner     {}", e.partner.base_url());
+        if let Some(ws) = e.sim.ws_addr {
+            println!("whatsapp web clients ws://{ws}/ws/chat (chatd-sim, WhatsApp-side users)");
+        }
     }
 }
 

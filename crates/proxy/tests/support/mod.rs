@@ -209,6 +209,8 @@ pub struct Banner {
     pub admin: Option<std::net::SocketAddr>,
     pub sim: Option<String>,
     pub partner: Option<String>,
+    /// The embedded simulator's WebSocket chat listener (for WhatsApp Web client libraries).
+    pub sim_ws: Option<std::net::SocketAddr>,
 }
 
 pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
@@ -226,6 +228,8 @@ pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
             b.admin = addr(&line, "http://");
         } else if line.starts_with("embedded chatd-sim") {
             b.sim = line.split(" http ").nth(1).map(str::to_owned);
+        } else if line.starts_with("whatsapp web clients ws://") {
+            b.sim_ws = addr(&line, "ws://");
         } else if line.starts_with("embedded partner") {
             b.partner = line.split_whitespace().last().map(str::to_owned);
         } else if line == "serving" {
