@@ -281,11 +281,22 @@ impl Sim {
 
     /// The account text (the store key) a JID names: its account, or for a `…@lid` JID the
     /// account with that LID. An unknown LID stays itself (and is then an unknown recipient).
+    ///
+    /// Baileys 7 also asks about an interop user as `{integrator}-{number}@s.whatsapp.net` (its
+    /// background LID sync): no phone number holds a `-`, so that names the interop account.
     pub fn account_of(&self, jid: &wire::Jid) -> String {
-        if jid.server == wire::Server::Lid
-            && let Some(account) = self.store.jid_by_lid(&jid.user)
-        {
-            return account;
+        match jid.server {
+            wire::Server::Lid => {
+                if let Some(account) = self.store.jid_by_lid(&jid.user) {
+                    return account;
+                }
+            }
+            wire::Server::Whatsapp if jid.user.contains('-') => {
+                if let Ok(j) = wire::Jid::parse(&format!("{}@interop", jid.user)) {
+                    return j.to_account().to_string();
+                }
+            }
+            _ => {}
         }
         jid.to_account().to_string()
     }

@@ -499,11 +499,13 @@ pub const STALE_DEVICES_CODE: &str = "406";
 /// Most users one usync answers (the rest of the list is ignored): bounded work per IQ.
 const MAX_USYNC_USERS: usize = 512;
 
-/// Nack codes (wa-protocol-notes.md §3.9) meaning the recipient could not read the message, so
-/// the sender gets a retry receipt: 487 parsing error (Baileys' "cannot decrypt"), 491 invalid
-/// protobuf, 500 unhandled. Other codes (unrecognised stanza, old counter, deleted on peer, ...)
-/// only drop the entry.
-pub const NACK_CODES_ASKING_RETRY: [u16; 3] = [487, 491, 500];
+/// Nack codes (wa-protocol-notes.md §3.9) after which the sender gets a retry receipt: 487
+/// (ParsingError), which Baileys 7 sends when it lacks the keys to decrypt and sends no retry
+/// receipt of its own. Baileys' 500 (UnhandledError) follows its own retry receipt, or means a
+/// stanza it does not handle at all (it nacks an `@interop` sender so): a retry would only repeat
+/// it. Other codes (unrecognised stanza, invalid protobuf, old counter, deleted on peer, ...) only
+/// drop the entry.
+pub const NACK_CODES_ASKING_RETRY: [u16; 1] = [487];
 
 /// A fresh id for server-originated stanzas.
 pub fn notification_id(sim: &Sim) -> String {
