@@ -160,3 +160,40 @@ test('Baileys -> interop-client: shown, delivery receipt back, mailboxes empty',
     listen.kill('SIGTERM');
   }
 });
+
+test('Baileys -> interop-client while it is offline: arrives once at the next login, marked offline', async () => {
+  const text = 'sent while you were away, from Baileys';
+  await sock.sendMessage(alice, { text });
+  await until('the message queued for alice', async () => (await mailbox(alice)) >= 1);
+  const listen = spawn(join(BIN, 'interop-client'), ['--state', join(dir, 'alice'), '--proxy', banner.tcp, 'listen', '--for', '30'], {
+    env: { ...process.env, RUST_LOG: 'warn' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  listen.stdout.on('data', (d) => { out += d; });
+  try {
+    const line = `${PHONE}@s.whatsapp.net: ${text} (sent while you were away)`;
+    await until('the queued text at interop-client', () => out.includes(line));
+    await until('alice\'s mailbox empty', async () => (await mailbox(alice)) === 0);
+    await sleep(1000);
+    assert.equal(out.split(line).length - 1, 1, out);
+  } finally {
+    listen.kill('SIGTERM');
+  }
+});
+
+test('blocking both ways: the blocked side\'s messages are refused with 403 until unblocked', async () => {
+  const acks = [];
+  const onAck = (node) => acks.push(node);
+  sock.ws.on('CB:ack,class:message', onAck);
+  try {
+    await client('--proxy', banner.tcp, 'block', `${PHONE}@s.whatsapp.net`);
+    const sent = await sock.sendMessage(alice, { text: 'you blocked me' });
+    const ack = await until('the nack at Baileys', () => acks.find((a) => a.attrs.id === sent.key.id));
+    assert.equal(ack.attrs.error, '403');
+    await assert.rejects(client('--proxy', banner.tcp, 'send', 'to a blocked user', '--to', `${PHONE}@s.whatsapp.net`));
+  } finally {
+    sock.ws.off('CB:ack,class:message', onAck);
+    await client('--proxy', banner.tcp, 'unblock', `${PHONE}@s.whatsapp.net`);
+  }
+});
