@@ -33,6 +33,8 @@ let sock;
 let alice;
 const rawMessages = [];
 const rawReceipts = [];
+// What Baileys sent, for its `getMessage` (a retry receipt asks it to re-send).
+const sentMessages = new Map();
 
 async function client(...args) {
   const { stdout } = await run(join(BIN, 'interop-client'), ['--state', join(dir, 'alice'), ...args], {
@@ -102,6 +104,7 @@ before(async () => {
     auth: state,
     logger: pino({ level: process.env.BAILEYS_LOG ?? 'silent' }),
     markOnlineOnConnect: false,
+    getMessage: async (key) => sentMessages.get(key.id),
     syncFullHistory: false,
   });
   sock.ev.on('creds.update', saveCreds);
@@ -195,5 +198,27 @@ test('blocking both ways: the blocked side\'s messages are refused with 403 unti
   } finally {
     sock.ws.off('CB:ack,class:message', onAck);
     await client('--proxy', banner.tcp, 'unblock', `${PHONE}@s.whatsapp.net`);
+  }
+});
+
+test('a retry receipt from interop-client recovers a lost session with Baileys', async () => {
+  // Our side loses its session; Baileys' next message (a `msg` on the old session) cannot be
+  // decrypted, interop-client answers with a retry receipt carrying fresh keys, Baileys re-sends.
+  await client('--proxy', banner.tcp, 'reset-session', `${PHONE}@s.whatsapp.net`);
+  const listen = spawn(join(BIN, 'interop-client'), ['--state', join(dir, 'alice'), '--proxy', banner.tcp, 'listen', '--for', '30'], {
+    env: { ...process.env, RUST_LOG: 'warn' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  listen.stdout.on('data', (d) => { out += d; });
+  try {
+    await sleep(1500);
+    const text = 'after the session was lost';
+    const sent = await sock.sendMessage(alice, { text });
+    sentMessages.set(sent.key.id, sent.message);
+    await until('the retry request at interop-client', () => out.includes('could not be decrypted'));
+    await until('the re-sent text at interop-client', () => out.includes(`${PHONE}@s.whatsapp.net: ${text}`));
+  } finally {
+    listen.kill('SIGTERM');
   }
 });
