@@ -118,16 +118,17 @@ impl Mailbox {
         self.entries.iter().filter(move |e| seq.is_none_or(|s| e.seq > s))
     }
 
-    /// Removes the entry an ack names; returns whether one was removed.
-    pub fn ack(&mut self, class: AckClass, id: &str, from: Option<&str>) -> bool {
+    /// Removes the entry an ack (or a delivery receipt) names; returns it.
+    pub fn ack(&mut self, class: AckClass, id: &str, from: Option<&str>) -> Option<MailboxEntry> {
         let pos = self.entries.iter().position(|e| e.class == class && e.id == id && from.is_none_or(|f| f == e.from));
-        match pos.and_then(|p| self.entries.remove(p)) {
-            Some(e) => {
-                self.bytes -= e.payload.len();
-                true
-            }
-            None => false,
-        }
+        let e = pos.and_then(|p| self.entries.remove(p))?;
+        self.bytes -= e.payload.len();
+        Some(e)
+    }
+
+    /// The sequence number the next entry will get: entries below it were queued before now.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     /// Drops entries stored before `cutoff` (the 30-day retention).
@@ -164,4 +165,31 @@ pub struct Account {
     pub contacts: BTreeSet<String>,
     /// Unix seconds of the last login (or enlistment); drives the 30-day un-enlistment.
     pub last_active: u64,
+}
+
+impl Account {
+    /// The account's LID (`N@lid`), a pure function of its JID: see [`lid_user_for`].
+    pub fn lid(&self) -> String {
+        format!("{}@lid", lid_user_for(&self.jid))
+    }
+
+    /// The devices the account has. The simulator keeps one live connection per account, so an
+    /// account has one device: the one it logs in as (0 for Partner users, the provisioned
+    /// device for WhatsApp-side users).
+    pub fn devices(&self) -> Vec<u16> {
+        match self.kind {
+            AccountKind::WhatsApp { device, .. } => vec![u16::try_from(device).unwrap_or(0)],
+            AccountKind::Interop { .. } => vec![0],
+        }
+    }
+}
+
+/// The user part of the LID of the account stored under `jid`: 15 decimal digits from SHA-256 of
+/// the JID text, so it is stable across restarts and re-enlistment and needs no stored counter.
+/// WhatsApp assigns LIDs server-side with no public rule; this is the simulator's choice.
+pub fn lid_user_for(jid: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jid.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    (100_000_000_000_000 + u64::from_be_bytes(first) % 900_000_000_000_000).to_string()
 }

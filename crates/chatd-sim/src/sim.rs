@@ -281,6 +281,40 @@ impl Sim {
         Ok(())
     }
 
+    /// The account text (the store key) a JID names: its account, or for a `…@lid` JID the
+    /// account with that LID. An unknown LID stays itself (and is then an unknown recipient).
+    ///
+    /// Baileys 7 also asks about an interop user as `{integrator}-{number}@s.whatsapp.net` (its
+    /// background LID sync): no phone number holds a `-`, so that names the interop account.
+    pub fn account_of(&self, jid: &wire::Jid) -> String {
+        match jid.server {
+            wire::Server::Lid => {
+                if let Some(account) = self.store.jid_by_lid(&jid.user) {
+                    return account;
+                }
+            }
+            wire::Server::Whatsapp if jid.user.contains('-') => {
+                if let Ok(j) = wire::Jid::parse(&format!("{}@interop", jid.user)) {
+                    return j.to_account().to_string();
+                }
+            }
+            _ => {}
+        }
+        jid.to_account().to_string()
+    }
+
+    /// The device JID an account sends from: `PHONE:DEVICE@s.whatsapp.net` for a WhatsApp-side
+    /// user logged in as a companion, the account JID otherwise.
+    pub fn device_jid_of(&self, account: &str) -> wire::Jid {
+        let mut jid = wire::Jid::parse(account).unwrap_or_else(|_| wire::Jid::server(wire::Server::Whatsapp));
+        self.store.with(account, &mut |a| {
+            if let AccountKind::WhatsApp { device, .. } = a.kind {
+                jid.device = u16::try_from(device).unwrap_or(0);
+            }
+        });
+        jid
+    }
+
     /// A push finally failed: the next stanza for the account may ask for another.
     pub fn push_failed(&self, jid: &str) {
         lock(&self.push_pending).remove(jid);

@@ -17,6 +17,8 @@ pub trait Store: Send + Sync + 'static {
     fn jid_by_account_id(&self, account_id: u64) -> Option<String>;
     /// The JID of a Partner user, by integrator and user identifier.
     fn jid_by_user(&self, integrator: u16, user_identifier: &str) -> Option<String>;
+    /// The JID of the account whose LID user part is `lid_user` (see [`crate::account::lid_user_for`]).
+    fn jid_by_lid(&self, lid_user: &str) -> Option<String>;
     /// Every account's JID.
     fn jids(&self) -> Vec<String>;
     fn len(&self) -> usize;
@@ -41,6 +43,7 @@ struct Inner {
     accounts: HashMap<String, Account>,
     by_account_id: HashMap<u64, String>,
     by_user: HashMap<(u16, String), String>,
+    by_lid: HashMap<String, String>,
 }
 
 fn user_key(account: &Account) -> Option<(u16, String)> {
@@ -72,6 +75,7 @@ impl Store for MemoryStore {
             inner.by_account_id.insert(account.account_id, account.jid.clone());
             inner.by_user.insert(key, account.jid.clone());
         }
+        inner.by_lid.insert(crate::account::lid_user_for(&account.jid), account.jid.clone());
         inner.accounts.insert(account.jid.clone(), account);
         Ok(())
     }
@@ -79,6 +83,7 @@ impl Store for MemoryStore {
     fn remove(&self, jid: &str) -> Option<Account> {
         let mut inner = self.lock();
         let account = inner.accounts.remove(jid)?;
+        inner.by_lid.remove(&crate::account::lid_user_for(jid));
         if let Some(key) = user_key(&account) {
             inner.by_account_id.remove(&account.account_id);
             inner.by_user.remove(&key);
@@ -102,6 +107,10 @@ impl Store for MemoryStore {
 
     fn jid_by_user(&self, integrator: u16, user_identifier: &str) -> Option<String> {
         self.lock().by_user.get(&(integrator, user_identifier.to_owned())).cloned()
+    }
+
+    fn jid_by_lid(&self, lid_user: &str) -> Option<String> {
+        self.lock().by_lid.get(lid_user).cloned()
     }
 
     fn jids(&self) -> Vec<String> {

@@ -129,6 +129,31 @@ fn attr(node: &Node, key: &str) -> Option<String> {
     node.get(key).map(|v| v.to_string())
 }
 
+/// The peer a stanza comes from, as the account (no device): chatd's `from` names the sending
+/// device (`PHONE:7@s.whatsapp.net`), while sessions, history and sent messages are kept per
+/// account (this client talks to one device per peer).
+fn peer_of(node: &Node) -> Option<String> {
+    let from = node.get("from")?;
+    Some(match from.as_jid() {
+        Some(j) => j.to_account().to_string(),
+        None => from.to_string(),
+    })
+}
+
+/// The `<enc>` for this device: a direct child (the incoming shape, §3.7), or, when a server
+/// relayed the multi-device shape unchanged, the one in `<participants><to jid=OWN_DEVICE>`.
+fn own_enc<'n>(node: &'n Node, own: &str) -> Option<&'n Node> {
+    node.child("enc").or_else(|| {
+        let own = Jid::parse(own).ok()?;
+        node.child("participants")?
+            .child_nodes()
+            .iter()
+            .filter(|t| t.tag == "to")
+            .find(|t| t.get("jid").and_then(|v| v.as_jid()).is_some_and(|j| j.to_account() == own && j.device == 0))?
+            .child("enc")
+    })
+}
+
 /// A login that did not succeed, with the device store handed back.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
@@ -537,7 +562,7 @@ impl Client {
     }
 
     async fn on_message(&mut self, node: Node) -> Result<Option<Event>, ClientError> {
-        let (Some(from), Some(id)) = (attr(&node, "from"), node.get_str("id").map(str::to_owned)) else {
+        let (Some(from), Some(id)) = (peer_of(&node), node.get_str("id").map(str::to_owned)) else {
             return Ok(None);
         };
         let key = format!("{from}/{id}");
@@ -548,9 +573,15 @@ impl Client {
             self.conn.send(&receipt).await?;
             return Ok(None);
         }
-        let Some(enc) = node.child("enc") else {
+        // Never a plain ack and nothing shown: a message with no ciphertext for this device asks
+        // the sender to re-send (retry receipt), tells the application and leaves a log line.
+        let own = self.jid().to_owned();
+        let Some(enc) = own_enc(&node, &own).cloned() else {
+            let reason = "no <enc> for this device".to_owned();
+            tracing::warn!(%from, %id, %reason, "message not shown; retry receipt sent");
+            self.send_retry_receipt(&node, &from, &id).await?;
             self.ack("message", &node, None).await?;
-            return Ok(None);
+            return Ok(Some(Event::Undecryptable { from, id, reason }));
         };
         let kind = enc.get_str("type").and_then(EncType::parse);
         let bytes = match &enc.content {
@@ -566,6 +597,7 @@ impl Client {
             Ok(m) => m,
             Err(e) => {
                 let reason = e.to_string();
+                tracing::warn!(%from, %id, %reason, "message not decrypted; retry receipt sent");
                 self.send_retry_receipt(&node, &from, &id).await?;
                 self.ack("message", &node, None).await?;
                 return Ok(Some(Event::Undecryptable { from, id, reason }));
@@ -636,7 +668,7 @@ impl Client {
     async fn on_receipt(&mut self, node: Node) -> Result<Option<Event>, ClientError> {
         let kind = node.get_str("type").map(str::to_owned);
         self.ack("receipt", &node, kind.as_deref()).await?;
-        let (Some(peer), Some(id)) = (attr(&node, "from"), node.get_str("id").map(str::to_owned)) else {
+        let (Some(peer), Some(id)) = (peer_of(&node), node.get_str("id").map(str::to_owned)) else {
             return Ok(None);
         };
         match kind.as_deref() {
@@ -688,7 +720,7 @@ impl Client {
             return Ok(None);
         }
         if node.child("identity").is_some() {
-            let Some(peer) = attr(&node, "from") else { return Ok(None) };
+            let Some(peer) = peer_of(&node) else { return Ok(None) };
             // The next message fetches the new keys.
             self.store.drop_session(&e2e::address(&peer));
             self.store.save()?;
@@ -742,5 +774,42 @@ impl Client {
     pub async fn close(self) -> Store {
         self.conn.close().await;
         self.store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(body: &[u8]) -> Node {
+        Node::new("enc").attr("v", "2").attr("type", "msg").bytes(body.to_vec())
+    }
+
+    #[test]
+    fn own_enc_is_the_direct_one_or_the_one_addressed_to_this_device() {
+        let own = "1-42@interop";
+        let direct = Node::new("message").children(vec![enc(b"direct")]);
+        assert_eq!(own_enc(&direct, own), Some(&enc(b"direct")));
+        let to = |jid: Jid, body: &[u8]| Node::new("to").attr("jid", Value::Jid(jid)).children(vec![enc(body)]);
+        let md = Node::new("message").children(vec![Node::new("participants").children(vec![
+            to(Jid::with_device("15551230009", Server::Whatsapp, 0), b"phone"),
+            to(Jid::interop(1, "42", 0), b"mine"),
+        ])]);
+        assert_eq!(own_enc(&md, own), Some(&enc(b"mine")));
+        let other = Node::new("message")
+            .children(vec![Node::new("participants").children(vec![to(Jid::interop(1, "42", 3), b"another device")])]);
+        assert_eq!(own_enc(&other, own), None);
+        assert_eq!(own_enc(&Node::new("message"), own), None);
+    }
+
+    #[test]
+    fn the_peer_is_the_sending_account() {
+        let from = |j: Jid| Node::new("message").attr("from", Value::Jid(j));
+        assert_eq!(
+            peer_of(&from(Jid::with_device("15551230009", Server::Whatsapp, 7))).as_deref(),
+            Some("15551230009@s.whatsapp.net")
+        );
+        assert_eq!(peer_of(&from(Jid::interop(1, "42", 0))).as_deref(), Some("1-42@interop"));
+        assert_eq!(peer_of(&Node::new("message")), None);
     }
 }

@@ -100,6 +100,10 @@ enum Command {
     Unblock { jid: String },
     /// List blocked users.
     Blocklist,
+    /// Forget the secure session with a peer ("reset secure session"; also what a device that
+    /// lost its state looks like): the next message either way starts a new one, through a retry
+    /// receipt if the peer still uses the old session.
+    ResetSession { jid: String },
     /// Delete this account at WhatsApp (opt out of interop).
     DeleteAccount {
         /// Confirm: this cannot be undone.
@@ -266,6 +270,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Block { jid } => client.set_blocked(jid, true).await.map(|_| println!("blocked {jid}")).map_err(e),
         Command::Unblock { jid } => {
             client.set_blocked(jid, false).await.map(|_| println!("unblocked {jid}")).map_err(e)
+        }
+        Command::ResetSession { jid } => {
+            client.forget_session(jid).map(|_| println!("forgot the session with {jid}")).map_err(e)
         }
         Command::Blocklist => client.blocklist().await.map(|l| l.iter().for_each(|j| println!("{j}"))).map_err(e),
         Command::DeleteAccount { yes: false } => {

@@ -89,6 +89,9 @@ pub enum Content {
     Unsupported,
 }
 
+/// The longest random pad a reader accepts (Baileys 7 writes up to 16 bytes).
+pub const MAX_PAD: usize = 16;
+
 /// Why a plaintext could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
@@ -179,11 +182,12 @@ impl Message {
         out
     }
 
-    /// Reads a padded plaintext.
+    /// Reads a padded plaintext. The pad is 1 to [`MAX_PAD`] bytes, each equal to its length:
+    /// whatsmeow writes 1-15, Baileys 7 writes 1-16 (`(random & 0x0f) + 1`), so 16 is accepted.
     pub fn from_plaintext(plain: &[u8]) -> Result<Message, MessageError> {
         let &pad = plain.last().ok_or(MessageError::Padding)?;
         let n = pad as usize;
-        if n == 0 || n > 15 || n > plain.len() || plain[plain.len() - n..].iter().any(|&b| b != pad) {
+        if n == 0 || n > MAX_PAD || n > plain.len() || plain[plain.len() - n..].iter().any(|&b| b != pad) {
             return Err(MessageError::Padding);
         }
         Message::decode(&plain[..plain.len() - n]).map_err(|e| MessageError::Protobuf(e.to_string()))
@@ -233,6 +237,22 @@ mod tests {
         assert_eq!(Message::from_plaintext(&[0x0a, 0x01, 0x41, 0]), Err(MessageError::Padding));
         assert_eq!(Message::from_plaintext(&[0x0a, 0x01, 0x41, 2, 3]), Err(MessageError::Padding));
         assert!(matches!(Message::from_plaintext(&[0xff, 1]), Err(MessageError::Protobuf(_))));
+    }
+
+    #[test]
+    fn a_sixteen_byte_pad_as_baileys_writes_it_is_read() {
+        // Issue 13 conformance: Baileys 7 pads with `(random & 0x0f) + 1` bytes, so 1 in 16 of its
+        // messages ends in sixteen 0x10 bytes; refusing them lost those messages.
+        let m = Message::text("hello Partner, from Baileys");
+        let mut p = m.to_plaintext();
+        let pad = *p.last().unwrap() as usize;
+        p.truncate(p.len() - pad);
+        let body = p.len();
+        p.extend([16u8; 16]);
+        assert_eq!(Message::from_plaintext(&p).unwrap(), m);
+        p.truncate(body);
+        p.extend([17u8; 17]);
+        assert_eq!(Message::from_plaintext(&p), Err(MessageError::Padding));
     }
 
     #[test]

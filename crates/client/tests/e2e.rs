@@ -405,3 +405,35 @@ async fn a_listener_replaced_by_another_login_stops_instead_of_ping_ponging() {
     assert_eq!(seen["max_concurrent"], 1, "the proxy closed the old upstream before the new: {seen}");
     second.close().await;
 }
+
+#[tokio::test]
+async fn a_message_with_no_ciphertext_for_this_device_is_never_lost_silently() {
+    // Issue 13: a `<message>` with no `<enc>` for this device used to be acked and dropped with
+    // nothing shown. Now the sender gets a retry receipt and the application an event.
+    let w = World::start().await;
+    let mut alice = w.partner("dora").await;
+    let alice_jid = alice.jid().to_owned();
+    let wa = testkit::Device::new();
+    testkit::provision_wa_user(w.sim(), 15551230009, &wa).await;
+    let (mut raw, first) =
+        testkit::ChatClient::login(testkit::Dial::to(w.sim()), &wa.noise, &testkit::web_payload(15551230009)).await;
+    assert_eq!(first.tag, "success");
+    let empty = wire::Node::new("message")
+        .attr("to", testkit::jid(&alice_jid))
+        .attr("id", "3EB0NOENC")
+        .attr("type", "text")
+        .children(vec![wire::Node::new("unavailable").attr("type", "view_once")]);
+    raw.send(&empty).await;
+    let (failed, _) = until(&mut alice, |e| matches!(e, Event::Undecryptable { .. })).await;
+    assert_eq!(
+        failed,
+        Event::Undecryptable {
+            from: "15551230009@s.whatsapp.net".into(),
+            id: "3EB0NOENC".into(),
+            reason: "no <enc> for this device".into()
+        }
+    );
+    let (retry, _) = raw.recv_tag("receipt").await;
+    assert_eq!((retry.get_str("id"), retry.get_str("type")), (Some("3EB0NOENC"), Some("retry")));
+    assert!(retry.child("retry").is_some() && retry.child("registration").is_some(), "{retry:?}");
+}

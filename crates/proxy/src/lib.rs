@@ -280,6 +280,9 @@ pub async fn start_embedded() -> Result<Embedded, StartError> {
     let mut sim_config = chatd_sim::Config::local();
     sim_config.http.tls = Some(chatd_sim::config::TlsConfig { cert, key });
     sim_config.http.partner_ca_file = Some(ca_file.clone());
+    // WhatsApp Web client libraries (Baileys) join the local world over the simulator's
+    // WebSocket chat listener, as a WhatsApp-side user: loopback, ephemeral port, in the banner.
+    sim_config.chat.ws_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     sim_config.integrators.push(chatd_sim::config::IntegratorConfig {
         id: 1,
         base_url: partner.base_url().to_owned(),

@@ -132,6 +132,9 @@ fn banner(proxy: &proxy::RunningProxy) {
             "local CA             {} (HTTPS clients trust it: interop-client --ca-file, curl --cacert)",
             e.ca_file.display()
         );
+        if let Some(ws) = e.sim.ws_addr {
+            println!("whatsapp web clients ws://{ws}/ws/chat (chatd-sim, WhatsApp-side users)");
+        }
     }
 }
 

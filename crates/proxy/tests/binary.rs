@@ -12,6 +12,9 @@ fn demo_runs_real_traffic_through_the_proxy_and_exits() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("clients connect to   tcp://127.0.0.1:"), "{stdout}");
+    // The simulator's WebSocket chat listener, for WhatsApp Web client libraries (issue 13).
+    assert!(stdout.contains("whatsapp web clients ws://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("/ws/chat (chatd-sim, WhatsApp-side users)"), "{stdout}");
     // Decrypted on the devices: text both ways, media with its hashes checked, receipts.
     assert!(stdout.contains("wa    <- 1-10853634039893@interop: \"Hi from a Partner app!\""), "{stdout}");
     assert!(stdout.contains("bob   <- 15550001234@s.whatsapp.net: \"Hello bob, from WhatsApp\""), "{stdout}");

@@ -49,7 +49,9 @@ fn spawn(config: &str, dir: &std::path::Path) -> Proc {
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let Banner { tcp, tls, admin, sim, partner, ca_file, .. } = read_banner(stdout);
+    let Banner { tcp, tls, admin, sim, partner, ca_file, sim_ws, .. } = read_banner(stdout);
+    // The embedded simulator offers its WebSocket chat listener, on loopback (issue 13).
+    assert!(sim_ws.is_some_and(|a| a.ip().is_loopback()), "no simulator WebSocket listener in the banner");
     let targets = DemoTargets {
         partner_url: partner.expect("partner url"),
         sim_url: sim.expect("sim url"),

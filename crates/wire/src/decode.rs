@@ -530,7 +530,12 @@ impl Reader<'_, '_> {
             tag::JID_PAIR => {
                 let user = self.string(Ctx::JidUser)?;
                 let server = self.server(None)?;
-                (user, server, 0, 0, 0)
+                // WhatsApp Web clients (Baileys) write an interop JID as a pair whose user is
+                // `{integrator}-{number}` on `interop`: the same account as INTEROP_JID.
+                match (server == Server::Interop).then(|| self.split_interop_user(user)).flatten() {
+                    Some((integrator, number)) => (number, server, 0, 0, integrator),
+                    None => (user, server, 0, 0, 0),
+                }
             }
             tag::AD_JID => {
                 let domain = self.byte()?;
@@ -542,7 +547,13 @@ impl Reader<'_, '_> {
                     129 => (Server::HostedLid, 0),
                     agent => (Server::Whatsapp, agent),
                 };
-                (user, server, agent, device, 0)
+                // Baileys writes a device-qualified interop JID (`1-N:0@interop`) as an AD_JID of
+                // domain 0, losing the server; no phone number holds a `-`, so `{integrator}-{number}`
+                // there is the interop device.
+                match (domain == 0).then(|| self.split_interop_user(user)).flatten() {
+                    Some((integrator, number)) => (number, Server::Interop, 0, device, integrator),
+                    None => (user, server, agent, device, 0),
+                }
             }
             tag::FB_JID => {
                 let user = self.string(Ctx::JidUser)?;
@@ -570,6 +581,27 @@ impl Reader<'_, '_> {
             }
         };
         Ok(RawValue { s, server: server as u8, agent, device, integrator })
+    }
+
+    /// A JID user `{integrator}-{number}` (a canonical u16, a dash, canonical decimal digits):
+    /// the integrator and the number's location. Anything else (including a dictionary token) is
+    /// not split, so the decode of a JID the canonical encoder wrote is unchanged.
+    fn split_interop_user(&self, user: StrLoc) -> Option<(u16, StrLoc)> {
+        let kind = user.len_kind >> KIND_SHIFT;
+        if kind != KIND_INPUT && kind != KIND_TEXT {
+            return None;
+        }
+        let text = resolve(user, self.input, &self.arena.text, self.dict);
+        let (integrator, number) = text.split_once('-')?;
+        let canonical =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+        if !canonical(integrator) || !canonical(number) {
+            return None;
+        }
+        let integrator: u16 = integrator.parse().ok()?;
+        let skip = text.len() - number.len();
+        let len = number.len() as u32;
+        Some((integrator, StrLoc { start: user.start + skip as u32, len_kind: kind << KIND_SHIFT | len }))
     }
 
     fn server(&mut self, expected: Option<Server>) -> R<Server> {

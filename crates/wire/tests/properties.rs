@@ -183,4 +183,44 @@ proptest! {
         let end = cut.index(bytes.len() + 1);
         let _ = decode(&bytes[..end]);
     }
+
+    /// Issue 13: an interop JID reads as one account however a client writes it: INTEROP_JID, a
+    /// JID_PAIR `{integrator}-{number}@interop` (packed or raw), or (with a device) an AD_JID of
+    /// domain 0 with user `{integrator}-{number}`; each decode is a fixed point of encode.
+    #[test]
+    fn interop_jid_spellings_agree(integrator in any::<u16>(), number in any::<u64>(), device in any::<u8>(), packed in any::<bool>()) {
+        let want = Jid::interop(integrator, number.to_string(), u16::from(device));
+        let user = format!("{integrator}-{number}");
+        let user_bytes = if packed {
+            // NIBBLE_8: digits are 0-9, '-' is 10; odd lengths end with the 0xF filler.
+            let nib: Vec<u8> = user.bytes().map(|b| if b == b'-' { 10 } else { b - b'0' }).collect();
+            let mut v = vec![0xff, (nib.len().div_ceil(2) as u8) | if nib.len() % 2 == 1 { 0x80 } else { 0 }];
+            v.extend(nib.chunks(2).map(|c| c[0] << 4 | c.get(1).copied().unwrap_or(0x0f)));
+            v
+        } else {
+            let mut v = vec![0xfc, user.len() as u8];
+            v.extend_from_slice(user.as_bytes());
+            v
+        };
+        let mut jid_bytes = Vec::new();
+        if device == 0 {
+            jid_bytes.push(0xfa);
+            jid_bytes.extend(&user_bytes);
+            jid_bytes.extend([0xfc, 7]);
+            jid_bytes.extend_from_slice(b"interop");
+        } else {
+            jid_bytes.extend([0xf7, 0, device]);
+            jid_bytes.extend(&user_bytes);
+        }
+        let mut input = vec![0x00, 0xf8, 0x03, 0xfc, 7];
+        input.extend_from_slice(b"message");
+        input.extend([0xfc, 2]);
+        input.extend_from_slice(b"to");
+        input.extend(jid_bytes);
+        let node = decode(&input).unwrap();
+        prop_assert_eq!(node.attrs[0].1.as_jid(), Some(&want));
+        let again = decode(&encode(&node).unwrap()).unwrap();
+        prop_assert_eq!(again, node.clone());
+        prop_assert_eq!(decode(&encode(&Node::new("message").attr("to", want)).unwrap()).unwrap(), node);
+    }
 }

@@ -13,11 +13,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::Framed;
 use tracing::{debug, info};
-use wire::Node;
 use wire::decode::Decoder;
 use wire::frame::FrameCodec;
 use wire::noise::{Flavour, Responder, Transport};
 use wire::proto::ClientPayload;
+use wire::{Node, Value};
 
 use super::handler::Handler;
 use super::intro::{IntroError, read_intro};
@@ -147,20 +147,25 @@ where
     }
     let now = sim.clock.now();
     let mut queued = 0;
+    let mut offline_below = 0;
+    let mut lid = String::new();
     sim.store.with(jid, &mut |a| {
         a.last_active = now;
         queued = a.mailbox.len();
+        offline_below = a.mailbox.next_seq();
+        lid = a.lid();
     });
     let result = async {
-        send(&mut framed, &mut transport, &Node::new("success").attr("t", now.to_string()).attr("location", "sim"))
-            .await?;
+        let success =
+            Node::new("success").attr("t", now.to_string()).attr("lid", Value::from_text(&lid)).attr("location", "sim");
+        send(&mut framed, &mut transport, &success).await?;
         let offline = Node::new("ib").children(vec![Node::new("offline").attr("count", queued.to_string())]);
         send(&mut framed, &mut transport, &offline).await?;
         let mut sent_upto = None;
         let mut decoder = Decoder::default();
         let idle = Duration::from_secs(sim.config.chat.idle_timeout_secs);
         loop {
-            sent_upto = deliver_pending(sim, jid, &mut framed, &mut transport, sent_upto).await?;
+            sent_upto = deliver_pending(sim, jid, &mut framed, &mut transport, sent_upto, offline_below).await?;
             tokio::select! {
                 frame = tokio::time::timeout(idle, framed.next()) => {
                     let Ok(Some(frame)) = frame else { return Ok(()) };
@@ -203,13 +208,16 @@ where
 }
 
 /// Sends mailbox entries newer than `sent_upto`; returns the new high-water mark. Entries stay in
-/// the mailbox until the client acks them.
+/// the mailbox until the client acks them (or sends a receipt for a message). Entries queued
+/// before this login (`seq < offline_below`) carry `offline="1"`, as WhatsApp marks stanzas
+/// delivered from the offline queue (§3.7).
 async fn deliver_pending<S>(
     sim: &Sim,
     jid: &str,
     framed: &mut Conn<S>,
     transport: &mut Transport,
     sent_upto: Option<u64>,
+    offline_below: u64,
 ) -> Result<Option<u64>, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -218,8 +226,20 @@ where
     sim.store.with(jid, &mut |a| pending = a.mailbox.after(sent_upto).map(|e| (e.seq, e.payload.clone())).collect());
     let mut upto = sent_upto;
     for (seq, payload) in pending {
-        send_payload(framed, transport, &payload).await?;
+        match (seq < offline_below).then(|| mark_offline(&payload)).flatten() {
+            Some(marked) => send_payload(framed, transport, &marked).await?,
+            None => send_payload(framed, transport, &payload).await?,
+        }
         upto = Some(seq);
     }
     Ok(upto)
+}
+
+/// The stanza with `offline="1"` added; `None` if it cannot be re-encoded (then it goes as it is).
+fn mark_offline(payload: &[u8]) -> Option<Vec<u8>> {
+    let mut node = wire::decode::decode(payload).ok()?;
+    if !node.attrs.iter().any(|(k, _)| k == "offline") {
+        node.attrs.push(("offline".into(), Value::Str("1".into())));
+    }
+    wire::encode::encode(&node).ok()
 }

@@ -82,14 +82,62 @@ impl Handler<'_> {
         }
     }
 
-    /// `<ack class id to>` from the client: the stanza it names leaves the mailbox.
+    /// `<ack class id to [error]>` from the client: the stanza it names leaves the mailbox. A nack
+    /// (`error="N"`) removes it too, so it is never redelivered forever; when the code says the
+    /// recipient could not read a message, the sender gets a retry receipt (see
+    /// [`NACK_CODES_ASKING_RETRY`]).
     fn ack(&self, node: NodeRef<'_>) {
         let (Some(class), Some(id)) = (node.attr_str("class").and_then(AckClass::parse), node.attr_str("id")) else {
             return;
         };
-        let peer = attr_text(&node, "to");
+        let peer = node.attr("to").and_then(|v| v.as_jid()).map(|j| self.sim.account_of(&j.to_owned()));
+        let peer = peer.or_else(|| attr_text(&node, "to"));
+        let mut removed = None;
         self.sim.store.with(self.jid, &mut |a| {
-            a.mailbox.ack(class, id, peer.as_deref());
+            removed = a.mailbox.ack(class, id, peer.as_deref());
+        });
+        let Some(error) = node.attr_str("error") else { return };
+        let code: u16 = error.parse().unwrap_or(0);
+        tracing::info!(account = %self.jid, class = class.as_str(), id, code, "nack: entry dropped, not redelivered");
+        if let Some(entry) = removed.filter(|e| e.class == AckClass::Message && NACK_CODES_ASKING_RETRY.contains(&code))
+        {
+            self.send_retry_receipt(&entry.from, id, entry.stored_at);
+        }
+    }
+
+    /// `<receipt type="retry">` from this account to `sender` for message `id`, the shape WhatsApp
+    /// clients send (wa-protocol-notes.md §3.10), so the sender re-encrypts as it would for a
+    /// recipient's own retry request.
+    fn send_retry_receipt(&self, sender: &str, id: &str, original_t: u64) {
+        let mut registration = 0;
+        self.sim.store.with(self.jid, &mut |a| registration = a.keys.registration_id);
+        let from = Jid::parse(self.jid).map(Value::Jid).unwrap_or_else(|_| Value::Str(self.jid.into()));
+        let receipt = Node::new("receipt")
+            .attr("from", from)
+            .attr("id", id)
+            .attr("t", self.sim.clock.now().to_string())
+            .attr("type", "retry")
+            .children(vec![
+                Node::new("retry").attr("count", "1").attr("id", id).attr("t", original_t.to_string()).attr("v", "1"),
+                Node::new("registration").bytes(registration.to_be_bytes().to_vec()),
+            ]);
+        if let Ok(p) = wire::encode::encode(&receipt) {
+            let _ = self.sim.deliver(sender, AckClass::Receipt, id, self.jid, Bytes::from(p));
+        }
+    }
+
+    /// A receipt from the recipient (delivered, `inactive`, `read`, `retry`, any type) is how
+    /// WhatsApp clients acknowledge a message (Baileys sends no `<ack class="message">`): the
+    /// messages it names (`id` and `<list><item id>`) leave this account's mailbox.
+    fn clear_receipted(&self, node: &NodeRef<'_>, sender: &str) {
+        let mut ids: Vec<String> = node.attr_str("id").into_iter().map(str::to_owned).collect();
+        if let Some(list) = node.child("list") {
+            ids.extend(list.children().filter_map(|i| i.attr_str("id").map(str::to_owned)).take(256));
+        }
+        self.sim.store.with(self.jid, &mut |a| {
+            for id in &ids {
+                a.mailbox.ack(AckClass::Message, id, Some(sender));
+            }
         });
     }
 
@@ -97,7 +145,7 @@ impl Handler<'_> {
     /// is dropped), and acks the sender.
     fn route(&self, node: NodeRef<'_>, class: AckClass) -> Outcome {
         let id = node.attr_str("id").unwrap_or_default().to_owned();
-        let to = node.attr("to").and_then(|v| v.as_jid()).map(|j| j.to_owned().to_account());
+        let to = node.attr("to").and_then(|v| v.as_jid()).map(|j| self.sim.account_of(&j.to_owned()));
         let mut ack = Node::new("ack").attr("class", class.as_str()).attr("id", id.as_str());
         if let Some(t) = node.attr_str("type").filter(|_| class == AckClass::Receipt) {
             ack = ack.attr("type", t);
@@ -105,7 +153,10 @@ impl Handler<'_> {
         let Some(to) = to else {
             return Outcome { replies: vec![ack.attr("error", "400")], close: false };
         };
-        ack = ack.attr("from", to.clone());
+        if class == AckClass::Receipt {
+            self.clear_receipted(&node, &to);
+        }
+        ack = ack.attr("from", Value::from_text(&to));
         let now = self.sim.clock.now().to_string();
         let mut forward = Node::new(node.tag());
         // `from` and `t` are the server's to set, as WhatsApp's chatd does: whatever the client
@@ -115,17 +166,29 @@ impl Handler<'_> {
                 forward.attrs.push((k.to_owned(), v.to_owned()));
             }
         }
-        forward.attrs.insert(
-            0,
-            ("from".into(), Value::Jid(Jid::parse(self.jid).unwrap_or_else(|_| Jid::server(Server::Whatsapp)))),
-        );
+        // A message keeps the sending device in `from` (§3.7); a receipt names the account.
+        let from = if class == AckClass::Message {
+            self.sim.device_jid_of(self.jid)
+        } else {
+            Jid::parse(self.jid).unwrap_or_else(|_| Jid::server(Server::Whatsapp))
+        };
+        forward.attrs.insert(0, ("from".into(), Value::Jid(from)));
         forward.attrs.push(("t".into(), Value::Str(now)));
         forward.content = node.to_owned().content;
+        if class == AckClass::Message
+            && let Some(participants) = node.child("participants")
+        {
+            match self.fan_out(&node, &participants, &to) {
+                Some(content) => forward.content = content,
+                // No `<enc>` for any device the recipient has: a stale or wrong device list.
+                None => return Outcome { replies: vec![ack.attr("error", STALE_DEVICES_CODE)], close: false },
+            }
+        }
         let payload = match wire::encode::encode(&forward) {
             Ok(p) => Bytes::from(p),
             Err(_) => return Outcome { replies: vec![ack.attr("error", "400")], close: false },
         };
-        let error = match self.sim.deliver(&to.to_string(), class, &id, self.jid, payload) {
+        let error = match self.sim.deliver(&to, class, &id, self.jid, payload) {
             Ok(()) => None,
             Err(DeliverError::UnknownRecipient) => Some("404"),
             Err(DeliverError::Blocked) => Some("403"),
@@ -135,6 +198,30 @@ impl Handler<'_> {
             ack = ack.attr("error", code);
         }
         Outcome { replies: vec![ack], close: false }
+    }
+
+    /// The multi-device shape (§3.8): `<participants><to jid=DEVICE><enc/></to>…</participants>`
+    /// plus siblings such as `<device-identity>`. The recipient's device gets only the `<enc>`
+    /// addressed to it, in the incoming shape (§3.7: `<enc>` children of `<message>`); the other
+    /// siblings are kept. `<to>` entries for the sender's own account are copies for its other
+    /// devices, which the simulator does not have (one device per account). `None` when no `<to>`
+    /// names a device the recipient has.
+    fn fan_out(&self, node: &NodeRef<'_>, participants: &NodeRef<'_>, to: &str) -> Option<wire::Content> {
+        let mut devices = Vec::new();
+        self.sim.store.with(to, &mut |a| devices = a.devices());
+        let mut children = Vec::new();
+        for target in participants.children().filter(|c| c.tag() == "to") {
+            let Some(jid) = target.attr("jid").and_then(|v| v.as_jid()).map(|j| j.to_owned()) else { continue };
+            if self.sim.account_of(&jid) == to && devices.contains(&jid.device) {
+                children.extend(target.children().filter(|c| c.tag() == "enc").map(|c| c.to_owned()));
+            }
+        }
+        if children.is_empty() {
+            return None;
+        }
+        children
+            .extend(node.children().filter(|c| c.tag() != "participants" && c.tag() != "enc").map(|c| c.to_owned()));
+        Some(wire::Content::Nodes(children))
     }
 
     fn iq(&self, node: NodeRef<'_>) -> Outcome {
@@ -154,6 +241,7 @@ impl Handler<'_> {
                 iq_result(id).children(vec![Node::new("count").attr("value", count.to_string())])
             }
             ("encrypt", "get") if node.child("key").is_some() => self.fetch_keys(id, node),
+            ("encrypt", "get") if node.child("digest").is_some() => self.digest(id),
             ("blocklist", "get") => {
                 let mut items = Vec::new();
                 self.sim.store.with(self.jid, &mut |a| {
@@ -267,7 +355,7 @@ impl Handler<'_> {
         let mut users = Vec::new();
         for user in node.child("key").into_iter().flat_map(|k| k.children()) {
             let Some(jid) = user.attr("jid").and_then(|v| v.as_jid()).map(|j| j.to_owned()) else { continue };
-            let account = jid.to_account().to_string();
+            let account = self.sim.account_of(&jid);
             let mut bundle = None;
             self.sim.store.with(&account, &mut |a| {
                 let one_time = a.keys.one_time.pop_front();
@@ -300,6 +388,36 @@ impl Handler<'_> {
         iq_result(id).children(vec![Node::new("list").children(users)])
     }
 
+    /// `<digest/>`: what the server holds of this account's keys (§3.12), so a client can check
+    /// its upload. The shape is BA's; the `hash` is the simulator's choice (WhatsApp's is not
+    /// public): SHA-1 over identity, signed prekey public and signature, then each one-time
+    /// prekey's public key in order. Baileys reads only that a `<digest>` came back.
+    fn digest(&self, id: &str) -> Node {
+        let mut keys = None;
+        self.sim.store.with(self.jid, &mut |a| keys = Some(a.keys.clone()));
+        let Some(keys) = keys else { return iq_error(id, 404, "item-not-found") };
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+        ctx.update(&keys.identity);
+        ctx.update(&keys.signed_prekey.public);
+        ctx.update(&keys.signed_prekey.signature);
+        for (_, value) in &keys.one_time {
+            ctx.update(value);
+        }
+        let ids = keys.one_time.iter().map(|(kid, _)| Node::new("id").bytes(wire::node::be_bytes(*kid, 3))).collect();
+        iq_result(id).children(vec![Node::new("digest").children(vec![
+            Node::new("registration").bytes(keys.registration_id.to_be_bytes().to_vec()),
+            Node::new("type").bytes(vec![5]),
+            Node::new("identity").bytes(keys.identity.to_vec()),
+            Node::new("skey").children(vec![
+                Node::new("id").bytes(wire::node::be_bytes(keys.signed_prekey.id, 3)),
+                Node::new("value").bytes(keys.signed_prekey.public.to_vec()),
+                Node::new("signature").bytes(keys.signed_prekey.signature.to_vec()),
+            ]),
+            Node::new("list").children(ids),
+            Node::new("hash").bytes(ctx.finish().as_ref().to_vec()),
+        ])])
+    }
+
     fn set_blocklist(&self, id: &str, node: NodeRef<'_>) -> Node {
         let max = self.sim.config.limits.max_blocklist;
         let mut changes = Vec::new();
@@ -312,7 +430,7 @@ impl Handler<'_> {
                 "unblock" => false,
                 _ => return iq_error(id, 400, "bad-request"),
             };
-            changes.push((jid.to_owned().to_account().to_string(), block));
+            changes.push((self.sim.account_of(&jid.to_owned()), block));
         }
         let mut full = false;
         self.sim.store.with(self.jid, &mut |a| {
@@ -329,26 +447,65 @@ impl Handler<'_> {
         if full { iq_error(id, 419, "resource-limit") } else { iq_result(id) }
     }
 
-    /// Device lists and registration status for the users asked for: one device (0) per account.
+    /// USync: for each user, the protocols the `<query>` asks for, in the §3.13 shapes:
+    /// `<devices>` (the device list), `<contact type="in|out"/>`, `<lid val/>`. A protocol the
+    /// simulator does not model (`status`, `business`, ...) is answered with its empty element; a
+    /// query with no `<query>` gets devices and contact (the simulator's older answer).
     fn usync(&self, id: &str, node: NodeRef<'_>) -> Node {
-        let list = node.child("usync").and_then(|u| u.child("list"));
+        let usync = node.child("usync");
+        let list = usync.and_then(|u| u.child("list"));
+        let asked: Vec<String> = match usync.and_then(|u| u.child("query")) {
+            Some(q) => q.children().map(|c| c.tag().to_owned()).take(16).collect(),
+            None => vec!["devices".into(), "contact".into()],
+        };
         let mut users = Vec::new();
-        for user in list.into_iter().flat_map(|l| l.children()) {
+        for user in list.into_iter().flat_map(|l| l.children()).take(MAX_USYNC_USERS) {
             let Some(jid) = user.attr("jid").and_then(|v| v.as_jid()).map(|j| j.to_owned()) else { continue };
-            let exists = self.sim.store.with(&jid.to_account().to_string(), &mut |_| {});
-            let mut children = vec![Node::new("contact").attr("type", if exists { "in" } else { "out" })];
-            if exists {
-                children.insert(
-                    0,
-                    Node::new("devices")
-                        .children(vec![Node::new("device-list").children(vec![Node::new("device").attr("id", "0")])]),
-                );
+            let account = self.sim.account_of(&jid);
+            let mut found = None;
+            self.sim.store.with(&account, &mut |a| found = Some((a.devices(), Some(a.lid()))));
+            let mut children = Vec::new();
+            for protocol in &asked {
+                children.push(match (protocol.as_str(), &found) {
+                    ("devices", Some((devices, _))) => Node::new("devices").children(vec![
+                        Node::new("device-list").children(
+                            devices
+                                .iter()
+                                .map(|d| {
+                                    let n = Node::new("device").attr("id", d.to_string());
+                                    if *d == 0 { n } else { n.attr("key-index", d.to_string()) }
+                                })
+                                .collect(),
+                        ),
+                    ]),
+                    ("devices", None) => continue,
+                    ("contact", f) => Node::new("contact").attr("type", if f.is_some() { "in" } else { "out" }),
+                    ("lid", Some((_, Some(lid)))) => Node::new("lid").attr("val", Value::from_text(lid)),
+                    ("lid", _) => continue,
+                    (other, _) => Node::new(other),
+                });
             }
             users.push(Node::new("user").attr("jid", jid).children(children));
         }
         iq_result(id).children(vec![Node::new("usync").children(vec![Node::new("list").children(users)])])
     }
 }
+
+/// The nack code for a `<participants>` message with no `<enc>` for any of the recipient's
+/// devices. WhatsApp's code is not public (whatsmeow reads a changed `phash` as a stale list);
+/// 406 (not acceptable) is the simulator's choice, and the sender's next usync gets the list.
+pub const STALE_DEVICES_CODE: &str = "406";
+
+/// Most users one usync answers (the rest of the list is ignored): bounded work per IQ.
+const MAX_USYNC_USERS: usize = 512;
+
+/// Nack codes (wa-protocol-notes.md §3.9) after which the sender gets a retry receipt: 487
+/// (ParsingError), which Baileys 7 sends when it lacks the keys to decrypt and sends no retry
+/// receipt of its own. Baileys' 500 (UnhandledError) follows its own retry receipt, or means a
+/// stanza it does not handle at all (it nacks an `@interop` sender so): a retry would only repeat
+/// it. Other codes (unrecognised stanza, invalid protobuf, old counter, deleted on peer, ...) only
+/// drop the entry.
+pub const NACK_CODES_ASKING_RETRY: [u16; 1] = [487];
 
 /// A fresh id for server-originated stanzas.
 pub fn notification_id(sim: &Sim) -> String {

@@ -218,6 +218,8 @@ pub struct Banner {
     pub sim: Option<String>,
     pub partner: Option<String>,
     pub ca_file: Option<std::path::PathBuf>,
+    /// The embedded simulator's WebSocket chat listener (for WhatsApp Web client libraries).
+    pub sim_ws: Option<std::net::SocketAddr>,
 }
 
 pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
@@ -241,6 +243,8 @@ pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
             if let Some(ca) = &b.ca_file {
                 jwks::tls::trust_ca_file_in_this_process(ca).unwrap();
             }
+        } else if line.starts_with("whatsapp web clients ws://") {
+            b.sim_ws = addr(&line, "ws://");
         } else if line.starts_with("embedded partner") {
             b.partner = line.split_whitespace().last().map(str::to_owned);
         } else if line == "serving" {
