@@ -45,6 +45,17 @@ async function client(...args) {
   return stdout;
 }
 
+// `interop-client listen` for `secs` seconds; `out.text` grows with what it prints.
+function listenFor(secs) {
+  const listen = spawn(join(BIN, 'interop-client'), ['--state', join(dir, 'alice'), '--proxy', banner.tcp, 'listen', '--for', String(secs)], {
+    env: { ...process.env, RUST_LOG: 'warn' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const out = { text: '' };
+  listen.stdout.on('data', (d) => { out.text += d; });
+  return { listen, out };
+}
+
 async function until(what, check, ms = 20_000) {
   const end = Date.now() + ms;
   for (;;) {
@@ -165,17 +176,12 @@ test('interop-client -> Baileys: decrypted by Baileys\' own Signal code', async 
 });
 
 test('Baileys -> interop-client: shown, delivery receipt back, mailboxes empty', async () => {
-  const listen = spawn(join(BIN, 'interop-client'), ['--state', join(dir, 'alice'), '--proxy', banner.tcp, 'listen', '--for', '30'], {
-    env: { ...process.env, RUST_LOG: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let out = '';
-  listen.stdout.on('data', (d) => { out += d; });
+  const { listen, out } = listenFor(30);
   try {
     await sleep(1500);
     const text = 'hello Partner, from Baileys';
     const sent = await sock.sendMessage(alice, { text });
-    await until('the text at interop-client', () => out.includes(`${PHONE}@s.whatsapp.net: ${text}`));
+    await until('the text at interop-client', () => out.text.includes(`${PHONE}@s.whatsapp.net: ${text}`));
     await until('the delivery receipt at Baileys', () => rawReceipts.find((r) => r.attrs.id === sent.key.id && !r.attrs.type));
     await until('alice\'s mailbox empty', async () => (await mailbox(alice)) === 0);
     await until('Baileys\' mailbox empty', async () => (await mailbox(`${PHONE}@s.whatsapp.net`)) === 0);
@@ -188,18 +194,13 @@ test('Baileys -> interop-client while it is offline: arrives once at the next lo
   const text = 'sent while you were away, from Baileys';
   await sock.sendMessage(alice, { text });
   await until('the message queued for alice', async () => (await mailbox(alice)) >= 1);
-  const listen = spawn(join(BIN, 'interop-client'), ['--state', join(dir, 'alice'), '--proxy', banner.tcp, 'listen', '--for', '30'], {
-    env: { ...process.env, RUST_LOG: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let out = '';
-  listen.stdout.on('data', (d) => { out += d; });
+  const { listen, out } = listenFor(30);
   try {
     const line = `${PHONE}@s.whatsapp.net: ${text} (sent while you were away)`;
-    await until('the queued text at interop-client', () => out.includes(line));
+    await until('the queued text at interop-client', () => out.text.includes(line));
     await until('alice\'s mailbox empty', async () => (await mailbox(alice)) === 0);
     await sleep(1000);
-    assert.equal(out.split(line).length - 1, 1, out);
+    assert.equal(out.text.split(line).length - 1, 1, out.text);
   } finally {
     listen.kill('SIGTERM');
   }
@@ -225,19 +226,14 @@ test('a retry receipt from interop-client recovers a lost session with Baileys',
   // Our side loses its session; Baileys' next message (a `msg` on the old session) cannot be
   // decrypted, interop-client answers with a retry receipt carrying fresh keys, Baileys re-sends.
   await client('--proxy', banner.tcp, 'reset-session', `${PHONE}@s.whatsapp.net`);
-  const listen = spawn(join(BIN, 'interop-client'), ['--state', join(dir, 'alice'), '--proxy', banner.tcp, 'listen', '--for', '30'], {
-    env: { ...process.env, RUST_LOG: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let out = '';
-  listen.stdout.on('data', (d) => { out += d; });
+  const { listen, out } = listenFor(30);
   try {
     await sleep(1500);
     const text = 'after the session was lost';
     const sent = await sock.sendMessage(alice, { text });
     sentMessages.set(sent.key.id, sent.message);
-    await until('the retry request at interop-client', () => out.includes('could not be decrypted'));
-    await until('the re-sent text at interop-client', () => out.includes(`${PHONE}@s.whatsapp.net: ${text}`));
+    await until('the retry request at interop-client', () => out.text.includes('could not be decrypted'));
+    await until('the re-sent text at interop-client', () => out.text.includes(`${PHONE}@s.whatsapp.net: ${text}`));
   } finally {
     listen.kill('SIGTERM');
   }

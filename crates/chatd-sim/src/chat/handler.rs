@@ -8,7 +8,7 @@ use bytes::Bytes;
 use wire::decode::NodeRef;
 use wire::{Jid, Node, Server, Value};
 
-use crate::account::{AckClass, SignedPreKey};
+use crate::account::{AckClass, KeyBundle, SignedPreKey};
 use crate::sim::{DeliverError, Sim};
 
 /// What the connection must do after a stanza.
@@ -33,6 +33,21 @@ fn server_jid() -> Value {
 /// The text form of a JID or string attribute.
 fn attr_text(node: &NodeRef<'_>, key: &str) -> Option<String> {
     node.attr(key).map(|v| v.to_string())
+}
+
+/// An account's registration id, key type, identity and signed prekey, as the key fetch and the
+/// digest both list them (§3.11, §3.12).
+fn identity_nodes(keys: &KeyBundle) -> Vec<Node> {
+    vec![
+        Node::new("registration").bytes(keys.registration_id.to_be_bytes().to_vec()),
+        Node::new("type").bytes(vec![5]),
+        Node::new("identity").bytes(keys.identity.to_vec()),
+        Node::new("skey").children(vec![
+            Node::new("id").bytes(wire::node::be_bytes(keys.signed_prekey.id, 3)),
+            Node::new("value").bytes(keys.signed_prekey.public.to_vec()),
+            Node::new("signature").bytes(keys.signed_prekey.signature.to_vec()),
+        ]),
+    ]
 }
 
 fn iq_result(id: &str) -> Node {
@@ -364,16 +379,7 @@ impl Handler<'_> {
             let user_node = Node::new("user").attr("jid", jid);
             users.push(match bundle {
                 Some((keys, one_time)) => {
-                    let mut children = vec![
-                        Node::new("registration").bytes(keys.registration_id.to_be_bytes().to_vec()),
-                        Node::new("type").bytes(vec![5]),
-                        Node::new("identity").bytes(keys.identity.to_vec()),
-                        Node::new("skey").children(vec![
-                            Node::new("id").bytes(wire::node::be_bytes(keys.signed_prekey.id, 3)),
-                            Node::new("value").bytes(keys.signed_prekey.public.to_vec()),
-                            Node::new("signature").bytes(keys.signed_prekey.signature.to_vec()),
-                        ]),
-                    ];
+                    let mut children = identity_nodes(&keys);
                     if let Some((kid, value)) = one_time {
                         children.push(Node::new("key").children(vec![
                             Node::new("id").bytes(wire::node::be_bytes(kid, 3)),
@@ -404,18 +410,10 @@ impl Handler<'_> {
             ctx.update(value);
         }
         let ids = keys.one_time.iter().map(|(kid, _)| Node::new("id").bytes(wire::node::be_bytes(*kid, 3))).collect();
-        iq_result(id).children(vec![Node::new("digest").children(vec![
-            Node::new("registration").bytes(keys.registration_id.to_be_bytes().to_vec()),
-            Node::new("type").bytes(vec![5]),
-            Node::new("identity").bytes(keys.identity.to_vec()),
-            Node::new("skey").children(vec![
-                Node::new("id").bytes(wire::node::be_bytes(keys.signed_prekey.id, 3)),
-                Node::new("value").bytes(keys.signed_prekey.public.to_vec()),
-                Node::new("signature").bytes(keys.signed_prekey.signature.to_vec()),
-            ]),
-            Node::new("list").children(ids),
-            Node::new("hash").bytes(ctx.finish().as_ref().to_vec()),
-        ])])
+        let mut children = identity_nodes(&keys);
+        children.push(Node::new("list").children(ids));
+        children.push(Node::new("hash").bytes(ctx.finish().as_ref().to_vec()));
+        iq_result(id).children(vec![Node::new("digest").children(children)])
     }
 
     fn set_blocklist(&self, id: &str, node: NodeRef<'_>) -> Node {
