@@ -297,15 +297,17 @@ async fn tls_garbage_on_the_tls_listener_is_dropped_without_an_upstream() {
     println!("TLS garbage: {} attempts, {} closed without an answer, upstream connections 0", cases.len(), cases.len());
 }
 
+/// PROXY headers required on the TCP listener, from 127.0.0.2 only; a 1 s login timeout.
+fn behind_a_load_balancer(c: &mut proxy::config::Config) {
+    c.edge.login_timeout_secs = 1;
+    c.edge.proxy_protocol = true;
+    c.edge.proxy_protocol_trusted_cidrs = vec!["127.0.0.2/32".into()];
+}
+
 #[tokio::test]
 async fn proxy_headers_from_untrusted_sources_are_refused_without_an_answer() {
     // Only 127.0.0.2 is a trusted load balancer; the attackers come from 127.0.0.1.
-    let p = start(|c| {
-        c.edge.login_timeout_secs = 1;
-        c.edge.proxy_protocol = true;
-        c.edge.proxy_protocol_trusted_cidrs = vec!["127.0.0.2/32".into()];
-    })
-    .await;
+    let p = start(behind_a_load_balancer).await;
     let addr = p.tcp_addr.unwrap();
     let (guard, eve) = (enlisted(&p, "ppguard").await, enlisted(&p, "ppeve2").await);
     let mut g = EdgeClient::connect(addr, Some("127.0.0.2".parse().unwrap())).await.unwrap();
@@ -351,12 +353,7 @@ async fn proxy_headers_from_untrusted_sources_are_refused_without_an_answer() {
 
 #[tokio::test]
 async fn proxy_v2_headers_with_malformed_tlvs_from_a_trusted_source_are_refused() {
-    let p = start(|c| {
-        c.edge.login_timeout_secs = 1;
-        c.edge.proxy_protocol = true;
-        c.edge.proxy_protocol_trusted_cidrs = vec!["127.0.0.2/32".into()];
-    })
-    .await;
+    let p = start(behind_a_load_balancer).await;
     let addr = p.tcp_addr.unwrap();
     let eve = enlisted(&p, "tlveve").await;
     let login = framed(&login_frame(&eve.user, &eve.jid, &eve.token).unwrap());
@@ -678,22 +675,8 @@ async fn the_admin_listener_closes_idle_and_half_sent_connections_and_caps_them(
 fn tls_files(what: &str) -> (std::path::PathBuf, rcgen::CertifiedKey<rcgen::KeyPair>) {
     let dir = std::env::temp_dir().join(format!("proxy-hostile-{what}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let cert = self_signed(&dir);
     (dir, cert)
-}
-
-fn tls_connector(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,13 @@ mod support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge::client::{ClientError, EdgeClient};
 use proxy::demo::{DemoTargets, login_frame};
-use support::{Banner, Enlisted, WAIT, ack_for, enlisted_at, get_text, message, read_banner};
+use support::{
+    Banner, Enlisted, WAIT, ack_for, enlisted_at, get_text, message, read_banner, self_signed, tls_connector,
+};
 use wire::{Jid, Node, Server};
 
 /// A running `interop-proxy` process and the addresses its banner printed.
@@ -218,31 +219,12 @@ async fn sigterm_drains_sessions_spread_over_the_window_and_exits_before_the_dea
     }
 }
 
-fn self_signed(dir: &std::path::Path) -> rcgen::CertifiedKey<rcgen::KeyPair> {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-    cert
-}
-
-fn connector(trust: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trust.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
 async fn tls_connect(
     addr: SocketAddr,
     trust: &rcgen::CertifiedKey<rcgen::KeyPair>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    connector(trust).connect("localhost".try_into().unwrap(), tcp).await
+    tls_connector(trust).connect("localhost".try_into().unwrap(), tcp).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

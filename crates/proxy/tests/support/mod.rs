@@ -253,3 +253,25 @@ pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
     }
     b
 }
+
+/// A self-signed certificate for `localhost`, written to `dir/cert.pem` and `dir/key.pem` (the
+/// TLS edge's files).
+pub fn self_signed(dir: &std::path::Path) -> rcgen::CertifiedKey<rcgen::KeyPair> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    cert
+}
+
+/// A TLS 1.3 client that trusts only `trust`.
+pub fn tls_connector(trust: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
