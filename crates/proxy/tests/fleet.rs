@@ -48,15 +48,7 @@ async fn ws_login(
 
 #[tokio::test]
 async fn websocket_clients_log_in_and_exchange_a_message_with_the_forwarded_ip() {
-    let p = start(|c| {
-        c.edge.websocket = Some(proxy::config::WebSocketConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            path: "/ws/chat".into(),
-            trusted_forwarded_cidrs: vec!["127.0.0.0/8".into()],
-            forwarded_header: "x-forwarded-for".into(),
-        })
-    })
-    .await;
+    let p = start(|c| c.edge.websocket = Some(websocket_listener(&["127.0.0.0/8"]))).await;
     let ws_addr = p.ws_addr.unwrap();
     let (alice, bob) = (enlisted(&p, "wsalice").await, enlisted(&p, "wsbob").await);
     let mut a = ws_login(ws_addr, "/ws/chat", &alice, Some("203.0.113.66, 198.51.100.23")).await;
@@ -83,15 +75,7 @@ async fn websocket_clients_log_in_and_exchange_a_message_with_the_forwarded_ip()
     assert!(wrong.is_err(), "upgrade on another path is refused");
 
     // A proxy that does not trust loopback ignores the header.
-    let q = start(|c| {
-        c.edge.websocket = Some(proxy::config::WebSocketConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            path: "/ws/chat".into(),
-            trusted_forwarded_cidrs: vec!["10.0.0.0/8".into()],
-            forwarded_header: "x-forwarded-for".into(),
-        })
-    })
-    .await;
+    let q = start(|c| c.edge.websocket = Some(websocket_listener(&["10.0.0.0/8"]))).await;
     let carol = enlisted(&q, "wscarol").await;
     let _c = ws_login(q.ws_addr.unwrap(), "/ws/chat", &carol, Some("198.51.100.24")).await;
     assert_eq!(observed(&q, &carol.jid).await["client_ips"], serde_json::json!(["127.0.0.1"]));

@@ -419,12 +419,7 @@ async fn websocket_abuse_gets_closes_and_spares_sessions() {
     let p = start(|c| {
         c.edge.login_timeout_secs = 1;
         c.edge.max_frame_size = max_frame;
-        c.edge.websocket = Some(proxy::config::WebSocketConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            path: "/ws/chat".into(),
-            trusted_forwarded_cidrs: vec![],
-            forwarded_header: "x-forwarded-for".into(),
-        })
+        c.edge.websocket = Some(websocket_listener(&[]))
     })
     .await;
     let ws_addr = p.ws_addr.unwrap();
@@ -513,12 +508,7 @@ async fn a_client_written_forwarded_header_picks_neither_the_address_nor_the_rat
     let p = start(|c| {
         c.edge.login_timeout_secs = 1;
         c.limits.per_ip_connections_per_sec = 1;
-        c.edge.websocket = Some(proxy::config::WebSocketConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            path: "/ws/chat".into(),
-            trusted_forwarded_cidrs: vec!["127.0.0.0/8".into()],
-            forwarded_header: "x-forwarded-for".into(),
-        })
+        c.edge.websocket = Some(websocket_listener(&["127.0.0.0/8"]))
     })
     .await;
     let ws_addr = p.ws_addr.unwrap();
@@ -691,12 +681,7 @@ async fn one_login_deadline_covers_the_tls_handshake_the_upgrade_and_the_proxy_h
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),
         });
-        c.edge.websocket = Some(proxy::config::WebSocketConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            path: "/ws/chat".into(),
-            trusted_forwarded_cidrs: vec![],
-            forwarded_header: "x-forwarded-for".into(),
-        });
+        c.edge.websocket = Some(websocket_listener(&[]));
     })
     .await;
     let (tcp_addr, tls_addr, ws_addr) = (p.tcp_addr.unwrap(), p.tls_addr.unwrap(), p.ws_addr.unwrap());
@@ -778,12 +763,7 @@ fn ws_binary_header(len: u64) -> Vec<u8> {
 async fn a_websocket_message_above_the_login_cap_is_refused_before_the_login_and_taken_after() {
     let p = start(|c| {
         c.edge.login_timeout_secs = 2;
-        c.edge.websocket = Some(proxy::config::WebSocketConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            path: "/ws/chat".into(),
-            trusted_forwarded_cidrs: vec![],
-            forwarded_header: "x-forwarded-for".into(),
-        });
+        c.edge.websocket = Some(websocket_listener(&[]));
     })
     .await;
     let ws_addr = p.ws_addr.unwrap();

@@ -275,3 +275,14 @@ pub fn tls_connector(trust: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustl
         .with_no_client_auth();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
+
+/// A WebSocket edge listener on an ephemeral loopback port at `/ws/chat`, taking the client's
+/// address from `X-Forwarded-For` when the peer is in `trusted`.
+pub fn websocket_listener(trusted: &[&str]) -> proxy::config::WebSocketConfig {
+    proxy::config::WebSocketConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        path: "/ws/chat".into(),
+        trusted_forwarded_cidrs: trusted.iter().map(|c| (*c).to_owned()).collect(),
+        forwarded_header: "x-forwarded-for".into(),
+    }
+}
