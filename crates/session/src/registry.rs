@@ -335,7 +335,7 @@ impl Drop for Claim {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_new_claim_cancels_and_waits_for_the_old_upstream() {
         let metrics = SessionMetrics::new().unwrap();
         let reg = Registry::new(Some(metrics.clone()));
@@ -362,7 +362,7 @@ mod tests {
         assert_eq!(metrics.replacements.get(), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_burst_of_claims_serializes_and_the_last_one_wins() {
         let reg = Registry::default();
         let first = reg.claim("x@interop").await.unwrap();
@@ -386,7 +386,7 @@ mod tests {
         assert_eq!((reg.len(), reg.accounts()), (0, 0));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn abandoned_waiters_do_not_leak_or_break_the_invariant() {
         let reg = Registry::default();
         let holder = reg.claim("y@interop").await.unwrap();
@@ -421,7 +421,7 @@ mod tests {
         assert_eq!((reg.len(), reg.accounts()), (0, 0));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn drain_spreads_cancels_and_refuses_new_claims() {
         let reg = Registry::default();
         let claims: Vec<Claim> = futures_util::future::join_all((0..4).map(|i| {
@@ -446,7 +446,7 @@ mod tests {
         assert!(reg.is_empty());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn shutdown_cancels_waiting_and_running_sessions() {
         let reg = Registry::default();
         let holder = reg.claim("s@interop").await.unwrap();
