@@ -5,7 +5,7 @@
 //! then acked, so a crash before the ack redelivers the stanza and the shown-id check keeps it
 //! from the user twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use wire::node::be_bytes;
@@ -17,6 +17,7 @@ use crate::e2e::{self, E2eError, EncType, KeyBundle};
 use crate::media::{self, MediaError, MediaKind};
 use crate::message::{Content, MediaRef, Message, MessageError};
 use crate::reconnect::CloseReason;
+use crate::retry::{MAX_RETRIES, RetryDecision, RetryLedger};
 use crate::services::{ServiceError, Services};
 use crate::store::{Account, PREKEY_BATCH, Store, StoreError};
 
@@ -24,8 +25,6 @@ use crate::store::{Account, PREKEY_BATCH, Store, StoreError};
 pub const APP_VERSION: (u32, u32, u32) = (2, 3000, 1);
 /// Upload more one-time prekeys when chatd holds fewer than this.
 const PREKEY_LOW_WATER: usize = 10;
-/// Retry receipts honoured per message before giving up.
-const MAX_RETRIES: u32 = 3;
 
 /// What the client tells its user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +37,8 @@ pub enum Event {
     Read { peer: String, id: String },
     /// The peer's security code changed (new device or reinstall): a notice in the thread.
     IdentityChanged { peer: String },
-    /// A message could not be decrypted; a retry receipt asked the sender to re-send it.
+    /// A message could not be decrypted; a retry receipt asked the sender to re-send it (up to
+    /// [`MAX_RETRIES`] times per message, then the reason says the client gave up).
     Undecryptable { from: String, id: String, reason: String },
     /// The peer could not decrypt our message; it was re-encrypted and sent again.
     Resent { peer: String, id: String, fresh_session: bool },
@@ -214,7 +214,7 @@ pub struct Client {
     wait: Duration,
     media_host: Option<String>,
     /// Retry receipts sent per incoming message.
-    retries_sent: HashMap<String, u32>,
+    retries_sent: RetryLedger,
 }
 
 impl Client {
@@ -239,7 +239,7 @@ impl Client {
             next_iq: 1,
             wait,
             media_host: None,
-            retries_sent: HashMap::new(),
+            retries_sent: RetryLedger::default(),
         };
         if let Err(error) = client.top_up_prekeys().await {
             return Err(Box::new(LoginFailed { store: client.close().await, error }));
@@ -577,11 +577,7 @@ impl Client {
         // the sender to re-send (retry receipt), tells the application and leaves a log line.
         let own = self.jid().to_owned();
         let Some(enc) = own_enc(&node, &own).cloned() else {
-            let reason = "no <enc> for this device".to_owned();
-            tracing::warn!(%from, %id, %reason, "message not shown; retry receipt sent");
-            self.send_retry_receipt(&node, &from, &id).await?;
-            self.ack("message", &node, None).await?;
-            return Ok(Some(Event::Undecryptable { from, id, reason }));
+            return self.undecryptable(&node, from, id, "no <enc> for this device".to_owned()).await;
         };
         let kind = enc.get_str("type").and_then(EncType::parse);
         let bytes = match &enc.content {
@@ -595,18 +591,13 @@ impl Client {
         let message = decrypted.and_then(|d| Ok((Message::from_plaintext(&d.plaintext)?, d.identity_changed)));
         let (message, identity_changed) = match message {
             Ok(m) => m,
-            Err(e) => {
-                let reason = e.to_string();
-                tracing::warn!(%from, %id, %reason, "message not decrypted; retry receipt sent");
-                self.send_retry_receipt(&node, &from, &id).await?;
-                self.ack("message", &node, None).await?;
-                return Ok(Some(Event::Undecryptable { from, id, reason }));
-            }
+            Err(e) => return self.undecryptable(&node, from, id, e.to_string()).await,
         };
         if identity_changed {
             self.identity_changed(&from)?;
         }
         let content = message.content();
+        self.retries_sent.succeeded(&key);
         self.store.mark_seen(key);
         self.store.save()?;
         let text = match &content {
@@ -627,14 +618,34 @@ impl Client {
         }
     }
 
+    /// A message this device cannot show: a retry receipt asks the sender to re-send (at most
+    /// [`MAX_RETRIES`] per message, as WhatsApp clients stop asking), the application gets an
+    /// event and the log a line, and the message is acknowledged so it is not redelivered forever.
+    async fn undecryptable(
+        &mut self,
+        node: &Node,
+        from: String,
+        id: String,
+        reason: String,
+    ) -> Result<Option<Event>, ClientError> {
+        let reason = match self.retries_sent.failed(&format!("{from}/{id}")) {
+            RetryDecision::Ask(count) => {
+                tracing::warn!(%from, %id, %reason, count, "message not shown; retry receipt sent");
+                self.send_retry_receipt(node, &from, &id, count).await?;
+                reason
+            }
+            RetryDecision::GiveUp => {
+                tracing::warn!(%from, %id, %reason, "message not shown; gave up after {MAX_RETRIES} retry receipts");
+                format!("{reason} (gave up after {MAX_RETRIES} retry receipts)")
+            }
+        };
+        self.ack("message", node, None).await?;
+        Ok(Some(Event::Undecryptable { from, id, reason }))
+    }
+
     /// Asks the sender to re-send: our registration id and a fresh bundle (with a new one-time
     /// prekey), so it can start a new session if ours was lost.
-    async fn send_retry_receipt(&mut self, node: &Node, from: &str, id: &str) -> Result<(), ClientError> {
-        let count = {
-            let c = self.retries_sent.entry(format!("{from}/{id}")).or_insert(0);
-            *c += 1;
-            *c
-        };
+    async fn send_retry_receipt(&mut self, node: &Node, from: &str, id: &str, count: u32) -> Result<(), ClientError> {
         let (otk_id, otk) = self.store.new_prekeys(1)?[0];
         self.store.save()?;
         let (spk_id, spk, signature) = self.store.signed_prekey()?;

@@ -6,7 +6,8 @@
 //! - [`e2e`]: Signal sessions and messages (via `wacore-libsignal`), pure over the store.
 //! - [`message`]: the `Message` protobuf and its padding; [`media`]: media encryption.
 //! - [`conn`]: the chat connection (edge or direct); [`services`]: the HTTP services.
-//! - [`client`]: the logged-in client and its events; [`reconnect`]: close reasons and backoff.
+//! - [`client`]: the logged-in client and its events; [`reconnect`]: close reasons and backoff;
+//!   [`retry`]: retry receipts per incoming message, bounded.
 //! - [`listen`]: the long-running receive loop: keepalive, reconnects, push wake-up.
 
 pub mod client;
@@ -16,6 +17,7 @@ pub mod listen;
 pub mod media;
 pub mod message;
 pub mod reconnect;
+pub mod retry;
 pub mod services;
 pub mod store;
 

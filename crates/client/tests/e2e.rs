@@ -436,4 +436,24 @@ async fn a_message_with_no_ciphertext_for_this_device_is_never_lost_silently() {
     let (retry, _) = raw.recv_tag("receipt").await;
     assert_eq!((retry.get_str("id"), retry.get_str("type")), (Some("3EB0NOENC"), Some("retry")));
     assert!(retry.child("retry").is_some() && retry.child("registration").is_some(), "{retry:?}");
+    let count_of = |r: &wire::Node| r.child("retry").and_then(|c| c.get_str("count")).map(str::to_owned);
+    assert_eq!(count_of(&retry).as_deref(), Some("1"));
+
+    // A sender that keeps sending what cannot be shown gets at most MAX_RETRIES retry receipts
+    // for that message (WhatsApp clients stop asking too); each copy is still an event.
+    for round in 2..=client::retry::MAX_RETRIES + 2 {
+        raw.send(&empty).await;
+        let (failed, _) = until(&mut alice, |e| matches!(e, Event::Undecryptable { .. })).await;
+        let Event::Undecryptable { reason, .. } = failed else { unreachable!() };
+        if round <= client::retry::MAX_RETRIES {
+            assert_eq!(reason, "no <enc> for this device");
+            let (retry, _) = raw.recv_tag("receipt").await;
+            assert_eq!(count_of(&retry), Some(round.to_string()), "{retry:?}");
+        } else {
+            assert_eq!(reason, "no <enc> for this device (gave up after 3 retry receipts)");
+        }
+    }
+    while let Some(late) = raw.recv_within(Duration::from_millis(300)).await {
+        assert_ne!(late.get_str("type"), Some("retry"), "a retry receipt past the limit: {late:?}");
+    }
 }
