@@ -162,6 +162,20 @@ test('Baileys logs in over the simulator WebSocket and stays connected', async (
   assert.equal(closed, false);
 });
 
+test('privacy settings: Baileys reads every category, and its own change reads back', async () => {
+  const before = await sock.fetchPrivacySettings(true);
+  for (const name of ['last', 'online', 'profile', 'status', 'readreceipts', 'groupadd', 'calladd', 'messages']) {
+    assert.equal(typeof before[name], 'string', `category ${name} in ${JSON.stringify(before)}`);
+  }
+  await sock.updateReadReceiptsPrivacy('none');
+  await sock.updateLastSeenPrivacy('contacts');
+  const after = await sock.fetchPrivacySettings(true);
+  assert.equal(after.readreceipts, 'none');
+  assert.equal(after.last, 'contacts');
+  assert.equal(after.online, before.online);
+  await sock.updateReadReceiptsPrivacy('all');
+});
+
 test('interop-client -> Baileys: decrypted by Baileys\' own Signal code', async () => {
   const text = 'hello Baileys, from a Partner app';
   await client('--proxy', banner.tcp, 'send', text, '--to', `${PHONE}@s.whatsapp.net`);

@@ -165,6 +165,8 @@ pub struct Account {
     pub contacts: BTreeSet<String>,
     /// Unix seconds of the last login (or enlistment); drives the 30-day un-enlistment.
     pub last_active: u64,
+    /// The `privacy` IQ's settings.
+    pub privacy: crate::privacy::Privacy,
 }
 
 impl Account {

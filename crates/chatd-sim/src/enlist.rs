@@ -179,6 +179,7 @@ pub async fn enlist(sim: &Sim, verifier: &dyn TokenVerifier, body: &[u8]) -> Ans
         blocklist: Default::default(),
         contacts: Default::default(),
         last_active: now,
+        privacy: Default::default(),
     };
     if sim.store.put(account).is_err() {
         return Answer::fail(Reason::Overloaded);

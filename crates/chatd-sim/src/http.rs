@@ -351,6 +351,7 @@ fn provision_wa_user(sim: &Sim, body: &[u8]) -> Resp {
         blocklist: Default::default(),
         contacts: Default::default(),
         last_active: sim.clock.now(),
+        privacy: Default::default(),
     };
     match sim.store.put(account) {
         Ok(()) => respond(StatusCode::OK, json!({ "jid": jid })),
@@ -443,6 +444,7 @@ fn enlist_interop_users(sim: &Sim, body: &[u8]) -> Resp {
             blocklist: Default::default(),
             contacts: Default::default(),
             last_active: now,
+            privacy: Default::default(),
         };
         if let Err(e) = sim.store.put(account) {
             return respond(

@@ -13,6 +13,7 @@ pub mod config;
 pub mod enlist;
 pub mod http;
 pub mod media;
+pub mod privacy;
 pub mod push;
 pub mod sim;
 pub mod store;

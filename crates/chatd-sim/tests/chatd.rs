@@ -293,6 +293,50 @@ async fn blocking_stops_delivery_both_ways_until_unblocked() {
 }
 
 #[tokio::test]
+async fn privacy_settings_answer_in_the_shape_clients_parse_and_keep_what_was_set() {
+    let partner = Partner::start(1).await;
+    let sim = sim_with(&partner, |_| {}).await;
+    let alice = Device::new();
+    let (_, alice_id) = enlist(&sim, &partner, &alice, "alice").await;
+    let (mut a, _) =
+        ChatClient::login(Dial::to(&sim), &alice.noise, &interop_payload(alice_id, &partner.token("alice"))).await;
+    let iq = |id: &str, kind: &str, categories: &[(&str, &str)]| {
+        let cats = categories.iter().map(|(n, v)| Node::new("category").attr("name", *n).attr("value", *v)).collect();
+        Node::new("iq")
+            .attr("id", id)
+            .attr("xmlns", "privacy")
+            .attr("type", kind)
+            .attr("to", jid("s.whatsapp.net"))
+            .children(vec![Node::new("privacy").children(cats)])
+    };
+    let settings = |answer: &Node| -> Vec<(String, String)> {
+        answer
+            .child("privacy")
+            .expect("a <privacy> child")
+            .child_nodes()
+            .iter()
+            .map(|c| (c.get_str("name").unwrap().to_owned(), c.get_str("value").unwrap().to_owned()))
+            .collect()
+    };
+    let before = settings(&a.iq(iq("g1", "get", &[])).await);
+    assert!(before.contains(&("readreceipts".into(), "all".into())), "{before:?}");
+    assert!(before.contains(&("last".into(), "all".into())), "{before:?}");
+
+    assert_eq!(a.iq(iq("s1", "set", &[("readreceipts", "none")])).await.get_str("type"), Some("result"));
+    let after = settings(&a.iq(iq("g2", "get", &[])).await);
+    assert!(after.contains(&("readreceipts".into(), "none".into())), "{after:?}");
+    assert_eq!(after.len(), before.len());
+
+    // A name or value clients do not use is refused whole, and changes nothing.
+    for bad in [[("last", "contacts"), ("nickname", "all")], [("last", "contacts"), ("online", "everyone")]] {
+        let answer = a.iq(iq("s2", "set", &bad)).await;
+        assert_eq!(answer.get_str("type"), Some("error"));
+        assert_eq!(answer.child("error").and_then(|e| e.get_str("code")), Some("400"));
+    }
+    assert_eq!(settings(&a.iq(iq("g3", "get", &[])).await), after);
+}
+
+#[tokio::test]
 async fn deletion_closes_the_connection_and_later_logins_fail_until_reenlisted() {
     let partner = Partner::start(1).await;
     let sim = sim_with(&partner, |_| {}).await;

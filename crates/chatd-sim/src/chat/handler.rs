@@ -245,7 +245,9 @@ impl Handler<'_> {
         let kind = node.attr_str("type").unwrap_or_default();
         let reply = match (xmlns, kind) {
             ("w:p", "get") => iq_result(id),
-            ("passive", "set") | ("w", _) | ("abt", "get") | ("privacy", _) => match xmlns {
+            ("privacy", "get") => self.privacy_settings(id),
+            ("privacy", "set") => self.set_privacy(id, node),
+            ("passive", "set") | ("w", _) | ("abt", "get") => match xmlns {
                 "abt" => iq_result(id).children(vec![Node::new("props").attr("protocol", "1")]),
                 _ => iq_result(id),
             },
@@ -443,6 +445,34 @@ impl Handler<'_> {
             }
         });
         if full { iq_error(id, 419, "resource-limit") } else { iq_result(id) }
+    }
+
+    /// `<privacy>` with every category and its value.
+    fn privacy_settings(&self, id: &str) -> Node {
+        let mut categories = Vec::new();
+        self.sim.store.with(self.jid, &mut |a| {
+            categories =
+                a.privacy.categories().map(|(n, v)| Node::new("category").attr("name", n).attr("value", v)).collect();
+        });
+        iq_result(id).children(vec![Node::new("privacy").children(categories)])
+    }
+
+    /// `<privacy><category name value/>...</privacy>`: all or nothing, 400 for a name or value
+    /// clients do not use.
+    fn set_privacy(&self, id: &str, node: NodeRef<'_>) -> Node {
+        let Some(privacy) = node.child("privacy") else { return iq_error(id, 400, "bad-request") };
+        let mut refused = false;
+        self.sim.store.with(self.jid, &mut |a| {
+            let mut next = a.privacy.clone();
+            for c in privacy.children().filter(|c| c.tag() == "category") {
+                let (name, value) = (c.attr_str("name").unwrap_or_default(), c.attr_str("value").unwrap_or_default());
+                refused |= next.set(name, value).is_err();
+            }
+            if !refused {
+                a.privacy = next;
+            }
+        });
+        if refused { iq_error(id, 400, "bad-request") } else { iq_result(id) }
     }
 
     /// USync: for each user, the protocols the `<query>` asks for, in the §3.13 shapes:
