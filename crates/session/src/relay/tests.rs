@@ -276,7 +276,7 @@ async fn client_eof_forwards_what_it_sent_and_closes_upstream() {
     assert!(matches!(s.relay.await.unwrap().reason, EndReason::ClientClosed));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_cancel_forwards_every_client_frame_the_relay_already_read() {
     // chatd stops reading (a 1 KiB pipe), so the client's frames wait in the relay's buffers.
     let mut s = start_with(cfg(), (64 * 1024, 1024), BytesMut::new(), BytesMut::new(), BytesMut::new());
@@ -296,7 +296,7 @@ async fn a_cancel_forwards_every_client_frame_the_relay_already_read() {
     assert!(matches!(s.relay.await.unwrap().reason, EndReason::Cancelled(CancelReason::Draining)));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_slow_client_backpressures_chatd_within_the_buffer_limit() {
     let cfg = cfg();
     let limit = cfg.max_buffered_bytes;
@@ -335,7 +335,7 @@ async fn a_slow_client_backpressures_chatd_within_the_buffer_limit() {
     assert!(end.to_client.stalls >= 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_sessions_release_their_buffers() {
     let mut s = start(cfg(), 64 * 1024, BytesMut::new(), BytesMut::new());
     for i in 0..3 {
@@ -356,7 +356,7 @@ async fn idle_sessions_release_their_buffers() {
     s.relay.await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn silent_clients_are_closed_after_the_idle_timeout() {
     let cfg = RelayConfig { idle_timeout: Duration::from_millis(300), ..cfg() };
     let mut s = start(cfg, 64 * 1024, BytesMut::new(), BytesMut::new());
@@ -368,7 +368,9 @@ async fn silent_clients_are_closed_after_the_idle_timeout() {
     assert_eq!(recv(&mut s.client).await, None);
     let end = s.relay.await.unwrap();
     assert!(matches!(end.reason, EndReason::ClientIdle), "{:?}", end.reason);
-    assert!(t.elapsed() < Duration::from_secs(2));
+    // On paused time: exactly the idle timeout after the client's last byte (the start), give
+    // or take the close.
+    assert!((Duration::from_millis(300)..Duration::from_secs(2)).contains(&t.elapsed()), "{:?}", t.elapsed());
 }
 
 #[tokio::test]
@@ -402,7 +404,7 @@ async fn tampered_chatd_frames_end_the_session() {
     assert_eq!(end.reason.close_reason(), CloseReason::UpstreamProtocolError, "{:?}", end.reason);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_aborted_relay_still_closes_upstream_and_balances_the_gauges() {
     // A client that does not read, so that bytes are held when the task is aborted (10 KB fit in
     // the 16 KiB of relay buffers).
