@@ -14,7 +14,8 @@
 //!   chatd closed or `<stream:error>` → relayed, then the client closed;
 //! - [`run_session`] does all of it in one call.
 //!
-//! Sans-IO where it can be: [`proxy_header`] and [`stanza`] are pure functions; the async parts
+//! Sans-IO where it can be: [`proxy_header`] and [`stanza`] are pure functions, and the relay is
+//! a sans-IO core (buffers, pipes, timers, the close plan) under a thin driver; the async parts
 //! are thin drivers over them and the `wire` crate. `docs/session.md` documents the API, the
 //! lifecycle, every close reason, and the buffer design with its idle memory cost.
 
