@@ -12,7 +12,8 @@
 //!   the client, bytes untouched (invariant 4), bounded buffers with backpressure (invariant 5),
 //!   and the lifecycle mirrored (invariant 2): client gone or idle → upstream closed at once;
 //!   chatd closed or `<stream:error>` → relayed, then the client closed;
-//! - [`run_session`] does all of it in one call.
+//! - [`run_session`] does all of it in one call; [`run_session_with`] also says when the login
+//!   has its answer (the edge's handshake slot ends there).
 //!
 //! Sans-IO where it can be: [`proxy_header`] and [`stanza`] are pure functions; the async parts
 //! are thin drivers over them and the `wire` crate. `docs/session.md` documents the API, the
@@ -38,5 +39,5 @@ pub use metrics::{Direction, SessionMetrics};
 pub use proxy_header::ProxyProtocol;
 pub use registry::{Claim, Registry};
 pub use relay::{DirectionStats, EndReason, RelayConfig, RelayEnd, relay};
-pub use session::{FirstReply, SessionContext, SessionOutcome, run_session};
-pub use upstream::{Login, LoginInfo, LoginRequest, Upstream, UpstreamConfig, connect};
+pub use session::{FirstReply, SessionContext, SessionOutcome, run_session, run_session_with};
+pub use upstream::{Login, LoginInfo, LoginRequest, Upstream, UpstreamAddr, UpstreamConfig, connect};
