@@ -16,8 +16,8 @@
 //!
 //! (`counted as` is the `result` of `waproxy_logins_total` unless named.) Each step is a
 //! function of the state the step before produced, consuming it, so no step can be skipped or
-//! reordered: [`Admitted`], the only way to a session's [`LoginRequest`], comes from a token
-//! check that named the account. [`Refusal`] is the one place a refusal becomes a stanza, a
+//! reordered: only a token check that named the account yields [`Admitted`], and the edge builds
+//! the session's [`LoginRequest`] from nothing else. [`Refusal`] is the one place a refusal becomes a stanza, a
 //! metric and a log line. [`admit`] is the thin async driver: it reads the login frame and awaits
 //! the token check; the caller writes the refusal.
 

@@ -154,7 +154,7 @@ pub async fn serve_client_with<S, F>(
     mut stream: S,
     peer: SocketAddr,
     local: SocketAddr,
-    buf: BytesMut,
+    mut buf: BytesMut,
     deadline: Instant,
     login_read: F,
 ) where
@@ -162,7 +162,6 @@ pub async fn serve_client_with<S, F>(
     F: FnOnce(&mut S) + Send,
 {
     let started = Instant::now();
-    let mut buf = buf;
     // Boxed: admission (frame read, token check) is large and short-lived; inline, its space
     // would stay in this task for the session's whole life.
     let admitted =

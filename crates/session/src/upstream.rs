@@ -1,4 +1,4 @@
-//! The upstream login: TCP to chatd, the PROXY header, `WA` 6 3, WhatsApp's Noise XX as the
+//! The upstream login: chatd's address decided at the dial, TCP to chatd, the PROXY header, `WA` 6 3, WhatsApp's Noise XX as the
 //! initiator with the client's static key, the certificate chain, the client's `ClientPayload`,
 //! and chatd's first stanza.
 //!
