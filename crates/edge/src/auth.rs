@@ -45,8 +45,21 @@ impl Authenticator {
         })
     }
 
+    /// JWKS cache counters, for metrics.
+    pub fn stats(&self) -> VerifierStats {
+        self.verifier.stats()
+    }
+}
+
+/// The token step of admission ([`crate::admission`]): [`Authenticator`] in the proxy, a fake in
+/// tests.
+pub trait TokenCheck: Send + Sync {
     /// Verifies the login's token and its binding to the login's account.
-    pub async fn check(&self, login: &Login) -> Result<(), AuthError> {
+    fn check(&self, login: &Login) -> impl Future<Output = Result<(), AuthError>> + Send;
+}
+
+impl TokenCheck for Authenticator {
+    async fn check(&self, login: &Login) -> Result<(), AuthError> {
         let claims: serde_json::Map<String, serde_json::Value> =
             self.verifier.verify(&login.token, &self.expect).await?;
         // The claim must spell the account canonically too: a claim of `1-0042@interop` binds no
@@ -55,10 +68,5 @@ impl Authenticator {
             Some(Ok(account)) if account == login.account => Ok(()),
             _ => Err(AuthError::NotBound { claim: self.account_claim.clone() }),
         }
-    }
-
-    /// JWKS cache counters, for metrics.
-    pub fn stats(&self) -> VerifierStats {
-        self.verifier.stats()
     }
 }

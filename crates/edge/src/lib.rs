@@ -1,11 +1,14 @@
 //! The proxy's edge: where Partner clients connect.
 //!
-//! A client opens a TCP, TLS or WebSocket connection and sends one login frame ([`login`]). The
-//! edge checks the frame and the Partner token ([`auth`]) before any upstream connection exists,
-//! then hands the client to the session layer, which holds the one chatd connection for that
-//! account. Admission ([`limits`]): a per-source-IP connection rate, a session limit and a limit
-//! on logins waiting for chatd, all shed with `<failure reason="429" retry_after="N"/>`.
+//! A client opens a TCP, TLS or WebSocket connection ([`listener`]) and sends one login frame
+//! ([`login`]). [`admission`] decides, in a fixed order and before any upstream connection
+//! exists: the source's connection rate, the frame, the drain, a session slot, the Partner token
+//! ([`auth`]), a handshake slot (the limits are in [`limits`]; each is shed with
+//! `<failure reason="429" retry_after="N"/>`). [`conn`] then hands the client to the session
+//! layer, which holds the one chatd connection for that account, and gives the handshake slot
+//! back when the session layer says the login has its answer.
 
+pub mod admission;
 pub mod auth;
 pub mod cidr;
 pub mod client;

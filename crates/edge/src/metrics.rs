@@ -10,7 +10,7 @@
 //! | `waproxy_jwks_refresh_failures_total` | counter | | failed Partner JWKS fetches |
 //! | `waproxy_jwks_refetches_suppressed_total` | counter | | unknown-kid refetches skipped by the rate limit |
 //! | `waproxy_jwks_tls_failures_total` | counter | | JWKS fetches failed on TLS: certificate refused (untrusted, wrong name, expired) or handshake failed; included in the failures above |
-//! | `waproxy_handshakes_in_flight` | gauge | | logins past the edge's checks whose chatd handshake has not answered yet (bounded by `limits.max_concurrent_handshakes`) |
+//! | `waproxy_handshakes_in_flight` | gauge | | logins past the edge's checks whose chatd login has not answered yet (bounded by `limits.max_concurrent_handshakes`; a slot ends when the session layer has the answer: chatd's first stanza, or the proxy's own refusal) |
 //! | `waproxy_connections_rate_limited_total` | counter | | connections refused by the per-source-IP rate limit (`limits.per_ip_connections_per_sec`) with `<failure reason="429" retry_after="N"/>` |
 //! | `waproxy_proxy_protocol_refused_total` | counter | `reason` (untrusted, invalid, closed) | plain-TCP connections closed because `edge.proxy_protocol` is on and the peer is not trusted, sent no valid header, or closed before one |
 
@@ -28,8 +28,6 @@ pub enum LoginResult {
     BadLogin,
     /// The token failed verification or names another account (401); no upstream was opened.
     Unauthorized,
-    /// chatd's address did not resolve (503).
-    UpstreamUnavailable,
     /// Shed with 429 and a retry hint: the proxy is at `limits.max_sessions`, or
     /// `limits.max_concurrent_handshakes` logins are already waiting for chatd.
     Overloaded,
@@ -44,7 +42,6 @@ impl LoginResult {
             LoginResult::Timeout => "timeout",
             LoginResult::BadLogin => "bad_login",
             LoginResult::Unauthorized => "unauthorized",
-            LoginResult::UpstreamUnavailable => "upstream_unavailable",
             LoginResult::Overloaded => "overloaded",
             LoginResult::Draining => "draining",
         }

@@ -383,12 +383,13 @@ impl Config {
         }
     }
 
-    /// The upstream's settings from `[upstream]` (the address is resolved at each dial; the one
-    /// here only seeds the shared settings).
+    /// The upstream's settings from `[upstream]` (a host name in `addr` is resolved at each dial;
+    /// without `[upstream]`, the address is a placeholder).
     pub fn upstream_config(&self, root_public_key: [u8; 32]) -> session::UpstreamConfig {
         let mut cfg = session::UpstreamConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), root_public_key);
         cfg.max_frame_len = self.edge.max_frame_size;
         if let Some(u) = &self.upstream {
+            cfg.addr = session::UpstreamAddr::from(u.addr.as_str());
             cfg.connect_timeout = Duration::from_millis(u.connect_timeout_ms);
             cfg.handshake_timeout = Duration::from_millis(u.handshake_timeout_ms);
         }

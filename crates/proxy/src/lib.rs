@@ -442,7 +442,6 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
     if upstream_cfg.proxy_protocol == ProxyProtocol::None {
         warn!("upstream.proxy_protocol = \"none\": chatd will see the proxy's address, not the client's");
     }
-    let upstream_host = config.upstream.as_ref().map(|u| u.addr.clone()).unwrap_or_default();
 
     let registry = prometheus::Registry::new();
     let metrics = EdgeMetrics::register(&registry)?;
@@ -466,7 +465,6 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
 
     let context = Arc::new(EdgeContext {
         auth: authenticator,
-        upstream_host,
         session: SessionContext::new(upstream_cfg, relay, session_metrics),
         metrics: metrics.clone(),
         login_timeout: config.login_timeout(),

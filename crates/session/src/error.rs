@@ -16,6 +16,7 @@ use wire::DecodeError;
 use wire::noise::NoiseError;
 
 use crate::cancel::CancelReason;
+use crate::upstream::UpstreamAddr;
 
 /// Why a session ended, as a bounded set (a metric label, never a user identity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,7 +39,7 @@ pub enum CloseReason {
     UpstreamProtocolError,
     /// chatd refused the login with its own `<failure>`, which the client got.
     LoginRejected,
-    /// chatd could not be reached (TCP connect failed or timed out).
+    /// chatd could not be reached (its name did not resolve, the TCP connect failed or timed out).
     UpstreamUnreachable,
     /// The Noise handshake or the certificate chain failed, or took too long.
     UpstreamHandshakeFailed,
@@ -120,12 +121,19 @@ pub enum SessionError {
     /// A configuration value is out of range.
     #[error("invalid configuration: {key}: {message}")]
     Config { key: &'static str, message: String },
+    /// chatd's host name did not resolve to an address.
+    #[error("resolving chatd's address {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
     /// The TCP connection to chatd failed.
     #[error("connecting to chatd at {addr}: {source}")]
     Connect { addr: SocketAddr, source: io::Error },
-    /// The TCP connection to chatd did not complete in time.
+    /// The dial (resolution and TCP connect) did not complete in time.
     #[error("connecting to chatd at {addr} took longer than {after:?}")]
-    ConnectTimeout { addr: SocketAddr, after: Duration },
+    ConnectTimeout { addr: UpstreamAddr, after: Duration },
     /// The PROXY header could not be built.
     #[error("building the PROXY header: {0}")]
     ProxyHeader(io::Error),
@@ -178,7 +186,9 @@ impl SessionError {
     pub fn close_reason(&self) -> CloseReason {
         match self {
             SessionError::Config { .. } | SessionError::ProxyHeader(_) | SessionError::Seal(_) => CloseReason::Internal,
-            SessionError::Connect { .. } | SessionError::ConnectTimeout { .. } => CloseReason::UpstreamUnreachable,
+            SessionError::Resolve { .. } | SessionError::Connect { .. } | SessionError::ConnectTimeout { .. } => {
+                CloseReason::UpstreamUnreachable
+            }
             SessionError::HandshakeTimeout(_)
             | SessionError::Handshake(_)
             | SessionError::UpstreamClosedInHandshake => CloseReason::UpstreamHandshakeFailed,
@@ -227,6 +237,9 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         assert_eq!(SessionError::Connect { addr, source: refused }.close_reason(), CloseReason::UpstreamUnreachable);
+        let unknown = io::Error::from(io::ErrorKind::NotFound);
+        let host = "chatd.invalid:5222".to_owned();
+        assert_eq!(SessionError::Resolve { host, source: unknown }.close_reason(), CloseReason::UpstreamUnreachable);
         assert_eq!(
             SessionError::HandshakeTimeout(Duration::from_secs(1)).close_reason(),
             CloseReason::UpstreamHandshakeFailed

@@ -5,14 +5,16 @@
 //!
 //! - claims the account in the [`Registry`] (invariant 1: never two upstreams for one account; an
 //!   older session is cancelled and its upstream closed before the new one dials);
-//! - logs in upstream ([`upstream::connect`]): TCP, a PROXY header with the client's address
-//!   (invariant 3), `WA` 6 3, WhatsApp's Noise XX with the client's static key, the certificate
-//!   chain (cached, [`CertCache`]), the client's `ClientPayload`, chatd's first stanza;
+//! - logs in upstream ([`upstream::connect`]): chatd's host resolved at the dial
+//!   ([`UpstreamAddr`]), TCP, a PROXY header with the client's address (invariant 3), `WA` 6 3,
+//!   WhatsApp's Noise XX with the client's static key, the certificate chain (cached,
+//!   [`CertCache`]), the client's `ClientPayload`, chatd's first stanza;
 //! - relays ([`relay::relay`]): client stanzas sealed in place toward chatd, chatd's opened toward
 //!   the client, bytes untouched (invariant 4), bounded buffers with backpressure (invariant 5),
 //!   and the lifecycle mirrored (invariant 2): client gone or idle → upstream closed at once;
 //!   chatd closed or `<stream:error>` → relayed, then the client closed;
-//! - [`run_session`] does all of it in one call.
+//! - [`run_session`] does all of it in one call; [`run_session_with`] also says when the login
+//!   has its answer (the edge's handshake slot ends there).
 //!
 //! Sans-IO where it can be: [`proxy_header`] and [`stanza`] are pure functions, and the relay is
 //! a sans-IO core (buffers, pipes, timers, the close plan) under a thin driver; the async parts
@@ -39,5 +41,5 @@ pub use metrics::{Direction, SessionMetrics};
 pub use proxy_header::ProxyProtocol;
 pub use registry::{Claim, Registry};
 pub use relay::{DirectionStats, EndReason, RelayConfig, RelayEnd, relay};
-pub use session::{FirstReply, SessionContext, SessionOutcome, run_session};
-pub use upstream::{Login, LoginInfo, LoginRequest, Upstream, UpstreamConfig, connect};
+pub use session::{FirstReply, SessionContext, SessionOutcome, run_session, run_session_with};
+pub use upstream::{Login, LoginInfo, LoginRequest, Upstream, UpstreamAddr, UpstreamConfig, connect};

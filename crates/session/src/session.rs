@@ -75,11 +75,28 @@ pub struct SessionOutcome {
 pub async fn run_session<C>(
     ctx: &SessionContext,
     login: LoginRequest,
-    mut client: C,
-    mut client_leftover: BytesMut,
+    client: C,
+    client_leftover: BytesMut,
 ) -> SessionOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    run_session_with(ctx, login, client, client_leftover, || {}).await
+}
+
+/// [`run_session`], calling `login_answered` once the login has its answer, before that answer is
+/// written to the client: chatd's first stanza arrived, or the proxy decided its own refusal (the
+/// claim or the dial failed, the client left). The edge holds a handshake slot until then.
+pub async fn run_session_with<C, A>(
+    ctx: &SessionContext,
+    login: LoginRequest,
+    mut client: C,
+    mut client_leftover: BytesMut,
+    login_answered: A,
+) -> SessionOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    A: FnOnce() + Send,
 {
     let metrics = &ctx.metrics;
     let account = login.account.clone();
@@ -93,7 +110,10 @@ where
     };
     let claim = match claimed {
         Ok(c) => c,
-        Err(error) => return refuse(&mut client, None, error, metrics, linger, 0).await,
+        Err(error) => {
+            login_answered();
+            return refuse(&mut client, None, error, metrics, linger, 0).await;
+        }
     };
     let session_id = claim.generation();
     let cancel: &CancelHandle = claim.cancel_handle();
@@ -104,6 +124,7 @@ where
         gone = watch_client(&mut client, &mut client_leftover, watch_limit) => Err(gone),
         r = connect_cancellable(&ctx.upstream, login, cancel, linger) => r,
     };
+    login_answered();
 
     match attempt {
         Ok(Login::Accepted { first_payload, mut upstream, info }) => {

@@ -1,4 +1,4 @@
-//! The upstream login: TCP to chatd, the PROXY header, `WA` 6 3, WhatsApp's Noise XX as the
+//! The upstream login: chatd's address decided at the dial, TCP to chatd, the PROXY header, `WA` 6 3, WhatsApp's Noise XX as the
 //! initiator with the client's static key, the certificate chain, the client's `ClientPayload`,
 //! and chatd's first stanza.
 //!
@@ -7,6 +7,7 @@
 //! [`Zeroizing`]. Neither is logged, and `Debug` shows neither.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,12 +27,60 @@ use crate::error::SessionError;
 use crate::proxy_header::{self, ProxyProtocol};
 use crate::stanza::StanzaKind;
 
+/// Where chatd's chat listener is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    /// One fixed address.
+    Socket(SocketAddr),
+    /// `host:port`, resolved at every dial so that DNS changes and round-robin records take
+    /// effect; the first address the resolver returns is dialled.
+    Host(String),
+}
+
+impl UpstreamAddr {
+    /// The address to dial now.
+    async fn resolve(&self) -> Result<SocketAddr, SessionError> {
+        let host = match self {
+            UpstreamAddr::Socket(addr) => return Ok(*addr),
+            UpstreamAddr::Host(host) => host,
+        };
+        let err = |source| SessionError::Resolve { host: host.clone(), source };
+        tokio::net::lookup_host(host.as_str())
+            .await
+            .map_err(err)?
+            .next()
+            .ok_or_else(|| err(io::Error::new(io::ErrorKind::NotFound, "no addresses")))
+    }
+}
+
+impl From<SocketAddr> for UpstreamAddr {
+    fn from(addr: SocketAddr) -> Self {
+        UpstreamAddr::Socket(addr)
+    }
+}
+
+/// An address literal is [`UpstreamAddr::Socket`], anything else a host to resolve.
+impl From<&str> for UpstreamAddr {
+    fn from(addr: &str) -> Self {
+        addr.parse().map_or_else(|_| UpstreamAddr::Host(addr.to_owned()), UpstreamAddr::Socket)
+    }
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamAddr::Socket(addr) => addr.fmt(f),
+            UpstreamAddr::Host(host) => f.write_str(host),
+        }
+    }
+}
+
 /// How to reach and trust chatd.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     /// chatd's chat listener.
-    pub addr: SocketAddr,
-    /// Limit for the TCP connect.
+    pub addr: UpstreamAddr,
+    /// Limit for the dial: resolving [`UpstreamAddr::Host`] and the TCP connect.
     pub connect_timeout: Duration,
     /// Limit for everything after the TCP connect: headers, Noise XX, login, first stanza.
     pub handshake_timeout: Duration,
@@ -50,9 +99,9 @@ pub struct UpstreamConfig {
 impl UpstreamConfig {
     /// chatd at `addr`, trusting `root_public_key`, with the defaults: 5 s connect, 10 s
     /// handshake, PROXY v1, frames up to the protocol maximum.
-    pub fn new(addr: SocketAddr, root_public_key: [u8; 32]) -> Self {
+    pub fn new(addr: impl Into<UpstreamAddr>, root_public_key: [u8; 32]) -> Self {
         UpstreamConfig {
-            addr,
+            addr: addr.into(),
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             proxy_protocol: ProxyProtocol::V1,
@@ -183,14 +232,12 @@ impl Upstream {
 
 /// Connects to chatd and logs the client in (see the module docs).
 ///
-/// The TCP connect is bounded by `connect_timeout`, everything after it by `handshake_timeout`.
-/// Dropping the future closes the connection.
+/// The dial (resolution and TCP connect) is bounded by `connect_timeout`, everything after it by
+/// `handshake_timeout`. Dropping the future closes the connection.
 pub async fn connect(cfg: &UpstreamConfig, req: LoginRequest) -> Result<Login, SessionError> {
     cfg.validate()?;
     let started = Instant::now();
-    let stream = tokio::time::timeout(cfg.connect_timeout, dial(cfg.addr))
-        .await
-        .map_err(|_| SessionError::ConnectTimeout { addr: cfg.addr, after: cfg.connect_timeout })??;
+    let stream = dial_upstream(cfg).await?;
     let connected = Instant::now();
     let login = tokio::time::timeout(cfg.handshake_timeout, handshake(cfg, stream, &req, started, connected))
         .await
@@ -217,9 +264,7 @@ pub async fn connect_cancellable(
     let stream = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Err(cancelled()),
-        s = tokio::time::timeout(cfg.connect_timeout, dial(cfg.addr)) => {
-            s.map_err(|_| SessionError::ConnectTimeout { addr: cfg.addr, after: cfg.connect_timeout })??
-        }
+        s = dial_upstream(cfg) => s?,
     };
     let connected = Instant::now();
     // A second handle on the socket: if the handshake is abandoned, its handle goes with it and
@@ -249,6 +294,14 @@ async fn close_gracefully(spare: socket2::Socket, linger: Duration) {
     }
     let Ok(mut stream) = TcpStream::from_std(std::net::TcpStream::from(spare)) else { return };
     let _ = tokio::time::timeout(linger, crate::relay::discard_until_eof(&mut stream)).await;
+}
+
+/// Decides where chatd is now and connects there, within `connect_timeout`.
+async fn dial_upstream(cfg: &UpstreamConfig) -> Result<TcpStream, SessionError> {
+    let attempt = async { dial(cfg.addr.resolve().await?).await };
+    tokio::time::timeout(cfg.connect_timeout, attempt)
+        .await
+        .map_err(|_| SessionError::ConnectTimeout { addr: cfg.addr.clone(), after: cfg.connect_timeout })?
 }
 
 async fn dial(addr: SocketAddr) -> Result<TcpStream, SessionError> {
