@@ -12,19 +12,21 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use session::{CloseReason, EndReason, FirstReply, LoginRequest, SessionContext, UpstreamConfig, run_session, stanza};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::{Bytes, BytesMut};
+use session::{CloseReason, EndReason, FirstReply, LoginRequest, SessionContext, UpstreamConfig, run_session};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use wire::frame::HEADER_LEN;
-use zeroize::{Zeroize as _, Zeroizing};
+use wire::frame::FrameError;
+use wire::login;
+use wire::refusal::Refusal as Stanza;
+use wire_io::close::close_with;
+use wire_io::frame::read_secret_frame;
 
 use crate::auth::Authenticator;
 use crate::cidr::Cidr;
 use crate::limits::{LimitGuard, Limiter, RateLimiter, jitter, retry_after};
-use crate::login;
 use crate::metrics::{EdgeMetrics, LoginResult};
 
 /// Everything the edge's connections share.
@@ -58,7 +60,7 @@ pub struct EdgeContext {
 const RETRY_SESSIONS_FULL: u32 = 10;
 const RETRY_HANDSHAKES_FULL: u32 = 2;
 
-pub use crate::login::LOGIN_FRAME_MAX;
+pub use wire::login::LOGIN_FRAME_MAX;
 
 /// Why the login phase ended without a session.
 enum Refusal {
@@ -86,12 +88,12 @@ impl Refusal {
     /// The stanza the client gets before the close (documented in docs/edge-protocol.md).
     fn stanza(&self) -> bytes::Bytes {
         match self {
-            Refusal::Timeout => stanza::failure("408"),
-            Refusal::BadLogin => stanza::failure("400"),
+            Refusal::Timeout => Stanza::Timeout.encode(),
+            Refusal::BadLogin => Stanza::BadLogin.encode(),
             Refusal::Overloaded(secs) => overloaded(*secs),
-            Refusal::Draining => stanza::draining(),
-            Refusal::Unauthorized => stanza::failure("401"),
-            Refusal::UpstreamUnavailable => stanza::failure("503"),
+            Refusal::Draining => Stanza::Draining.encode(),
+            Refusal::Unauthorized => Stanza::Unauthorized.encode(),
+            Refusal::UpstreamUnavailable => Stanza::Unavailable.encode(),
         }
     }
 }
@@ -99,28 +101,7 @@ impl Refusal {
 /// `<failure reason="429" retry_after="N"/>`: shed; retry after N seconds (with backoff, possibly
 /// elsewhere).
 pub fn overloaded(retry_after_secs: u32) -> Bytes {
-    let node = wire::Node::new("failure").attr("reason", "429").attr("retry_after", retry_after_secs.to_string());
-    wire::encode::encode(&node).map(Bytes::from).unwrap_or_else(|_| stanza::failure("429"))
-}
-
-/// Writes `payload` as one frame and closes, all within `linger`; then reads and discards what
-/// the client still sends (at most 64 KiB, within `linger`), so that the close is a FIN and the
-/// refusal is not lost to a reset.
-pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, payload: &[u8], linger: Duration) {
-    let _ = tokio::time::timeout(linger, async {
-        write_payload(stream, payload).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        let mut left = 64 * 1024usize;
-        while left > 0 {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => left = left.saturating_sub(n),
-            }
-        }
-        Ok::<_, io::Error>(())
-    })
-    .await;
+    Stanza::Overloaded { retry_after_secs: Some(u64::from(retry_after_secs)) }.encode()
 }
 
 /// A client stream that gives its handshake slot back at the first byte written to the client:
@@ -167,47 +148,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HandshakeSlot<S> {
     }
 }
 
-/// Reads the login frame: its header from `buf` or the stream, then its body into a buffer of its
-/// own that is wiped when dropped (it holds the client's private key and token). The bytes of it
-/// that arrived in `buf` are wiped there; bytes past it stay in `buf`. `Ok(None)` on EOF or error,
-/// `Err` for a frame longer than `max`.
-async fn read_login_frame<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<Option<Zeroizing<Vec<u8>>>, ()> {
-    let len = loop {
-        match wire::frame::peek_len(buf) {
-            Some(len) if len > max => return Err(()),
-            Some(len) => break len,
-            None => {
-                buf.reserve(64);
-                match stream.read_buf(buf).await {
-                    Ok(0) | Err(_) => return Ok(None),
-                    Ok(_) => {}
-                }
-            }
-        }
-    };
-    buf.advance(HEADER_LEN);
-    let mut frame = Zeroizing::new(vec![0; len]);
-    let have = buf.len().min(len);
-    frame[..have].copy_from_slice(&buf[..have]);
-    buf[..have].zeroize();
-    buf.advance(have);
-    match stream.read_exact(&mut frame[have..]).await {
-        Ok(_) => Ok(Some(frame)),
-        Err(_) => Ok(None),
-    }
-}
-
-async fn write_payload<S: AsyncWrite + Unpin>(stream: &mut S, payload: &[u8]) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(payload.len() + 3);
-    wire::frame::encode_frame(payload, &mut out).map_err(std::io::Error::other)?;
-    stream.write_all(&out).await?;
-    stream.flush().await
-}
-
 /// Serves one client connection to its end. `deadline` ends the pre-login phase: the listener
 /// sets it to the accept time plus `login_timeout`, so that a TLS handshake, a WebSocket upgrade
 /// or a PROXY header shares that one timeout with the login frame.
@@ -241,7 +181,7 @@ pub async fn serve_client_with<S, F>(
         ctx.metrics.connections_rate_limited.inc();
         let secs = (wait.as_secs_f64().ceil() as u32).max(1) + jitter(2);
         debug!(%peer, retry_after = secs, "connection rate limit for this source");
-        refuse(&mut stream, &overloaded(secs), ctx.fin_timeout).await;
+        close_with(&mut stream, &overloaded(secs), ctx.fin_timeout).await;
         return;
     }
     // Boxed: the login stage (frame read, token check) is large and short-lived; inline, its
@@ -249,13 +189,13 @@ pub async fn serve_client_with<S, F>(
     let outcome = Box::pin(async {
         let frame = match tokio::time::timeout_at(
             deadline,
-            read_login_frame(&mut stream, &mut buf, LOGIN_FRAME_MAX.min(ctx.max_frame_size)),
+            read_secret_frame(&mut stream, &mut buf, LOGIN_FRAME_MAX.min(ctx.max_frame_size)),
         )
         .await
         {
             Err(_) => return Err(Refusal::Timeout),
-            Ok(Err(())) => return Err(Refusal::BadLogin),
-            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(FrameError::TooLarge { .. })) => return Err(Refusal::BadLogin),
+            Ok(Err(_) | Ok(None)) => return Ok(None),
             Ok(Ok(Some(frame))) => frame,
         };
         login_read(&mut stream);
@@ -283,12 +223,7 @@ pub async fn serve_client_with<S, F>(
         Ok(None) => return,
         Err(refusal) => {
             ctx.metrics.login(refusal.result());
-            let payload = refusal.stanza();
-            let _ = tokio::time::timeout(ctx.fin_timeout, async {
-                write_payload(&mut stream, &payload).await?;
-                stream.shutdown().await
-            })
-            .await;
+            close_with(&mut stream, &refusal.stanza(), ctx.fin_timeout).await;
             return;
         }
     };
@@ -303,8 +238,7 @@ pub async fn serve_client_with<S, F>(
         None => {
             warn!(upstream = %ctx.upstream_host, "cannot resolve chatd");
             ctx.metrics.login(LoginResult::UpstreamUnavailable);
-            let payload = Refusal::UpstreamUnavailable.stanza();
-            let _ = tokio::time::timeout(ctx.fin_timeout, write_payload(&mut stream, &payload)).await;
+            close_with(&mut stream, &Refusal::UpstreamUnavailable.stanza(), ctx.fin_timeout).await;
             return;
         }
     };

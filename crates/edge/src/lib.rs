@@ -1,6 +1,6 @@
 //! The proxy's edge: where Partner clients connect.
 //!
-//! A client opens a TCP, TLS or WebSocket connection and sends one login frame ([`login`]). The
+//! A client opens a TCP, TLS or WebSocket connection and sends one login frame ([`wire::login`]). The
 //! edge checks the frame and the Partner token ([`auth`]) before any upstream connection exists,
 //! then hands the client to the session layer, which holds the one chatd connection for that
 //! account. Admission ([`limits`]): a per-source-IP connection rate, a session limit and a limit
@@ -8,11 +8,9 @@
 
 pub mod auth;
 pub mod cidr;
-pub mod client;
 pub mod conn;
 pub mod limits;
 pub mod listener;
-pub mod login;
 pub mod metrics;
 pub mod proxy_header;
 pub mod tls;
