@@ -93,7 +93,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 enum Inner {
     Edge(EdgeClient<Box<dyn Io>>),
-    Direct { client: EdgeClient<TcpStream>, transport: Transport, decoder: Decoder<'static> },
+    // Boxed: the cipher states and a second decoder would double every edge connection's size.
+    Direct(Box<Direct>),
+}
+
+struct Direct {
+    client: EdgeClient<TcpStream>,
+    transport: Transport,
+    decoder: Decoder<'static>,
 }
 
 /// A logged-in (or logging-in) chat connection.
@@ -175,9 +182,8 @@ impl Connection {
                     .await
                     .map_err(|_| timeout(wait))??;
                 let client = EdgeClient::with_buffered(stream, done.leftover);
-                Ok(Connection {
-                    inner: Inner::Direct { client, transport: done.transport, decoder: Decoder::default() },
-                })
+                let direct = Direct { client, transport: done.transport, decoder: Decoder::default() };
+                Ok(Connection { inner: Inner::Direct(Box::new(direct)) })
             }
         }
     }
@@ -185,7 +191,8 @@ impl Connection {
     pub async fn send(&mut self, node: &Node) -> Result<(), ConnError> {
         match &mut self.inner {
             Inner::Edge(c) => Ok(c.send(node).await?),
-            Inner::Direct { client, transport, .. } => {
+            Inner::Direct(d) => {
+                let Direct { client, transport, .. } = &mut **d;
                 let payload = wire::encode::encode(node).map_err(|e| ConnError::Io(e.to_string()))?;
                 let mut buf = BytesMut::from(&payload[..]);
                 transport.seal(&mut buf).map_err(|e| ConnError::Io(e.to_string()))?;
@@ -198,7 +205,8 @@ impl Connection {
     pub async fn recv(&mut self, wait: Duration) -> Result<Node, ConnError> {
         match &mut self.inner {
             Inner::Edge(c) => Ok(c.recv(wait).await?),
-            Inner::Direct { client, transport, decoder } => {
+            Inner::Direct(d) => {
+                let Direct { client, transport, decoder } = &mut **d;
                 let mut frame = client.recv_payload(wait).await?;
                 let plain = transport.open(&mut frame).map_err(|e| ConnError::Io(e.to_string()))?;
                 Ok(decoder.decode_payload(plain).map_err(|e| ConnError::Io(e.to_string()))?.to_owned())
@@ -211,7 +219,7 @@ impl Connection {
     pub async fn close(mut self) {
         match &mut self.inner {
             Inner::Edge(c) => wire_io::close::close(c.stream_mut(), CLOSE_LINGER).await,
-            Inner::Direct { client, .. } => wire_io::close::close(client.stream_mut(), CLOSE_LINGER).await,
+            Inner::Direct(d) => wire_io::close::close(d.client.stream_mut(), CLOSE_LINGER).await,
         }
     }
 }
