@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use client::conn::{Connection, Dialer, Route};
-use session::cert_cache::CertCache;
+use wire::cert_cache::CertCache;
 use wire::proto::{AppVersion, ClientPayload};
 use wire::{Jid, Node};
 
@@ -139,7 +139,7 @@ impl Conn {
 
     /// Sends a keepalive ping and waits for its result; other stanzas are skipped.
     pub async fn ping(&mut self, id: &str, wait: Duration) -> Result<()> {
-        self.send(&keepalive(id)).await?;
+        self.send(&wire::keepalive::ping(id)).await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -150,5 +150,3 @@ impl Conn {
         }
     }
 }
-
-pub use edge::client::keepalive;

@@ -152,7 +152,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = wire_io::clock::unix_now();
     // Civil date from days since the epoch (Howard Hinnant's algorithm), so no date crate is needed.
     let (days, rem) = ((secs / 86400) as i64, secs % 86400);
     let z = days + 719_468;

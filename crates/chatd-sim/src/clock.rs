@@ -1,7 +1,6 @@
 //! Time as the simulator sees it. Injectable, so tests can move 30 days forward in a moment.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Unix time in seconds.
 pub trait Clock: Send + Sync + 'static {
@@ -14,7 +13,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        wire_io::clock::unix_now()
     }
 }
 

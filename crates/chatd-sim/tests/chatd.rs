@@ -433,44 +433,43 @@ async fn websocket_carrier_logs_in_like_tcp() {
     assert!(tokio_tungstenite::connect_async(bad).await.is_err());
 }
 
-/// Logs in over WebSocket, cutting the byte stream into odd-sized messages.
+/// Logs in over WebSocket, cutting the byte stream into odd-sized messages: the sans-IO initiator
+/// fed from WebSocket messages.
 async fn ws_login(url: &str, noise: &[u8; 32], payload: &wire::proto::ClientPayload, root: [u8; 32]) -> Node {
     use futures_util::{SinkExt, StreamExt};
     use prost::Message as _;
     use tokio_tungstenite::tungstenite::Message;
-    use wire::noise::{Flavour, Initiator, StaticKeypair, WA_CONN_HEADER};
+    use wire::connect::{ClientConnect, ConnectConfig};
+    use wire::noise::StaticKeypair;
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut init = Initiator::new(StaticKeypair::from_private(noise).unwrap(), Flavour::WhatsApp).unwrap();
-    let mut out = WA_CONN_HEADER.to_vec();
-    wire::frame::encode_frame(&init.client_hello().unwrap(), &mut out).unwrap();
-    for chunk in out.chunks(7) {
-        ws.send(Message::binary(chunk.to_vec())).await.unwrap();
-    }
-    let mut inbound = Vec::new();
-    async fn next_frame<S>(ws: &mut S, inbound: &mut Vec<u8>) -> Vec<u8>
-    where
-        S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-    {
-        loop {
-            if let Ok(Some((body, rest))) = wire::frame::decode_frame(inbound, wire::frame::MAX_FRAME_LEN) {
-                let (body, rest) = (body.to_vec(), rest.to_vec());
-                *inbound = rest;
-                return body;
-            }
-            match tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap() {
-                Message::Binary(b) => inbound.extend_from_slice(&b),
-                other => panic!("{other:?}"),
+    let key = StaticKeypair::from_private(noise).unwrap();
+    let mut hs = ClientConnect::new(key, &payload.encode_to_vec(), &ConnectConfig::new(root), b"").unwrap();
+    loop {
+        if let Some(out) = hs.transmit() {
+            for chunk in out.chunks(7) {
+                ws.send(Message::binary(chunk.to_vec())).await.unwrap();
             }
         }
+        if hs.is_finished() {
+            break;
+        }
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap() {
+            Message::Binary(b) => hs.recv(&b),
+            other => panic!("{other:?}"),
+        }
+        hs.handle_recv(wire_io::clock::unix_now()).unwrap();
     }
-    let hello = next_frame(&mut ws, &mut inbound).await;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    init.read_server_hello_verified(&hello, &wire::cert::CertVerifier::new(root), now).unwrap();
-    let (finish, mut transport) = init.client_finish(&payload.encode_to_vec()).unwrap();
-    let mut out = Vec::new();
-    wire::frame::encode_frame(&finish, &mut out).unwrap();
-    ws.send(Message::binary(out)).await.unwrap();
-    let mut first = next_frame(&mut ws, &mut inbound).await;
+    let done = hs.finish().unwrap();
+    let (mut transport, mut inbound) = (done.transport, done.leftover.to_vec());
+    let mut first = loop {
+        if let Ok(Some((body, _))) = wire::frame::decode_frame(&inbound, wire::frame::MAX_FRAME_LEN) {
+            break body.to_vec();
+        }
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap() {
+            Message::Binary(b) => inbound.extend_from_slice(&b),
+            other => panic!("{other:?}"),
+        }
+    };
     let plain = transport.open(&mut first).unwrap();
     wire::decode::decode(plain).unwrap()
 }

@@ -8,20 +8,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::{SinkExt as _, StreamExt as _};
 use prost::Message as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 use wire::cert::CertVerifier;
+use wire::cert_cache::CertCache;
+use wire::connect::{ClientConnect, ConnectConfig, ConnectError};
 use wire::decode::Decoder;
-use wire::frame::FrameCodec;
-use wire::noise::{Flavour, Initiator, StaticKeypair, Transport};
+use wire::frame::MAX_FRAME_LEN;
+use wire::noise::{NoiseError, StaticKeypair, Transport};
 use wire::proto::ClientPayload;
 use wire::{Jid, Node};
+use wire_io::handshake::HandshakeError;
+use wire_io::net::DialOptions;
+use wire_io::{ClientError, EdgeClient};
 
-use edge::client::{ClientError, EdgeClient};
-use session::cert_cache::CertCache;
+/// How long [`Connection::close`] waits for the server's own close after sending its FIN.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -61,6 +64,20 @@ pub enum ConnError {
     Timeout(Duration),
 }
 
+impl From<HandshakeError> for ConnError {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::Connect(ConnectError::Noise(NoiseError::Cert(e))) => {
+                ConnError::Handshake(format!("chatd's certificate chain: {e}"))
+            }
+            HandshakeError::Connect(ConnectError::Noise(e)) => ConnError::Handshake(e.to_string()),
+            HandshakeError::Closed => ConnError::Closed,
+            HandshakeError::Io(e) => ConnError::Io(e.to_string()),
+            e => ConnError::Io(e.to_string()),
+        }
+    }
+}
+
 impl From<ClientError> for ConnError {
     fn from(e: ClientError) -> Self {
         match e {
@@ -76,7 +93,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 enum Inner {
     Edge(EdgeClient<Box<dyn Io>>),
-    Direct { framed: Framed<TcpStream, FrameCodec>, transport: Transport, decoder: Decoder<'static> },
+    // Boxed: the cipher states and a second decoder would double every edge connection's size.
+    Direct(Box<Direct>),
+}
+
+struct Direct {
+    client: EdgeClient<TcpStream>,
+    transport: Transport,
+    decoder: Decoder<'static>,
 }
 
 /// A logged-in (or logging-in) chat connection.
@@ -95,20 +119,10 @@ pub struct Dialer {
 
 impl Dialer {
     async fn tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnError> {
-        let connect = |source| ConnError::Connect { addr, source };
-        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-            .map_err(connect)?;
-        if let Some(ip) = self.from {
-            socket.bind(SocketAddr::new(ip, 0)).map_err(connect)?;
-        }
-        let stream = socket.connect(addr).await.map_err(connect)?;
-        stream.set_nodelay(true).map_err(|e| ConnError::Io(e.to_string()))?;
-        Ok(stream)
+        wire_io::net::dial(addr, DialOptions { from: self.from, keepalive: false })
+            .await
+            .map_err(|source| ConnError::Connect { addr, source })
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Connection {
@@ -150,30 +164,26 @@ impl Connection {
                     }
                 };
                 let mut client = EdgeClient::new(stream);
-                client.send_payload(&edge::login::build(jid, noise_private, &payload.encode_to_vec())).await?;
+                client.send_payload(&wire::login::build(jid, noise_private, &payload.encode_to_vec())).await?;
                 Ok(Connection { inner: Inner::Edge(client) })
             }
             Route::Direct { addr, root } => {
                 let mut stream = dialer.tcp(*addr).await?;
-                stream.write_all(&wire::noise::WA_CONN_HEADER).await.map_err(|e| ConnError::Io(e.to_string()))?;
-                let mut framed = Framed::new(stream, FrameCodec::new());
-                let hs = |e: wire::noise::NoiseError| ConnError::Handshake(e.to_string());
+                let hs = |e: NoiseError| ConnError::Handshake(e.to_string());
                 let keypair = StaticKeypair::from_private(noise_private).map_err(hs)?;
-                let mut initiator = Initiator::new(keypair, Flavour::WhatsApp).map_err(hs)?;
-                framed.send(initiator.client_hello().map_err(hs)?).await.map_err(|e| ConnError::Io(e.to_string()))?;
-                let hello = tokio::time::timeout(wait, framed.next())
+                let config = ConnectConfig {
+                    verifier: CertVerifier::new(*root),
+                    cert_cache: dialer.certs.clone(),
+                    max_frame_len: MAX_FRAME_LEN,
+                };
+                let start = ClientConnect::new(keypair, &payload.encode_to_vec(), &config, b"")
+                    .map_err(|e| ConnError::from(HandshakeError::Connect(e)))?;
+                let done = tokio::time::timeout(wait, wire_io::handshake::connect(&mut stream, start))
                     .await
-                    .map_err(|_| timeout(wait))?
-                    .ok_or(ConnError::Closed)?
-                    .map_err(|e| ConnError::Io(e.to_string()))?;
-                let info = initiator.read_server_hello(&hello).map_err(hs)?;
-                dialer
-                    .certs
-                    .verify(&CertVerifier::new(*root), &info.cert_chain, &info.server_static, now_secs())
-                    .map_err(|e| ConnError::Handshake(format!("chatd's certificate chain: {e}")))?;
-                let (finish, transport) = initiator.client_finish(&payload.encode_to_vec()).map_err(hs)?;
-                framed.send(finish).await.map_err(|e| ConnError::Io(e.to_string()))?;
-                Ok(Connection { inner: Inner::Direct { framed, transport, decoder: Decoder::default() } })
+                    .map_err(|_| timeout(wait))??;
+                let client = EdgeClient::with_buffered(stream, done.leftover);
+                let direct = Direct { client, transport: done.transport, decoder: Decoder::default() };
+                Ok(Connection { inner: Inner::Direct(Box::new(direct)) })
             }
         }
     }
@@ -181,11 +191,12 @@ impl Connection {
     pub async fn send(&mut self, node: &Node) -> Result<(), ConnError> {
         match &mut self.inner {
             Inner::Edge(c) => Ok(c.send(node).await?),
-            Inner::Direct { framed, transport, .. } => {
+            Inner::Direct(d) => {
+                let Direct { client, transport, .. } = &mut **d;
                 let payload = wire::encode::encode(node).map_err(|e| ConnError::Io(e.to_string()))?;
                 let mut buf = BytesMut::from(&payload[..]);
                 transport.seal(&mut buf).map_err(|e| ConnError::Io(e.to_string()))?;
-                framed.send(buf).await.map_err(|e| ConnError::Io(e.to_string()))
+                Ok(client.send_payload(&buf).await?)
             }
         }
     }
@@ -194,23 +205,21 @@ impl Connection {
     pub async fn recv(&mut self, wait: Duration) -> Result<Node, ConnError> {
         match &mut self.inner {
             Inner::Edge(c) => Ok(c.recv(wait).await?),
-            Inner::Direct { framed, transport, decoder } => {
-                let mut frame = tokio::time::timeout(wait, framed.next())
-                    .await
-                    .map_err(|_| ConnError::Timeout(wait))?
-                    .ok_or(ConnError::Closed)?
-                    .map_err(|e| ConnError::Io(e.to_string()))?;
+            Inner::Direct(d) => {
+                let Direct { client, transport, decoder } = &mut **d;
+                let mut frame = client.recv_payload(wait).await?;
                 let plain = transport.open(&mut frame).map_err(|e| ConnError::Io(e.to_string()))?;
                 Ok(decoder.decode_payload(plain).map_err(|e| ConnError::Io(e.to_string()))?.to_owned())
             }
         }
     }
 
-    /// Closes the connection (a FIN; the proxy then closes chatd's side).
+    /// Closes the connection: a FIN (the proxy then closes chatd's side), then the server's own
+    /// close awaited (at most [`CLOSE_LINGER`]), so that nothing unread turns the close into a reset.
     pub async fn close(mut self) {
-        let _ = match &mut self.inner {
-            Inner::Edge(c) => c.stream_mut().shutdown().await,
-            Inner::Direct { framed, .. } => framed.get_mut().shutdown().await,
-        };
+        match &mut self.inner {
+            Inner::Edge(c) => wire_io::close::close(c.stream_mut(), CLOSE_LINGER).await,
+            Inner::Direct(d) => wire_io::close::close(d.client.stream_mut(), CLOSE_LINGER).await,
+        }
     }
 }

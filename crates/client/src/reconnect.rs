@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use wire::Node;
+use wire::refusal::Refusal;
 
 /// Why the server ended (or refused) the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,27 +28,19 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The reason a `<failure>` or `<stream:error>` stanza gives, or `None` for other stanzas.
+    /// The reason a `<failure>`, `<stream:error>` or `<xmlstreamend/>` gives (read by the one
+    /// table in [`wire::refusal`]), or `None` for other stanzas.
     pub fn of(node: &Node) -> Option<CloseReason> {
-        let code = match node.tag.as_str() {
-            "failure" => node.get_str("reason").unwrap_or_default(),
-            "stream:error" => {
-                if node.child("conflict").is_some() {
-                    return Some(CloseReason::Replaced);
-                }
-                node.get_str("code").unwrap_or_default()
+        Some(match Refusal::parse(node)? {
+            Refusal::Replaced => CloseReason::Replaced,
+            Refusal::Unauthorized => CloseReason::Unauthorized,
+            Refusal::Overloaded { retry_after_secs } => {
+                CloseReason::Overloaded { retry_after: retry_after_secs.map(Duration::from_secs) }
             }
-            "xmlstreamend" => return Some(CloseReason::Dropped),
-            _ => return None,
-        };
-        Some(match code {
-            "401" | "403" => CloseReason::Unauthorized,
-            "429" => CloseReason::Overloaded {
-                retry_after: node.get_str("retry_after").and_then(|s| s.parse().ok()).map(Duration::from_secs),
-            },
-            "503" => CloseReason::Unavailable,
-            "405" => CloseReason::Outdated,
-            other => CloseReason::Other(other.to_owned()),
+            Refusal::Draining | Refusal::Unavailable => CloseReason::Unavailable,
+            Refusal::Outdated => CloseReason::Outdated,
+            Refusal::StreamEnd => CloseReason::Dropped,
+            other => CloseReason::Other(other.code().to_owned()),
         })
     }
 }

@@ -6,7 +6,7 @@
 use jwks::{Expectations, JwksVerifier, VerifierConfig, VerifierStats};
 use wire::InteropAccount;
 
-use crate::login::Login;
+use wire::login::Login;
 
 /// How tokens are checked.
 #[derive(Debug, Clone)]

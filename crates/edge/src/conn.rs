@@ -5,19 +5,18 @@
 //! account. Only then does the session layer claim the account (closing any older session of the
 //! same account and waiting for its upstream to be gone) and dial chatd.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use session::{CloseReason, EndReason, FirstReply, SessionContext, run_session_with, stanza};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use session::{CloseReason, EndReason, FirstReply, SessionContext, run_session_with};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use wire::frame::HEADER_LEN;
-use zeroize::{Zeroize as _, Zeroizing};
+use wire::refusal::Refusal as Stanza;
+use wire_io::close::close_with;
 
 use crate::admission::{self, Gates};
 use crate::auth::Authenticator;
@@ -64,74 +63,12 @@ impl EdgeContext {
     }
 }
 
-pub use crate::login::LOGIN_FRAME_MAX;
+pub use wire::login::LOGIN_FRAME_MAX;
 
 /// `<failure reason="429" retry_after="N"/>`: shed; retry after N seconds (with backoff, possibly
 /// elsewhere).
 pub fn overloaded(retry_after_secs: u32) -> Bytes {
-    let node = wire::Node::new("failure").attr("reason", "429").attr("retry_after", retry_after_secs.to_string());
-    wire::encode::encode(&node).map(Bytes::from).unwrap_or_else(|_| stanza::failure("429"))
-}
-
-/// Writes `payload` as one frame and closes, all within `linger`; then reads and discards what
-/// the client still sends (at most 64 KiB, within `linger`), so that the close is a FIN and the
-/// refusal is not lost to a reset.
-pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, payload: &[u8], linger: Duration) {
-    let _ = tokio::time::timeout(linger, async {
-        write_payload(stream, payload).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        let mut left = 64 * 1024usize;
-        while left > 0 {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => left = left.saturating_sub(n),
-            }
-        }
-        Ok::<_, io::Error>(())
-    })
-    .await;
-}
-
-/// Reads the login frame: its header from `buf` or the stream, then its body into a buffer of its
-/// own that is wiped when dropped (it holds the client's private key and token). The bytes of it
-/// that arrived in `buf` are wiped there; bytes past it stay in `buf`. `Ok(None)` on EOF or error,
-/// `Err` for a frame longer than `max`.
-pub(crate) async fn read_login_frame<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<Option<Zeroizing<Vec<u8>>>, ()> {
-    let len = loop {
-        match wire::frame::peek_len(buf) {
-            Some(len) if len > max => return Err(()),
-            Some(len) => break len,
-            None => {
-                buf.reserve(64);
-                match stream.read_buf(buf).await {
-                    Ok(0) | Err(_) => return Ok(None),
-                    Ok(_) => {}
-                }
-            }
-        }
-    };
-    buf.advance(HEADER_LEN);
-    let mut frame = Zeroizing::new(vec![0; len]);
-    let have = buf.len().min(len);
-    frame[..have].copy_from_slice(&buf[..have]);
-    buf[..have].zeroize();
-    buf.advance(have);
-    match stream.read_exact(&mut frame[have..]).await {
-        Ok(_) => Ok(Some(frame)),
-        Err(_) => Ok(None),
-    }
-}
-
-async fn write_payload<S: AsyncWrite + Unpin>(stream: &mut S, payload: &[u8]) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(payload.len() + 3);
-    wire::frame::encode_frame(payload, &mut out).map_err(std::io::Error::other)?;
-    stream.write_all(&out).await?;
-    stream.flush().await
+    Stanza::Overloaded { retry_after_secs: Some(u64::from(retry_after_secs)) }.encode()
 }
 
 /// Serves one client connection to its end. `deadline` ends the pre-login phase: the listener
@@ -169,18 +106,9 @@ pub async fn serve_client_with<S, F>(
     let admitted = match admitted {
         Ok(Some(admitted)) => admitted,
         Ok(None) => return,
-        Err(refusal) => {
-            refusal.record(&ctx.metrics, peer);
-            let payload = refusal.stanza();
-            if refusal.drains_input() {
-                refuse(&mut stream, &payload, ctx.fin_timeout).await;
-            } else {
-                let _ = tokio::time::timeout(ctx.fin_timeout, async {
-                    write_payload(&mut stream, &payload).await?;
-                    stream.shutdown().await
-                })
-                .await;
-            }
+        Err(refused) => {
+            refused.record(&ctx.metrics, peer);
+            close_with(&mut stream, &refused.stanza(), ctx.fin_timeout).await;
             return;
         }
     };

@@ -1,7 +1,7 @@
 //! The proxy's edge: where Partner clients connect.
 //!
 //! A client opens a TCP, TLS or WebSocket connection ([`listener`]) and sends one login frame
-//! ([`login`]). [`admission`] decides, in a fixed order and before any upstream connection
+//! ([`wire::login`]). [`admission`] decides, in a fixed order and before any upstream connection
 //! exists: the source's connection rate, the frame, the drain, a session slot, the Partner token
 //! ([`auth`]), a handshake slot (the limits are in [`limits`]; each is shed with
 //! `<failure reason="429" retry_after="N"/>`). [`conn`] then hands the client to the session
@@ -11,11 +11,9 @@
 pub mod admission;
 pub mod auth;
 pub mod cidr;
-pub mod client;
 pub mod conn;
 pub mod limits;
 pub mod listener;
-pub mod login;
 pub mod metrics;
 pub mod proxy_header;
 pub mod tls;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -17,15 +17,6 @@ use crate::cidr::any_contains;
 use crate::conn::{EdgeContext, serve_client, serve_client_with};
 use crate::proxy_header::{self, HeaderRefusal};
 use crate::ws::{ServerWs, WsOptions, client_addr};
-
-/// Binds a listener with a deep backlog: reconnect storms arrive as bursts of SYNs, and the
-/// default of 128 drops them into 1 s SYN retransmits.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
-}
 
 /// TCP_NODELAY, and keepalive probes after `idle` without traffic (then every `idle / 6`, at
 /// least 1 s), so dead clients behind silent NATs are found even between application pings.

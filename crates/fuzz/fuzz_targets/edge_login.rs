@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(login) = edge::login::parse(data) {
+    if let Ok(login) = wire::login::parse(data) {
         let shown = format!("{login:?}");
         if login.token.len() >= 8 {
             assert!(!shown.contains(login.token.as_str()), "token in Debug output");

@@ -10,7 +10,7 @@ use std::io::Write as _;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let max = edge::login::LOGIN_FRAME_MAX;
+    let max = wire::login::LOGIN_FRAME_MAX;
     let mut frame = Vec::with_capacity(max);
     frame.push(0);
     for pair in data.chunks_exact(2) {
@@ -20,13 +20,13 @@ fuzz_target!(|data: &[u8]| {
         }
         frame.resize(frame.len() + n, pair[0]);
     }
-    if let Ok(login) = edge::login::parse(&frame) {
+    if let Ok(login) = wire::login::parse(&frame) {
         assert_eq!(wire::InteropAccount::parse(&login.account.to_string()), Ok(login.account));
     }
     let mut z = flate2::write::ZlibEncoder::new(vec![wire::payload::FLAG_ZLIB], flate2::Compression::fast());
     if z.write_all(&frame[1..]).is_ok()
         && let Ok(zipped) = z.finish()
     {
-        assert!(matches!(edge::login::parse(&zipped), Err(edge::login::LoginError::Compressed)));
+        assert!(matches!(wire::login::parse(&zipped), Err(wire::login::LoginError::Compressed)));
     }
 });

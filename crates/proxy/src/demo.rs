@@ -84,7 +84,7 @@ pub async fn enlist(targets: &DemoTargets, user: &User) -> Result<Jid, DemoError
 pub fn login_frame(user: &User, jid: &Jid, token: &str) -> Result<Vec<u8>, DemoError> {
     let account_id = jid.user.parse().map_err(|e| err("account id", e))?;
     let payload = ClientPayload::interop_login(account_id, token.as_bytes().to_vec(), AppVersion::new(2, 3000, 1));
-    Ok(edge::login::build(jid, &user.noise, &payload.encode_to_vec()))
+    Ok(wire::login::build(jid, &user.noise, &payload.encode_to_vec()))
 }
 
 fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, DemoError> {

@@ -259,7 +259,7 @@ pub fn prepare_reload(config: Result<Config, String>, tls: Option<&ReloadableCer
 }
 
 fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
-    edge::listener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
+    wire_io::net::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
 /// Starts the simulator and the partner server on loopback over HTTPS, knowing and trusting each

@@ -14,13 +14,13 @@ mod support;
 
 use std::time::Duration;
 
-use edge::client::{ClientError, EdgeClient};
 use proxy::RunningProxy;
 use proxy::demo::login_frame;
 use support::*;
 use testkit::fault::{FaultProxy, Mode};
 use tokio::net::TcpStream;
 use wire::Jid;
+use wire_io::{ClientError, EdgeClient};
 
 /// Points a non-embedded proxy's upstream at `fault` (in front of a simulator with `root`), with
 /// short dial and handshake timeouts, and its token checks at `partner`.

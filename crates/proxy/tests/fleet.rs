@@ -7,13 +7,13 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use edge::client::{ClientError, EdgeClient};
 use edge::ws::WsStream;
 use futures_util::SinkExt;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use wire::{Jid, Node, Server};
+use wire_io::{ClientError, EdgeClient};
 
 fn ping(id: &str) -> Node {
     Node::new("iq").attr("id", id).attr("xmlns", "w:p").attr("type", "get").attr("to", Jid::server(Server::Whatsapp))

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use edge::client::{ClientError, EdgeClient};
 use futures_util::SinkExt;
 use proxy::demo::{DemoTargets, login_frame};
 use support::*;
@@ -22,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use wire::{Jid, Node};
+use wire_io::{ClientError, EdgeClient};
 
 fn framed(payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();

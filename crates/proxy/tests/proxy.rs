@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use edge::client::{ClientError, EdgeClient};
 use support::*;
 use wire::{Jid, Node, Server};
+use wire_io::{ClientError, EdgeClient};
 
 #[tokio::test]
 async fn login_ping_and_messages_both_ways_with_the_client_ip_forwarded() {

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edge::client::{ClientError, EdgeClient};
 use proxy::demo::{DemoTargets, login_frame};
 use support::{
     Banner, Enlisted, WAIT, ack_for, enlisted_at, get_text, message, read_banner, self_signed, tls_connector,
 };
 use wire::{Jid, Node, Server};
+use wire_io::{ClientError, EdgeClient};
 
 /// A running `interop-proxy` process and the addresses its banner printed.
 struct Proc {

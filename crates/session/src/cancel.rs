@@ -97,7 +97,7 @@ impl CancelHandle {
 
     /// Cancels the session. The first call's reason and farewell win; returns whether this call
     /// was the first. `farewell` is a plaintext stanza payload (flags byte + node) the client gets
-    /// before the close, e.g. [`crate::stanza::replaced`].
+    /// before the close, e.g. [`Refusal::Replaced`](wire::refusal::Refusal::Replaced).
     pub fn cancel(&self, reason: CancelReason, farewell: Option<Bytes>) -> bool {
         let first = self.inner.why.set(Cancellation { reason, farewell }).is_ok();
         self.inner.token.cancel();

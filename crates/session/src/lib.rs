@@ -22,7 +22,6 @@
 //! lifecycle, every close reason, and the buffer design with its idle memory cost.
 
 pub mod cancel;
-pub mod cert_cache;
 pub mod error;
 pub mod metrics;
 /// The PROXY header written before the `WA` header; it lives in the wire crate, which the edge and
@@ -35,7 +34,6 @@ pub mod stanza;
 pub mod upstream;
 
 pub use cancel::{CancelHandle, CancelReason};
-pub use cert_cache::{CacheOutcome, CertCache};
 pub use error::{CloseReason, SessionError};
 pub use metrics::{Direction, SessionMetrics};
 pub use proxy_header::ProxyProtocol;
@@ -43,3 +41,5 @@ pub use registry::{Claim, Registry};
 pub use relay::{DirectionStats, EndReason, RelayConfig, RelayEnd, relay};
 pub use session::{FirstReply, SessionContext, SessionOutcome, run_session, run_session_with};
 pub use upstream::{Login, LoginInfo, LoginRequest, Upstream, UpstreamAddr, UpstreamConfig, connect};
+/// The verified certificate-chain cache lives in the wire crate, which clients share.
+pub use wire::cert_cache::{CacheOutcome, CertCache};

@@ -36,7 +36,7 @@ use tracing::debug;
 use crate::cancel::{CancelHandle, CancelReason};
 use crate::error::SessionError;
 use crate::metrics::SessionMetrics;
-use crate::stanza;
+use wire::refusal::Refusal;
 
 struct Current {
     generation: u64,
@@ -154,7 +154,7 @@ impl Registry {
         // From here until the claim exists, leaving (error or the future dropped) must clean up.
         let mut pending = Pending { inner: &self.inner, account, generation, armed: true };
         if let Some(prev) = previous
-            && prev.cancel(CancelReason::Replaced, Some(stanza::replaced()))
+            && prev.cancel(CancelReason::Replaced, Some(Refusal::Replaced.encode()))
         {
             debug!(account, generation, "replacing the previous session");
             if let Some(m) = &self.inner.metrics {
@@ -241,9 +241,9 @@ impl Registry {
     }
 
     /// Drains: refuses new claims, cancels every session over `window` with the
-    /// [`stanza::draining`] farewell, then waits until all claims are gone.
+    /// [`Refusal::Draining`](wire::refusal::Refusal::Draining) farewell, then waits until all claims are gone.
     pub async fn drain(&self, window: Duration) {
-        self.cancel_all_spread(window, CancelReason::Draining, Some(stanza::draining())).await;
+        self.cancel_all_spread(window, CancelReason::Draining, Some(Refusal::Draining.encode())).await;
         self.wait_idle().await;
     }
 
@@ -347,7 +347,7 @@ mod tests {
         let new = tokio::spawn(async move { reg2.claim("a@interop").await });
         old.cancel_handle().cancelled().await;
         assert_eq!(old.cancel_handle().reason(), Some(CancelReason::Replaced));
-        assert_eq!(old.cancel_handle().farewell(), Some(stanza::replaced()));
+        assert_eq!(old.cancel_handle().farewell(), Some(Refusal::Replaced.encode()));
         assert!(!other.cancel_handle().is_cancelled(), "other accounts untouched");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!new.is_finished(), "the new claim waits while the old upstream is open");
@@ -430,8 +430,9 @@ mod tests {
         }))
         .await;
         let started = tokio::time::Instant::now();
-        let n =
-            reg.cancel_all_spread(Duration::from_millis(300), CancelReason::Draining, Some(stanza::draining())).await;
+        let n = reg
+            .cancel_all_spread(Duration::from_millis(300), CancelReason::Draining, Some(Refusal::Draining.encode()))
+            .await;
         assert_eq!(n, 4);
         let spread = started.elapsed();
         assert!(spread >= Duration::from_millis(200), "cancels were spread: {spread:?}");

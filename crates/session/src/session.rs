@@ -3,18 +3,18 @@
 use std::time::Duration;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{debug, info};
-use wire::frame::{MAX_FRAME_LEN, put_header};
+use wire::refusal::Refusal;
+use wire_io::close::{close, close_with};
 
 use crate::cancel::CancelHandle;
-use crate::cert_cache::CacheOutcome;
 use crate::error::{CloseReason, SessionError};
 use crate::metrics::{LoginResult, SessionMetrics};
 use crate::registry::Registry;
 use crate::relay::{RelayConfig, RelayEnd, relay};
-use crate::stanza;
 use crate::upstream::{Login, LoginInfo, LoginRequest, UpstreamConfig, connect_cancellable};
+use wire::cert_cache::CacheOutcome;
 
 /// What every session of a proxy shares. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -143,8 +143,8 @@ where
         Ok(Login::Rejected { first_payload, info }) => {
             count_login(metrics, LoginResult::Rejected, &info);
             drop(claim);
-            let _ = send_and_close(&mut client, &first_payload, linger).await;
             metrics.closed(CloseReason::LoginRejected);
+            close_with(&mut client, &first_payload, linger).await;
             debug!(session = session_id, %account, "login rejected by chatd");
             SessionOutcome {
                 first: FirstReply::Rejected(first_payload),
@@ -172,7 +172,7 @@ async fn refuse<C>(
     session_id: u64,
 ) -> SessionOutcome
 where
-    C: AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
 {
     // No upstream exists any more; release the slot before talking to the client.
     if let Some(c) = claim {
@@ -180,38 +180,24 @@ where
     }
     let payload = match &error {
         SessionError::ClientGone => None,
-        SessionError::Superseded | SessionError::Cancelled(crate::CancelReason::Replaced) => Some(stanza::replaced()),
-        SessionError::Draining | SessionError::Cancelled(crate::CancelReason::Draining) => Some(stanza::draining()),
+        SessionError::Superseded | SessionError::Cancelled(crate::CancelReason::Replaced) => {
+            Some(Refusal::Replaced.encode())
+        }
+        SessionError::Draining | SessionError::Cancelled(crate::CancelReason::Draining) => {
+            Some(Refusal::Draining.encode())
+        }
         SessionError::Cancelled(crate::CancelReason::Shutdown) => None,
-        _ => Some(stanza::failure("503")),
+        _ => Some(Refusal::Unavailable.encode()),
     };
-    match &payload {
-        Some(p) => {
-            let _ = send_and_close(client, p, linger).await;
-        }
-        None => {
-            let _ = tokio::time::timeout(linger, client.shutdown()).await;
-        }
-    }
+    // Counted when decided: the close may linger for the client's own.
     let reason = error.close_reason();
     metrics.closed(reason);
+    match &payload {
+        Some(p) => close_with(client, p, linger).await,
+        None => close(client, linger).await,
+    }
     debug!(session = session_id, %reason, %error, "session refused");
     SessionOutcome { first: FirstReply::ProxyFailure { payload, error }, relay: None, reason, session_id }
-}
-
-/// Writes one framed payload and closes, within `linger`.
-async fn send_and_close<C: AsyncWrite + Unpin>(client: &mut C, payload: &[u8], linger: Duration) -> Result<(), ()> {
-    let mut frame = Vec::with_capacity(payload.len() + 3);
-    put_header(payload.len(), MAX_FRAME_LEN, &mut frame).map_err(|_| ())?;
-    frame.extend_from_slice(payload);
-    tokio::time::timeout(linger, async {
-        client.write_all(&frame).await?;
-        client.flush().await?;
-        client.shutdown().await
-    })
-    .await
-    .map_err(|_| ())?
-    .map_err(|_| ())
 }
 
 /// Reads the client while the login runs, keeping what arrives (up to `limit` bytes) for the

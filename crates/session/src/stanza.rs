@@ -1,5 +1,5 @@
-//! Stanza heads, sans-IO: what the relay needs to know about a payload without decoding it, and
-//! the few stanzas the proxy writes itself.
+//! Stanza heads, sans-IO: what the relay needs to know about a payload without decoding it. (The
+//! stanzas the proxy writes itself are `wire::refusal`'s.)
 //!
 //! The relay forwards payloads byte for byte; it only looks at the root node's tag of what chatd
 //! sends, to notice the end of the stream (`<stream:error>`, `<xmlstreamend/>`). [`classify`]
@@ -8,10 +8,7 @@
 //! reference server sends) only the first [`HEAD_PREFIX`] bytes are inflated, so a compression
 //! bomb from chatd costs the relay a few hundred bytes, not the 16 MiB it would inflate to.
 
-use bytes::Bytes;
-use wire::Node;
 use wire::dict::{Dictionary, tag};
-use wire::encode::Encoder;
 
 /// What a stanza is, as far as the session cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,37 +87,10 @@ pub fn head_tag<'a>(body: &'a [u8], dict: &Dictionary) -> Option<&'a str> {
     }
 }
 
-fn encode(node: &Node) -> Bytes {
-    let mut out = Vec::with_capacity(32);
-    // These nodes are fixed and valid, so encoding cannot fail; an empty payload would be refused
-    // by every reader rather than misread.
-    match Encoder::default().encode_payload(node, &mut out) {
-        Ok(()) => Bytes::from(out),
-        Err(_) => Bytes::new(),
-    }
-}
-
-/// `<stream:error><conflict type="replaced"/></stream:error>`: what chatd itself sends a
-/// replaced connection; the proxy sends it to a client whose session a newer login replaced.
-pub fn replaced() -> Bytes {
-    encode(&Node::new("stream:error").children(vec![Node::new("conflict").attr("type", "replaced")]))
-}
-
-/// `<stream:error code="503" text="draining"/>`: the proxy is draining; reconnect (elsewhere).
-/// Code 503 is what reference clients treat as "service unavailable, reconnect".
-pub fn draining() -> Bytes {
-    encode(&Node::new("stream:error").attr("code", "503").attr("text", "draining"))
-}
-
-/// `<failure reason="{reason}"/>`: the proxy's own login refusal (e.g. `"503"` when chatd is
-/// unreachable), in chatd's shape.
-pub fn failure(reason: &str) -> Bytes {
-    encode(&Node::new("failure").attr("reason", reason))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire::Node;
 
     fn payload(node: &Node) -> Vec<u8> {
         wire::encode::encode(node).unwrap()
@@ -171,15 +141,12 @@ mod tests {
         }
     }
 
+    /// The proxy's own refusals (shapes tested in `wire::refusal`) read as the kinds they are.
     #[test]
-    fn own_stanzas_decode_to_their_shape() {
-        let n = wire::decode::decode(&replaced()).unwrap();
-        assert_eq!(n.tag, "stream:error");
-        assert_eq!(n.child("conflict").unwrap().get_str("type"), Some("replaced"));
-        let n = wire::decode::decode(&draining()).unwrap();
-        assert_eq!((n.tag.as_str(), n.get_str("code")), ("stream:error", Some("503")));
-        let n = wire::decode::decode(&failure("503")).unwrap();
-        assert_eq!((n.tag.as_str(), n.get_str("reason")), ("failure", Some("503")));
-        assert_eq!(classify(&replaced()), StanzaKind::StreamError);
+    fn own_stanzas_classify_as_their_kind() {
+        use wire::refusal::Refusal;
+        assert_eq!(classify(&Refusal::Replaced.encode()), StanzaKind::StreamError);
+        assert_eq!(classify(&Refusal::Draining.encode()), StanzaKind::StreamError);
+        assert_eq!(classify(&Refusal::Unavailable.encode()), StanzaKind::Failure);
     }
 }

@@ -9,20 +9,22 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
 use tracing::debug;
 use wire::cert::CertVerifier;
+use wire::cert_cache::{CacheOutcome, CertCache};
+use wire::connect::{ClientConnect, ConnectConfig, ConnectError};
 use wire::decode::Decoder;
-use wire::frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN, decode_frame, encode_frame, put_header};
-use wire::noise::{Flavour, Initiator, NoiseError, RecvCipher, SendCipher, StaticKeypair, WA_CONN_HEADER};
+use wire::frame::{FrameError, MAX_FRAME_LEN, put_header};
+use wire::noise::{RecvCipher, SendCipher, StaticKeypair};
+use wire_io::handshake::HandshakeError;
+use wire_io::net::DialOptions;
 use zeroize::Zeroizing;
 
 use crate::cancel::{CancelHandle, CancelReason};
-use crate::cert_cache::{CacheOutcome, CertCache};
 use crate::error::SessionError;
 use crate::proxy_header::{self, ProxyProtocol};
 use crate::stanza::StanzaKind;
@@ -293,7 +295,7 @@ async fn close_gracefully(spare: socket2::Socket, linger: Duration) {
         return;
     }
     let Ok(mut stream) = TcpStream::from_std(std::net::TcpStream::from(spare)) else { return };
-    let _ = tokio::time::timeout(linger, crate::relay::discard_until_eof(&mut stream)).await;
+    let _ = tokio::time::timeout(linger, wire_io::close::discard_until_eof(&mut stream)).await;
 }
 
 /// Decides where chatd is now and connects there, within `connect_timeout`.
@@ -305,13 +307,10 @@ async fn dial_upstream(cfg: &UpstreamConfig) -> Result<TcpStream, SessionError> 
 }
 
 async fn dial(addr: SocketAddr) -> Result<TcpStream, SessionError> {
-    let err = |source| SessionError::Connect { addr, source };
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
-    // Dead-peer detection below chatd's own idle rule; failure to set it is not fatal.
-    let _ = socket.set_keepalive(true);
-    let stream = socket.connect(addr).await.map_err(err)?;
-    stream.set_nodelay(true).map_err(err)?;
-    Ok(stream)
+    // Keepalive: dead-peer detection below chatd's own idle rule.
+    wire_io::net::dial(addr, DialOptions { from: None, keepalive: true })
+        .await
+        .map_err(|source| SessionError::Connect { addr, source })
 }
 
 async fn handshake(
@@ -323,34 +322,32 @@ async fn handshake(
 ) -> Result<Login, SessionError> {
     let (peer, local) =
         (stream.peer_addr().map_err(SessionError::UpstreamIo)?, stream.local_addr().map_err(SessionError::UpstreamIo)?);
-    let mut initiator = Initiator::new(req.static_key.clone(), Flavour::WhatsApp).map_err(SessionError::Handshake)?;
-
     // PROXY header, `WA` header and ClientHello leave in one write.
-    let mut out = Vec::with_capacity(256);
-    proxy_header::write(cfg.proxy_protocol, req.client_addr, req.local_addr, &mut out)
+    let mut preamble = Vec::with_capacity(128);
+    proxy_header::write(cfg.proxy_protocol, req.client_addr, req.local_addr, &mut preamble)
         .map_err(SessionError::ProxyHeader)?;
-    out.extend_from_slice(&WA_CONN_HEADER);
-    frame_into(&initiator.client_hello().map_err(SessionError::Handshake)?, &mut out)?;
-    stream.write_all(&out).await.map_err(SessionError::UpstreamIo)?;
-
-    let mut rbuf = BytesMut::with_capacity(4096);
-    let server_hello = read_frame(&mut stream, &mut rbuf, cfg.max_frame_len).await?;
-    let info = initiator.read_server_hello(&server_hello).map_err(SessionError::Handshake)?;
-    let verifier = CertVerifier::new(cfg.root_public_key);
-    // On a chain error we return here, so the (unverified) initiator is never finished.
-    let (_, cert_cache) = cfg
-        .cert_cache
-        .verify(&verifier, &info.cert_chain, &info.server_static, unix_now())
-        .map_err(|e| SessionError::Handshake(NoiseError::Cert(e)))?;
-
-    let (finish, transport) = initiator.client_finish(&req.client_payload).map_err(SessionError::Handshake)?;
-    out.clear();
-    frame_into(&finish, &mut out)?;
-    stream.write_all(&out).await.map_err(SessionError::UpstreamIo)?;
+    let config = ConnectConfig {
+        verifier: CertVerifier::new(cfg.root_public_key),
+        cert_cache: cfg.cert_cache.clone(),
+        max_frame_len: cfg.max_frame_len,
+    };
+    let hs =
+        ClientConnect::new(req.static_key.clone(), &req.client_payload, &config, &preamble).map_err(handshake_error)?;
+    let done = wire_io::handshake::connect(&mut stream, hs).await.map_err(|e| match e {
+        HandshakeError::Connect(e) => handshake_error(e),
+        HandshakeError::Io(e) => SessionError::UpstreamIo(e),
+        _ => SessionError::UpstreamClosedInHandshake,
+    })?;
     let handshake = connected.elapsed();
+    let (cert_cache, mut rbuf) = (done.cert_cache, done.leftover);
 
-    let (send, mut recv) = transport.split();
-    let mut first = read_frame(&mut stream, &mut rbuf, cfg.max_frame_len).await?;
+    let (send, mut recv) = done.transport.split();
+    let mut first = match wire_io::frame::read_frame(&mut stream, &mut rbuf, cfg.max_frame_len).await {
+        Ok(Some(frame)) => frame,
+        Err(FrameError::TooLarge { len, max }) => return Err(SessionError::UpstreamFrameTooLarge { len, max }),
+        Err(FrameError::Io(e)) => return Err(SessionError::UpstreamIo(e)),
+        Ok(None) | Err(_) => return Err(SessionError::UpstreamClosedInHandshake),
+    };
     let first_payload = Bytes::copy_from_slice(recv.open(&mut first).map_err(SessionError::Open)?);
     let kind = match Decoder::default().decode_payload(&first_payload) {
         Ok(node) if node.tag() == "success" => StanzaKind::Success,
@@ -366,36 +363,11 @@ async fn handshake(
     Ok(Login::Accepted { first_payload, upstream, info })
 }
 
-fn frame_into(body: &[u8], out: &mut Vec<u8>) -> Result<(), SessionError> {
-    encode_frame(body, out).map_err(|e| match e {
-        FrameError::TooLarge { len, max } => SessionError::UpstreamFrameTooLarge { len, max },
-        FrameError::Truncated { .. } => SessionError::UpstreamClosedInHandshake,
-        FrameError::Io(e) => SessionError::UpstreamIo(e),
-    })
-}
-
-/// Reads one whole frame body; bytes after it stay in `rbuf`.
-async fn read_frame(stream: &mut TcpStream, rbuf: &mut BytesMut, max: usize) -> Result<BytesMut, SessionError> {
-    loop {
-        match decode_frame(rbuf, max) {
-            Ok(Some((body, _))) => {
-                let len = body.len();
-                rbuf.advance(HEADER_LEN);
-                return Ok(rbuf.split_to(len));
-            }
-            Ok(None) => {}
-            Err(FrameError::TooLarge { len, max }) => return Err(SessionError::UpstreamFrameTooLarge { len, max }),
-            Err(_) => return Err(SessionError::UpstreamClosedInHandshake),
-        }
-        // The header is checked against `max` above, so this reserve is bounded.
-        let need = wire::frame::peek_len(rbuf).map_or(HEADER_LEN, |len| HEADER_LEN + len).saturating_sub(rbuf.len());
-        rbuf.reserve(need.max(1024));
-        if stream.read_buf(rbuf).await.map_err(SessionError::UpstreamIo)? == 0 {
-            return Err(SessionError::UpstreamClosedInHandshake);
-        }
+fn handshake_error(e: ConnectError) -> SessionError {
+    match e {
+        ConnectError::FrameTooLarge { len, max } => SessionError::UpstreamFrameTooLarge { len, max },
+        ConnectError::Noise(e) => SessionError::Handshake(e),
+        // Only a driver bug finishes early; the handshake did not complete.
+        _ => SessionError::UpstreamClosedInHandshake,
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

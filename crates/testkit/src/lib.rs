@@ -12,22 +12,20 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::{Bytes, BytesMut};
 use chatd_sim::{ChatdSim, Config, RunningSim};
-use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use jwks::{JwksServer, PartnerClaims, RunningJwksServer, SigningKeys};
 use prost::Message as _;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::codec::Framed;
-use wire::cert::CertVerifier;
+use tokio::net::TcpStream;
+use wire::connect::{ClientConnect, ConnectConfig};
 use wire::decode::Decoder;
-use wire::frame::FrameCodec;
-use wire::noise::{Flavour, Initiator, StaticKeypair, Transport, WA_CONN_HEADER};
+use wire::noise::{StaticKeypair, Transport};
 use wire::proto::{AppVersion, ClientPayload};
 use wire::{Node, Value};
+use wire_io::EdgeClient;
+use wire_io::net::DialOptions;
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -211,7 +209,7 @@ pub fn web_payload(phone: u64) -> ClientPayload {
 
 /// A connected, handshaken chat client.
 pub struct ChatClient {
-    framed: Framed<TcpStream, FrameCodec>,
+    frames: EdgeClient<TcpStream>,
     transport: Transport,
     decoder: Decoder<'static>,
 }
@@ -236,25 +234,19 @@ impl ChatClient {
     /// Connects and logs in; returns the client and chatd's first stanza (`<success>` or
     /// `<failure>`).
     pub async fn login(dial: Dial<'_>, noise_private: &[u8; 32], payload: &ClientPayload) -> (ChatClient, Node) {
-        let socket = TcpSocket::new_v4().unwrap();
-        if let Some(ip) = dial.from {
-            socket.bind(SocketAddr::new(ip, 0)).unwrap();
-        }
-        let mut stream = socket.connect(dial.addr).await.unwrap();
-        if let Some(p) = dial.preamble {
-            stream.write_all(p).await.unwrap();
-        }
-        stream.write_all(&WA_CONN_HEADER).await.unwrap();
-        let mut framed = Framed::new(stream, FrameCodec::new());
-        let mut initiator =
-            Initiator::new(StaticKeypair::from_private(noise_private).unwrap(), Flavour::WhatsApp).unwrap();
-        framed.send(initiator.client_hello().unwrap()).await.unwrap();
-        let hello = tokio::time::timeout(WAIT, framed.next()).await.unwrap().unwrap().unwrap();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        initiator.read_server_hello_verified(&hello, &CertVerifier::new(dial.root), now).unwrap();
-        let (finish, transport) = initiator.client_finish(&payload.encode_to_vec()).unwrap();
-        framed.send(finish).await.unwrap();
-        let mut client = ChatClient { framed, transport, decoder: Decoder::default() };
+        let mut stream =
+            wire_io::net::dial(dial.addr, DialOptions { from: dial.from, keepalive: false }).await.unwrap();
+        let key = StaticKeypair::from_private(noise_private).unwrap();
+        let start = ClientConnect::new(
+            key,
+            &payload.encode_to_vec(),
+            &ConnectConfig::new(dial.root),
+            dial.preamble.unwrap_or_default(),
+        )
+        .unwrap();
+        let done = tokio::time::timeout(WAIT, wire_io::handshake::connect(&mut stream, start)).await.unwrap().unwrap();
+        let frames = EdgeClient::with_buffered(stream, done.leftover);
+        let mut client = ChatClient { frames, transport: done.transport, decoder: Decoder::default() };
         let first = client.recv().await.expect("chatd's first stanza");
         (client, first)
     }
@@ -262,7 +254,7 @@ impl ChatClient {
     pub async fn send(&mut self, node: &Node) {
         let mut buf = BytesMut::from(&wire::encode::encode(node).unwrap()[..]);
         self.transport.seal(&mut buf).unwrap();
-        self.framed.send(buf).await.unwrap();
+        self.frames.send_payload(&buf).await.unwrap();
     }
 
     /// The next stanza, or `None` when chatd closed the connection or nothing came in time.
@@ -271,7 +263,7 @@ impl ChatClient {
     }
 
     pub async fn recv_within(&mut self, wait: Duration) -> Option<Node> {
-        let mut frame = tokio::time::timeout(wait, self.framed.next()).await.ok()??.ok()?;
+        let mut frame = self.frames.recv_payload(wait).await.ok()?;
         let plain = self.transport.open(&mut frame).unwrap();
         Some(self.decoder.decode_payload(plain).unwrap().to_owned())
     }

@@ -5,19 +5,30 @@
 //! [`encode`]), the node model ([`node`], [`jid`]), readable text forms ([`text`]), the 3-byte
 //! length frame codec ([`frame`]), WhatsApp's flavour of Noise XX ([`noise`]), the server
 //! certificate chain ([`cert`]) and the login payload protobufs ([`proto`]).
+//!
+//! The edge protocol lives here too, so a client needs nothing else: the login frame
+//! ([`login`]), the keepalive ping ([`keepalive`]), the refusal and close stanzas ([`refusal`]),
+//! the verified certificate-chain cache ([`cert_cache`]) and the client's side of a chat
+//! connection's start, WhatsApp's Noise XX over frames ([`connect`]). The `wire-io` crate drives
+//! them over tokio sockets.
 
 pub mod cert;
+pub mod cert_cache;
+pub mod connect;
 pub mod decode;
 pub mod dict;
 pub mod encode;
 pub mod frame;
 pub mod jid;
+pub mod keepalive;
+pub mod login;
 pub mod node;
 pub mod noise;
 mod packed;
 pub mod payload;
 pub mod proto;
 pub mod proxy_header;
+pub mod refusal;
 pub mod text;
 pub mod xeddsa;
 

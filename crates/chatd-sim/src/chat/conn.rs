@@ -96,7 +96,7 @@ where
             let node = Node::new("failure").attr("reason", failure.reason.to_string());
             send(&mut framed, &mut transport, &node).await?;
             drop(observed);
-            drop(framed);
+            close(framed).await;
             Ok(())
         }
         Ok(ok) => {
@@ -203,8 +203,17 @@ where
     sim.unregister_live(jid, conn_id);
     // Count the connection out before the socket closes: the peer may act on our close at once.
     drop(observed);
-    drop(framed);
+    close(framed).await;
     result
+}
+
+/// How long a close waits for the peer's own (see [`wire_io::close`]).
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Closes so that the last stanza arrives: FIN, then the peer's close awaited. Every stanza was
+/// flushed by its `send`, so nothing waits in the codec's buffer.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut framed: Conn<S>) {
+    wire_io::close::close(framed.get_mut(), CLOSE_LINGER).await;
 }
 
 /// Sends mailbox entries newer than `sent_upto`; returns the new high-water mark. Entries stay in

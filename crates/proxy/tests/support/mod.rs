@@ -5,12 +5,12 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use edge::client::EdgeClient;
 use proxy::RunningProxy;
 use proxy::config::Config;
 use proxy::demo::{DemoTargets, User, enlist, login_frame, token};
 use tokio::net::TcpStream;
 use wire::{Jid, Node};
+use wire_io::EdgeClient;
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -139,8 +139,6 @@ pub async fn metric(p: &RunningProxy, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-pub use edge::client::keepalive;
-
 /// The tags of the stanzas `c` receives until nothing more comes within `quiet` (or it closes).
 pub async fn tags_until_quiet<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut c: EdgeClient<S>,
@@ -155,7 +153,7 @@ pub async fn tags_until_quiet<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + 
 
 /// Pings through an established session and expects the pong: the session is unaffected.
 pub async fn assert_pings<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(c: &mut EdgeClient<S>, id: &str) {
-    c.send(&keepalive(id)).await.unwrap_or_else(|e| panic!("ping {id}: {e}"));
+    c.send(&wire::keepalive::ping(id)).await.unwrap_or_else(|e| panic!("ping {id}: {e}"));
     let (pong, _) = c.recv_tag("iq", WAIT).await.unwrap_or_else(|e| panic!("pong {id}: {e}"));
     assert_eq!(pong.get_str("id"), Some(id));
 }

@@ -193,7 +193,7 @@ where
                 let _ = tokio::time::timeout(linger, async {
                     let _ = upstream.io.shutdown().await;
                     if plan.upstream == UpstreamClose::FinAndAwaitFin {
-                        discard_until_eof(&mut upstream.io).await;
+                        wire_io::close::discard_until_eof(&mut upstream.io).await;
                     }
                 })
                 .await;
@@ -334,22 +334,4 @@ fn poll_drain<W: AsyncWrite + Unpin>(pipe: &mut Pipe<'_>, cx: &mut Context<'_>, 
         }
     }
     Ok(progress)
-}
-
-/// Reads and discards until EOF or an error; the scratch buffer lives on the stack of each poll,
-/// not in the relay's state.
-pub(crate) async fn discard_until_eof<U: AsyncRead + Unpin>(io: &mut U) {
-    std::future::poll_fn(|cx| {
-        loop {
-            let mut scratch = [MaybeUninit::<u8>::uninit(); 2048];
-            let mut rb = ReadBuf::uninit(&mut scratch);
-            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(()),
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
-            }
-        }
-    })
-    .await
 }

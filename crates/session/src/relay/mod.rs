@@ -63,7 +63,6 @@ mod timers;
 #[cfg(test)]
 mod test_support;
 
-pub(crate) use driver::discard_until_eof;
 use driver::{UpstreamParts, relay_io};
 
 /// Bytes asked of a source per read when frames are small (HAProxy's `tune.bufsize` in

@@ -15,7 +15,7 @@ use wire::noise::Transport;
 use super::test_support::transports;
 use super::*;
 use crate::metrics::Direction;
-use crate::stanza;
+use wire::refusal::Refusal;
 
 struct Chatd {
     framed: Framed<DuplexStream, FrameCodec>,
@@ -185,7 +185,7 @@ async fn leftovers_and_queued_frames_keep_their_order() {
     wire::frame::encode_frame(&c, &mut third).unwrap();
     client_leftover.extend_from_slice(&third[..10]);
     let mut to_client = BytesMut::new();
-    wire::frame::encode_frame(&stanza::failure("first"), &mut to_client).unwrap();
+    wire::frame::encode_frame(&Refusal::Other("first".into()).encode(), &mut to_client).unwrap();
 
     let mut s = start_with(cfg(), (64 * 1024, 64 * 1024), client_leftover, BytesMut::new(), to_client);
     use tokio::io::AsyncWriteExt as _;
@@ -193,11 +193,11 @@ async fn leftovers_and_queued_frames_keep_their_order() {
     for want in [&a, &b, &c] {
         assert_eq!(s.chatd.recv().await.as_ref(), Some(want));
     }
-    assert_eq!(recv(&mut s.client).await.unwrap(), stanza::failure("first").to_vec());
+    assert_eq!(recv(&mut s.client).await.unwrap(), Refusal::Other("first".into()).encode().to_vec());
     s.chatd.send(&a).await;
     assert_eq!(recv(&mut s.client).await.as_ref(), Some(&a));
-    s.cancel.cancel(CancelReason::Draining, Some(stanza::draining()));
-    assert_eq!(recv(&mut s.client).await.unwrap(), stanza::draining().to_vec(), "the farewell comes last");
+    s.cancel.cancel(CancelReason::Draining, Some(Refusal::Draining.encode()));
+    assert_eq!(recv(&mut s.client).await.unwrap(), Refusal::Draining.encode().to_vec(), "the farewell comes last");
     assert_eq!(recv(&mut s.client).await, None, "then EOF");
     assert_eq!(s.chatd.recv().await, None, "chatd saw our FIN");
     let end = s.relay.await.unwrap();
@@ -242,10 +242,10 @@ async fn stream_error_is_relayed_then_both_sides_close() {
     let mut s = start(cfg(), 64 * 1024, BytesMut::new(), BytesMut::new());
     let msg = stanza_of(100, 9);
     s.chatd.send(&msg).await;
-    s.chatd.send(&stanza::replaced()).await;
+    s.chatd.send(&Refusal::Replaced.encode()).await;
     s.chatd.send(&stanza_of(5, 10)).await;
     assert_eq!(recv(&mut s.client).await.as_ref(), Some(&msg));
-    assert_eq!(recv(&mut s.client).await.unwrap(), stanza::replaced().to_vec());
+    assert_eq!(recv(&mut s.client).await.unwrap(), Refusal::Replaced.encode().to_vec());
     assert_eq!(recv(&mut s.client).await, None, "nothing after the stream error, then EOF");
     assert_eq!(s.chatd.recv().await, None, "upstream closed too");
     let end = s.relay.await.unwrap();
@@ -286,13 +286,13 @@ async fn a_cancel_forwards_every_client_frame_the_relay_already_read() {
     }
     // Let the relay read everything the client sent (9 KiB, under its 16 KiB bound).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    s.cancel.cancel(CancelReason::Draining, Some(stanza::draining()));
+    s.cancel.cancel(CancelReason::Draining, Some(Refusal::Draining.encode()));
     // Every frame the client sent before its close notice reaches chatd, then the FIN.
     for (i, want) in frames.iter().enumerate() {
         assert_eq!(s.chatd.recv().await.as_ref(), Some(want), "frame #{i}");
     }
     assert_eq!(s.chatd.recv().await, None);
-    assert_eq!(recv(&mut s.client).await.as_deref(), Some(&stanza::draining()[..]));
+    assert_eq!(recv(&mut s.client).await.as_deref(), Some(&Refusal::Draining.encode()[..]));
     assert!(matches!(s.relay.await.unwrap().reason, EndReason::Cancelled(CancelReason::Draining)));
 }
 

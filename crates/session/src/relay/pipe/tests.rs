@@ -7,7 +7,7 @@ use wire::noise::Transport;
 
 use super::*;
 use crate::relay::test_support::transports;
-use crate::stanza;
+use wire::refusal::Refusal;
 
 fn cfg() -> RelayConfig {
     RelayConfig { max_frame_len: 64 * 1024, max_buffered_bytes: 16 * 1024, ..RelayConfig::default() }
@@ -253,13 +253,13 @@ fn a_stream_error_is_the_last_frame_out() {
     let (cfg, metrics) = (cfg(), SessionMetrics::new().unwrap());
     let (mut pipe, mut chatd) = opening(&cfg, &metrics);
     let input =
-        [sealed_by(&mut chatd, b"before"), sealed_by(&mut chatd, &stanza::replaced()), sealed_by(&mut chatd, b"after")]
+        [sealed_by(&mut chatd, b"before"), sealed_by(&mut chatd, &Refusal::Replaced.encode()), sealed_by(&mut chatd, b"after")]
             .concat();
     feed(&mut pipe, &input).unwrap();
     assert_eq!(transform_all(&mut pipe), 2);
     assert!(pipe.is_ended());
     assert_eq!(pipe.inb.len(), 0, "what came after it is dropped");
-    assert_eq!(take_output(&mut pipe), [framed(b"before"), framed(&stanza::replaced())].concat());
+    assert_eq!(take_output(&mut pipe), [framed(b"before"), framed(&Refusal::Replaced.encode())].concat());
 }
 
 #[test]

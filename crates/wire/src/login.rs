@@ -10,15 +10,17 @@
 //! The proxy runs the upstream handshake with the client's own key (so chatd authenticates the
 //! client, not the proxy) and forwards the payload unchanged, so new payload fields need no proxy
 //! change. Parsing is pure; the key is zeroized when the parsed login is dropped and is never
-//! printed.
+//! printed. The proxy's edge parses with [`parse`] (and adds its admission checks); clients, tests
+//! and the demo build with [`build`].
 
 use prost::Message as _;
-use wire::InteropAccount;
-use wire::decode::{Decoder, Limits};
-use wire::dict::Dictionary;
-use wire::noise::StaticKeypair;
-use wire::proto::{ClientPayload, Product};
 use zeroize::Zeroizing;
+
+use crate::InteropAccount;
+use crate::decode::{Decoder, Limits};
+use crate::dict::Dictionary;
+use crate::noise::StaticKeypair;
+use crate::proto::{ClientPayload, Product};
 
 /// Largest `ClientPayload` accepted (real ones are a few hundred bytes plus the JWT).
 pub const MAX_PAYLOAD_LEN: usize = 16 * 1024;
@@ -54,6 +56,7 @@ impl std::fmt::Debug for Login {
 
 /// Why a login frame was refused. Messages name the problem, never the key or the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoginError {
     #[error("login frame is not a stanza: {0}")]
     Decode(String),
@@ -67,7 +70,7 @@ pub enum LoginError {
     #[error("login jid is missing or not an interop JID")]
     BadJid,
     #[error("login jid does not name an interop account: {0}")]
-    NotAnAccount(#[from] wire::jid::AccountError),
+    NotAnAccount(#[from] crate::jid::AccountError),
     #[error("<static> must hold the 32-byte Noise private key")]
     BadStatic,
     #[error("<payload> is missing, empty or over {MAX_PAYLOAD_LEN} bytes")]
@@ -84,7 +87,7 @@ pub enum LoginError {
 
 /// Parses the first frame's payload (flags byte and node).
 pub fn parse(frame: &[u8]) -> Result<Login, LoginError> {
-    if frame.first().is_some_and(|flags| flags & wire::payload::FLAG_ZLIB != 0) {
+    if frame.first().is_some_and(|flags| flags & crate::payload::FLAG_ZLIB != 0) {
         return Err(LoginError::Compressed);
     }
     let mut decoder = Decoder::new(&Dictionary::V3, LOGIN_LIMITS);
@@ -116,20 +119,20 @@ pub fn parse(frame: &[u8]) -> Result<Login, LoginError> {
 }
 
 /// Builds a login frame payload (for clients, tests and the demo).
-pub fn build(account: &wire::Jid, static_private: &[u8; 32], client_payload: &[u8]) -> Vec<u8> {
-    let node = wire::Node::new("login").attr("jid", account.clone()).children(vec![
-        wire::Node::new("static").bytes(static_private.to_vec()),
-        wire::Node::new("payload").bytes(client_payload.to_vec()),
+pub fn build(account: &crate::Jid, static_private: &[u8; 32], client_payload: &[u8]) -> Vec<u8> {
+    let node = crate::Node::new("login").attr("jid", account.clone()).children(vec![
+        crate::Node::new("static").bytes(static_private.to_vec()),
+        crate::Node::new("payload").bytes(client_payload.to_vec()),
     ]);
     // A login node always encodes: its parts are a JID and two byte strings.
-    wire::encode::encode(&node).unwrap_or_default()
+    crate::encode::encode(&node).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::jid::AccountError;
-    use wire::proto::AppVersion;
+    use crate::jid::AccountError;
+    use crate::proto::AppVersion;
 
     fn payload(account_id: u64, token: &str) -> Vec<u8> {
         ClientPayload::interop_login(account_id, token.as_bytes().to_vec(), AppVersion::new(2, 3000, 1)).encode_to_vec()
@@ -137,7 +140,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let jid = wire::Jid::interop(1, "10853634039893", 0);
+        let jid = crate::Jid::interop(1, "10853634039893", 0);
         let login = parse(&build(&jid, &[7; 32], &payload(10853634039893, "t.o.k"))).unwrap();
         assert_eq!(login.account.to_string(), "1-10853634039893@interop");
         assert_eq!((login.account.integrator, login.account.number), (1, 10853634039893));
@@ -148,22 +151,22 @@ mod tests {
 
     #[test]
     fn every_defect_has_its_error() {
-        let jid = wire::Jid::interop(1, "42", 0);
+        let jid = crate::Jid::interop(1, "42", 0);
         let good = payload(42, "t");
         assert!(matches!(parse(b""), Err(LoginError::Decode(_))));
         assert!(matches!(parse(&[0, 0xf8, 0x01, 0x13]), Err(LoginError::NotLogin(_))));
         assert_eq!(
-            parse(&build(&wire::Jid::new("42", wire::Server::Whatsapp), &[7; 32], &good)).unwrap_err(),
+            parse(&build(&crate::Jid::new("42", crate::Server::Whatsapp), &[7; 32], &good)).unwrap_err(),
             LoginError::NotAnAccount(AccountError::NotInterop)
         );
         assert_eq!(
-            parse(&build(&wire::Jid::interop(1, "42", 3), &[7; 32], &good)).unwrap_err(),
+            parse(&build(&crate::Jid::interop(1, "42", 3), &[7; 32], &good)).unwrap_err(),
             LoginError::NotAnAccount(AccountError::HasDevice)
         );
         // Other spellings of account 42 (each with a matching accountID) are not account 42.
         for spelling in ["042", "+42", "0042"] {
             assert_eq!(
-                parse(&build(&wire::Jid::interop(1, spelling, 0), &[7; 32], &good)).unwrap_err(),
+                parse(&build(&crate::Jid::interop(1, spelling, 0), &[7; 32], &good)).unwrap_err(),
                 LoginError::NotAnAccount(AccountError::NotCanonical),
                 "{spelling}"
             );
@@ -174,16 +177,16 @@ mod tests {
         assert!(matches!(parse(&build(&jid, &[7; 32], &[0xff; 10])), Err(LoginError::BadPayload(_))));
         let web = ClientPayload::web_login(42, 1, AppVersion::new(2, 3000, 1)).encode_to_vec();
         assert_eq!(parse(&build(&jid, &[7; 32], &web)).unwrap_err(), LoginError::NotInterop);
-        let short = wire::Node::new("login").attr("jid", jid.clone()).children(vec![
-            wire::Node::new("static").bytes(vec![1; 31]),
-            wire::Node::new("payload").bytes(good.clone()),
+        let short = crate::Node::new("login").attr("jid", jid.clone()).children(vec![
+            crate::Node::new("static").bytes(vec![1; 31]),
+            crate::Node::new("payload").bytes(good.clone()),
         ]);
-        assert_eq!(parse(&wire::encode::encode(&short).unwrap()).unwrap_err(), LoginError::BadStatic);
+        assert_eq!(parse(&crate::encode::encode(&short).unwrap()).unwrap_err(), LoginError::BadStatic);
     }
 
-    fn compressed(node: &wire::Node) -> Vec<u8> {
+    fn compressed(node: &crate::Node) -> Vec<u8> {
         let mut out = Vec::new();
-        wire::Encoder::new(&Dictionary::V3, wire::EncodeOptions { compress: true })
+        crate::Encoder::new(&Dictionary::V3, crate::EncodeOptions { compress: true })
             .encode_payload(node, &mut out)
             .unwrap();
         out
@@ -191,11 +194,11 @@ mod tests {
 
     #[test]
     fn compressed_logins_are_refused_before_inflating() {
-        let jid = wire::Jid::interop(1, "42", 0);
-        let good = wire::decode::decode(&build(&jid, &[7; 32], &payload(42, "t"))).unwrap();
+        let jid = crate::Jid::interop(1, "42", 0);
+        let good = crate::decode::decode(&build(&jid, &[7; 32], &payload(42, "t"))).unwrap();
         assert_eq!(parse(&compressed(&good)).unwrap_err(), LoginError::Compressed);
         // 16 MiB of zeros deflate to about 16 KB: refused on its flags byte.
-        let bomb = compressed(&wire::Node::new("login").bytes(vec![0; (1 << 24) - 64]));
+        let bomb = compressed(&crate::Node::new("login").bytes(vec![0; (1 << 24) - 64]));
         assert!(bomb.len() < LOGIN_FRAME_MAX);
         assert_eq!(parse(&bomb).unwrap_err(), LoginError::Compressed);
     }
@@ -203,19 +206,19 @@ mod tests {
     #[test]
     fn attribute_and_node_bombs_are_refused_by_the_budget() {
         // A <login> with 30,000 attributes (what a 64 KiB frame can hold): refused at the header.
-        let mut node = wire::Node::new("login");
+        let mut node = crate::Node::new("login");
         for i in 0..30_000u32 {
             node = node.attr(format!("a{i}"), "v");
         }
-        let err = parse(&wire::encode::encode(&node).unwrap()).unwrap_err();
+        let err = parse(&crate::encode::encode(&node).unwrap()).unwrap_err();
         assert!(matches!(&err, LoginError::Decode(m) if m.contains("attributes")), "{err}");
         // Deep nesting and many children are refused the same way.
-        let mut deep = wire::Node::new("x");
+        let mut deep = crate::Node::new("x");
         for _ in 0..10 {
-            deep = wire::Node::new("x").children(vec![deep]);
+            deep = crate::Node::new("x").children(vec![deep]);
         }
-        assert!(matches!(parse(&wire::encode::encode(&deep).unwrap()), Err(LoginError::Decode(_))));
-        let wide = wire::Node::new("login").children((0..100).map(|_| wire::Node::new("c")).collect());
-        assert!(matches!(parse(&wire::encode::encode(&wide).unwrap()), Err(LoginError::Decode(_))));
+        assert!(matches!(parse(&crate::encode::encode(&deep).unwrap()), Err(LoginError::Decode(_))));
+        let wide = crate::Node::new("login").children((0..100).map(|_| crate::Node::new("c")).collect());
+        assert!(matches!(parse(&crate::encode::encode(&wide).unwrap()), Err(LoginError::Decode(_))));
     }
 }

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use wire::cert::{CertError, CertInfo, CertRole, CertVerifier, KeyHex, VerifiedChain};
+use crate::cert::{CertError, CertInfo, CertRole, CertVerifier, KeyHex, VerifiedChain};
 
 /// Most chains remembered. chatd rotates its chain rarely; a handful covers a rotation in flight.
 pub const CERT_CACHE_CAPACITY: usize = 8;
@@ -136,7 +136,7 @@ fn window(c: &CertInfo, cert: CertRole, now: u64) -> Result<(), CertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::cert::{CertIssuer, ChainParams};
+    use crate::cert::{CertIssuer, ChainParams};
 
     fn issue(issuer: &CertIssuer, key: &[u8; 32], serial: u32) -> Vec<u8> {
         issuer.issue(key, &ChainParams::new(serial, serial + 1, 1_000, 2_000)).unwrap()
