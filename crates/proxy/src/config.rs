@@ -349,9 +349,12 @@ impl Config {
             (None, false) => return invalid("auth", "required (or set embedded = true)"),
             (Some(a), _) => {
                 if let Some(ca) = &a.jwks_ca_file
-                    && let Err(e) = jwks::tls::load_certs(ca)
+                    && let Err(e) = tls_config::load_certs(ca)
                 {
-                    return Err(ConfigError::Invalid { key: "auth.jwks_ca_file", message: jwks::error_chain(&e) });
+                    return Err(ConfigError::Invalid {
+                        key: "auth.jwks_ca_file",
+                        message: tls_config::error_chain(&e),
+                    });
                 }
                 if a.account_claim.is_empty() {
                     return invalid("auth.account_claim", "must name a claim");

@@ -61,8 +61,8 @@ pub enum StartError {
     Partner(#[from] partner_server::StartError),
     #[error("embedded partner server: {0}")]
     PartnerConfig(#[from] partner_server::ConfigError),
-    #[error("embedded local CA: {}", jwks::error_chain(.0))]
-    LocalCa(#[from] jwks::tls::LocalCaError),
+    #[error("embedded local CA: {}", tls_config::error_chain(.0))]
+    LocalCa(#[from] tls_config::LocalCaError),
 }
 
 /// The in-process WhatsApp side and Partner server of the embedded default, both on HTTPS with
@@ -78,12 +78,12 @@ pub struct Embedded {
 /// The embedded default's local CA: one per process, generated on first use, trusted by this
 /// process's own HTTPS clients, its certificate written to `{temp}/interop-proxy-{pid}/ca.pem`.
 struct LocalPki {
-    ca: jwks::tls::LocalCa,
+    ca: tls_config::LocalCa,
     dir: std::path::PathBuf,
     issued: std::sync::atomic::AtomicU64,
 }
 
-fn local_pki() -> Result<&'static LocalPki, jwks::tls::LocalCaError> {
+fn local_pki() -> Result<&'static LocalPki, tls_config::LocalCaError> {
     static PKI: std::sync::OnceLock<LocalPki> = std::sync::OnceLock::new();
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if let Some(pki) = PKI.get() {
@@ -96,8 +96,8 @@ fn local_pki() -> Result<&'static LocalPki, jwks::tls::LocalCaError> {
     sweep_stale_local_pki();
     let dir = std::env::temp_dir().join(format!("interop-proxy-{}", std::process::id()));
     std::fs::create_dir_all(&dir)
-        .map_err(|source| jwks::tls::LocalCaError::Write { path: dir.display().to_string(), source })?;
-    let ca = jwks::tls::LocalCa::generate(&format!("interop-proxy embedded local CA (pid {})", std::process::id()))?;
+        .map_err(|source| tls_config::LocalCaError::Write { path: dir.display().to_string(), source })?;
+    let ca = tls_config::LocalCa::generate(&format!("interop-proxy embedded local CA (pid {})", std::process::id()))?;
     ca.write_cert(&dir.join("ca.pem"))?;
     ca.trust_in_this_process();
     Ok(PKI.get_or_init(|| LocalPki { ca, dir, issued: std::sync::atomic::AtomicU64::new(0) }))
@@ -136,7 +136,7 @@ pub fn remove_local_pki() {
 
 impl LocalPki {
     /// A fresh loopback certificate, written as `{stem}-{n}.pem` / `.key`.
-    fn issue(&self, stem: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), jwks::tls::LocalCaError> {
+    fn issue(&self, stem: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), tls_config::LocalCaError> {
         let n = self.issued.fetch_add(1, Ordering::Relaxed);
         self.ca.issue_loopback()?.write(&self.dir, &format!("{stem}-{n}"))
     }
@@ -350,7 +350,7 @@ impl Plan {
             verifier: jwks::VerifierConfig {
                 refresh_interval: Duration::from_secs(auth.jwks_refresh_secs.max(1)),
                 min_refetch_interval: Duration::from_secs(auth.jwks_min_refetch_secs.max(1)),
-                tls: jwks::tls::ClientTls::with_ca_file(auth.jwks_ca_file.clone()),
+                tls: tls_config::ClientTls::with_ca_file(auth.jwks_ca_file.clone()),
                 ..jwks::VerifierConfig::default()
             },
         })?;

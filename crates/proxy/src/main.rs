@@ -58,12 +58,13 @@ enum Command {
 
 fn gen_local_ca(out: &std::path::Path, certs: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let ca = jwks::tls::LocalCa::generate("interop-proxy local CA").map_err(|e| jwks::error_chain(&e))?;
+    let ca = tls_config::LocalCa::generate("interop-proxy local CA").map_err(|e| tls_config::error_chain(&e))?;
     let ca_file = out.join("ca.pem");
-    ca.write_cert(&ca_file).map_err(|e| jwks::error_chain(&e))?;
+    ca.write_cert(&ca_file).map_err(|e| tls_config::error_chain(&e))?;
     println!("ca: {}", ca_file.display());
     for name in certs {
-        let (cert, key) = ca.issue_loopback().and_then(|c| c.write(out, name)).map_err(|e| jwks::error_chain(&e))?;
+        let (cert, key) =
+            ca.issue_loopback().and_then(|c| c.write(out, name)).map_err(|e| tls_config::error_chain(&e))?;
         println!("{name}: {} {}", cert.display(), key.display());
     }
     Ok(())

@@ -78,7 +78,7 @@ pub fn https_client() -> hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     http_body_util::Full<bytes::Bytes>,
 > {
-    jwks::tls::https_client(&jwks::tls::ClientTls::default()).unwrap()
+    tls_config::https_client(&tls_config::ClientTls::default()).unwrap()
 }
 
 pub async fn get_json(url: &str) -> serde_json::Value {
@@ -241,7 +241,7 @@ pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
             b.ca_file = rest.split_whitespace().next().map(Into::into);
             // The process's own HTTPS clients (get_json, get_text) trust that process's CA too.
             if let Some(ca) = &b.ca_file {
-                jwks::tls::trust_ca_file_in_this_process(ca).unwrap();
+                tls_config::trust_ca_file_in_this_process(ca).unwrap();
             }
         } else if line.starts_with("whatsapp web clients ws://") {
             b.sim_ws = addr(&line, "ws://");
