@@ -14,7 +14,8 @@ use session::relay::MAX_TIMER;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Start the chatd simulator and the partner server in-process and point `upstream` and
-    /// `auth` at them: the one-machine default (`config/local.toml`, or no config at all).
+    /// `auth` at them: the one-machine default (`config/local.toml`). Only `interop-local` (the
+    /// `local-world` crate) runs them; `interop-proxy` refuses it.
     #[serde(default)]
     pub embedded: bool,
     pub edge: EdgeConfig,
@@ -406,7 +407,8 @@ impl Config {
         }
     }
 
-    /// The one-machine default: embedded upstream, loopback listeners.
+    /// The one-machine default (`interop-local` with no `--config`): embedded upstream, loopback
+    /// listeners.
     pub fn local() -> Config {
         Config {
             embedded: true,
