@@ -156,10 +156,10 @@ async fn run(cli: &Cli) -> Result<(), String> {
     let mut signals = Signals::install()?;
     let world = local_world::start(config).await.map_err(|e| describe(&e))?;
     banner(&world);
-    if let Some((targets, chat_addr)) = demo_targets(&world) {
-        if let Err(e) = run_demo(&targets, chat_addr, &|| print_metrics(&world)).await {
-            eprintln!("interop-local: {e}");
-        }
+    if let Some((targets, chat_addr)) = demo_targets(&world)
+        && let Err(e) = run_demo(&targets, chat_addr, &|| print_metrics(&world)).await
+    {
+        eprintln!("interop-local: {e}");
     }
     // The last line on stdout: whoever reads the banner can stop here.
     println!("serving");
