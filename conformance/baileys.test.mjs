@@ -1,6 +1,6 @@
 // Conformance with an independent implementation (issue 13): unmodified Baileys 7 as a
 // WhatsApp-side user of the simulator over its WebSocket chat listener, and interop-client as a
-// Partner user behind interop-proxy, all release binaries on loopback. Run by conformance/run.sh.
+// Partner user behind the proxy (interop-local), all release binaries on loopback. Run by conformance/run.sh.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFile } from 'node:child_process';
@@ -92,7 +92,7 @@ async function mailbox(jid) {
 
 before(async () => {
   // The embedded default on ephemeral loopback ports; its banner ends with `serving`.
-  proxy = spawn(join(BIN, 'interop-proxy'), ['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'], {
+  proxy = spawn(join(BIN, 'interop-local'), ['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'], {
     env: { ...process.env, RUST_LOG: 'warn' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });

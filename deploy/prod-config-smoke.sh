@@ -8,7 +8,7 @@
 # metrics must show the login forwarded, chatd's acceptance, and no JWKS TLS failure.
 #
 # Binaries from BIN_DIR (default target/release): interop-proxy, chatd-sim, partner-server,
-# interop-client. Loopback ports: SMOKE_EDGE_PORT (35222), SMOKE_ADMIN_PORT (39090).
+# interop-client, and interop-local for the throwaway CA (gen-local-ca). Loopback ports: SMOKE_EDGE_PORT (35222), SMOKE_ADMIN_PORT (39090).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR=${BIN_DIR:-target/release}
@@ -43,12 +43,12 @@ fail() {
     exit 1
 }
 
-for b in interop-proxy chatd-sim partner-server interop-client; do
-    [[ -x $BIN_DIR/$b ]] || fail "$BIN_DIR/$b missing (cargo build --release -p proxy -p chatd-sim -p partner-server -p client)"
+for b in interop-proxy chatd-sim partner-server interop-client interop-local; do
+    [[ -x $BIN_DIR/$b ]] || fail "$BIN_DIR/$b missing (cargo build --release -p proxy -p chatd-sim -p partner-server -p client -p local-world)"
 done
 
 # 1. A local CA and loopback certificates for the two HTTPS servers (production: the PKI's).
-"$BIN_DIR/interop-proxy" gen-local-ca --out "$TMP/pki" --cert partner --cert chatd-sim >/dev/null
+"$BIN_DIR/interop-local" gen-local-ca --out "$TMP/pki" --cert partner --cert chatd-sim >/dev/null
 CA=$TMP/pki/ca.pem
 
 # wait_line FILE PREFIX: the rest of the first line of FILE starting with PREFIX (30 s bound).

@@ -39,7 +39,7 @@ pub struct Http(Client<HttpsConnector<HttpConnector>, Full<Bytes>>);
 impl Default for Http {
     fn default() -> Self {
         // No CA file to read: building on the platform store cannot fail.
-        Http(jwks::tls::https_client(&jwks::tls::ClientTls::default()).expect("a TLS client on the platform's roots"))
+        Http(tls_config::https_client(&tls_config::ClientTls::default()).expect("a TLS client on the platform's roots"))
     }
 }
 

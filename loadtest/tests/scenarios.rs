@@ -9,11 +9,11 @@ use loadtest::env::{Env, External};
 use loadtest::progress::Progress;
 use loadtest::scenarios::{self, ChatParams, ChurnParams, Ctx, RampParams, StormParams};
 
-async fn setup() -> (proxy::RunningProxy, Ctx) {
+async fn setup() -> (local_world::LocalWorld, Ctx) {
     let mut config = proxy::config::Config::local();
     config.edge.listen = Some("127.0.0.1:0".parse().unwrap());
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
-    let proxy = proxy::start(config).await.unwrap();
+    let proxy = local_world::start(config).await.unwrap();
     let embedded = proxy.embedded.as_ref().unwrap();
     let ext = External {
         proxy_addr: proxy.tcp_addr.unwrap(),

@@ -73,7 +73,7 @@ impl TokenVerifier for JwksTokenVerifier {
             let verifier = self.verifier_for(integrator)?;
             let expect = jwks::Expectations::new(integrator.issuer.clone(), integrator.audience.clone());
             let claims: jwks::PartnerClaims =
-                verifier.verify(token, &expect).await.map_err(|e| TokenRejected(jwks::error_chain(&e)))?;
+                verifier.verify(token, &expect).await.map_err(|e| TokenRejected(tls_config::error_chain(&e)))?;
             Ok(VerifiedToken { subject: claims.sub })
         })
     }

@@ -95,8 +95,8 @@ pub struct TlsConfig {
 impl HttpConfig {
     /// Whom the simulator's HTTPS clients (push, Partner JWKS, Partner media) trust, and how:
     /// TLS 1.3 only, as WhatsApp's push (`curl --tlsv1.3` in the seed's example).
-    pub fn partner_tls(&self) -> jwks::tls::ClientTls {
-        jwks::tls::ClientTls { tls13_only: true, ..jwks::tls::ClientTls::with_ca_file(self.partner_ca_file.clone()) }
+    pub fn partner_tls(&self) -> tls_config::ClientTls {
+        tls_config::ClientTls { tls13_only: true, ..tls_config::ClientTls::with_ca_file(self.partner_ca_file.clone()) }
     }
 }
 

@@ -254,9 +254,9 @@ async fn partner_media(state: &HttpState, integrator: &str, reference: &str) -> 
     };
     let response = match tokio::time::timeout(Duration::from_secs(10), state.client.request(request)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) if jwks::tls::find_tls_error(&e).is_some() => {
+        Ok(Err(e)) if tls_config::find_tls_error(&e).is_some() => {
             state.sim.totals.partner_tls_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(url, error = %jwks::error_chain(&e), "partner media: TLS with the Partner failed");
+            tracing::warn!(url, error = %tls_config::error_chain(&e), "partner media: TLS with the Partner failed");
             return error(StatusCode::BAD_GATEWAY, "partner server certificate refused");
         }
         _ => return error(StatusCode::BAD_GATEWAY, "partner server unreachable"),

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jwks::tls::{ReloadableCert, TlsError};
+use tls_config::{ReloadableCert, TlsError};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -42,7 +42,7 @@ pub enum StartError {
     Keys(#[from] sim::KeyError),
     #[error("push signing keys: {0}")]
     PushKeys(#[from] jwks::KeyError),
-    #[error("TLS: {}", jwks::error_chain(.0))]
+    #[error("TLS: {}", tls_config::error_chain(.0))]
     Tls(#[from] TlsError),
 }
 
@@ -116,7 +116,7 @@ impl ChatdSim {
         };
         // Push, Partner JWKS and Partner media: HTTPS verified against the platform's roots and
         // http.partner_ca_file, TLS 1.3 preferred, HTTP/2 where the Partner offers it.
-        let partner_client = jwks::tls::https_client(&config.http.partner_tls())?;
+        let partner_client = tls_config::https_client(&config.http.partner_tls())?;
         let chat = bind("chat listener", config.chat.listen).await?;
         let ws = match config.chat.ws_listen {
             Some(addr) => Some(bind("websocket listener", addr).await?),

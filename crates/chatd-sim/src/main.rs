@@ -74,7 +74,7 @@ async fn main() -> ExitCode {
             _ = term.recv() => break,
             _ = hup.recv() => match running.reload_tls() {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(e) => tracing::error!(error = %jwks::error_chain(&e), "TLS reload failed; keeping the old certificate"),
+                Err(e) => tracing::error!(error = %tls_config::error_chain(&e), "TLS reload failed; keeping the old certificate"),
             },
         }
     }

@@ -64,13 +64,15 @@ async fn deliver(sim: &Sim, keys: &SigningKeys, client: &PartnerClient, req: &Pu
                 return true;
             }
             Ok(Ok(resp)) => debug!(account = %req.account_jid, attempt, status = %resp.status(), "push refused"),
-            Ok(Err(e)) => match jwks::tls::find_tls_error(&e) {
+            Ok(Err(e)) => match tls_config::find_tls_error(&e) {
                 // A certificate problem will not fix itself between retries: say so loudly.
                 Some(tls) => {
                     sim.totals.partner_tls_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(account = %req.account_jid, attempt, url, error = %tls, "push refused: TLS with the Partner failed");
                 }
-                None => debug!(account = %req.account_jid, attempt, error = %jwks::error_chain(&e), "push failed"),
+                None => {
+                    debug!(account = %req.account_jid, attempt, error = %tls_config::error_chain(&e), "push failed")
+                }
             },
             Err(_) => debug!(account = %req.account_jid, attempt, "push timed out"),
         }

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use chatd_sim::{ChatdSim, Config, RunningSim};
 use http_body_util::{BodyExt as _, Full};
-use jwks::tls::{ClientTls, LocalCa};
 use partner_server::{PartnerServer, RunningPartnerServer, TlsConfig};
 use testkit::*;
+use tls_config::{ClientTls, LocalCa};
 
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
@@ -32,19 +32,19 @@ impl Pki {
         self.dir.path().join("ca.pem")
     }
 
-    fn write(&self, issued: &jwks::tls::IssuedCert, stem: &str) -> (PathBuf, PathBuf) {
+    fn write(&self, issued: &tls_config::IssuedCert, stem: &str) -> (PathBuf, PathBuf) {
         issued.write(self.dir.path(), stem).unwrap()
     }
 }
 
 /// One HTTPS request trusting only `ca`; status and body, or the error chain.
 async fn https(method: &str, url: &str, ca: &Path, ctype: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
-    let client = jwks::tls::https_client::<Full<Bytes>>(&ClientTls {
+    let client = tls_config::https_client::<Full<Bytes>>(&ClientTls {
         platform_roots: false,
         ca_file: Some(ca.into()),
         tls13_only: false,
     })
-    .map_err(|e| jwks::error_chain(&e))?;
+    .map_err(|e| tls_config::error_chain(&e))?;
     let req = hyper::Request::builder()
         .method(method)
         .uri(url)
@@ -54,7 +54,7 @@ async fn https(method: &str, url: &str, ca: &Path, ctype: &str, body: Vec<u8>) -
     let resp = tokio::time::timeout(WAIT, client.request(req))
         .await
         .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| jwks::error_chain(&e))?;
+        .map_err(|e| tls_config::error_chain(&e))?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
     Ok((status, body))
@@ -241,7 +241,7 @@ async fn the_partner_client_refuses_wrong_name_untrusted_and_expired_certificate
             },
         )
         .unwrap();
-        let error = jwks::error_chain(&verifier.refresh_now().await.unwrap_err());
+        let error = tls_config::error_chain(&verifier.refresh_now().await.unwrap_err());
         assert!(error.contains(says), "{what}: the error should say {says:?}: {error}");
         let s = stats(&sim, &ca).await;
         assert!(s["partner_tls_failures"].as_u64() >= Some(3), "{what}: push attempts and media: {s}");

@@ -11,8 +11,8 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use jwks::tls::ClientTls;
 use serde_json::{Value, json};
+use tls_config::ClientTls;
 
 use crate::store::Store;
 
@@ -32,7 +32,7 @@ pub enum ServiceError {
     #[error("enlistment refused: {0}")]
     Enlist(String),
     #[error("TLS settings")]
-    Tls(#[from] jwks::tls::TlsError),
+    Tls(#[from] tls_config::TlsError),
 }
 
 /// An HTTPS client for the services: certificates checked against the platform's roots and an
@@ -54,7 +54,7 @@ impl Default for Services {
 impl Services {
     /// Trusting `tls`.
     pub fn new(tls: &ClientTls) -> Result<Services, ServiceError> {
-        Ok(Services { http: jwks::tls::https_client(tls)? })
+        Ok(Services { http: tls_config::https_client(tls)? })
     }
 
     /// The platform's roots plus `ca_file` when given.
@@ -81,7 +81,7 @@ fn unreachable(url: &str, e: impl std::fmt::Display) -> ServiceError {
 
 /// The whole cause chain: a refused certificate says why (unknown issuer, wrong name, expired).
 fn unreachable_chain(url: &str, e: &(dyn std::error::Error + 'static)) -> ServiceError {
-    ServiceError::Unreachable { url: url.to_owned(), reason: jwks::error_chain(e) }
+    ServiceError::Unreachable { url: url.to_owned(), reason: tls_config::error_chain(e) }
 }
 
 fn e64(b: &[u8]) -> String {

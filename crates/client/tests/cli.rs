@@ -23,7 +23,7 @@ async fn a_partner_user_and_a_whatsapp_user_talk_through_the_cli() {
     let mut config = proxy::config::Config::local();
     config.edge.listen = Some("127.0.0.1:0".parse().unwrap());
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
-    let proxy = proxy::start(config).await.unwrap();
+    let proxy = local_world::start(config).await.unwrap();
     let e = proxy.embedded.as_ref().unwrap();
     let (chatd, partner) = (e.sim.http_url(), e.partner.base_url().to_owned());
     let ca_file = e.ca_file.to_str().unwrap().to_owned();

@@ -11,7 +11,7 @@ use client::client::{enlist_partner, register_whatsapp};
 use client::listen::{ListenOptions, PushOptions, Status, listen};
 use client::reconnect::CloseReason;
 use client::{Client, ClientError, Content, Event, Route, Store};
-use proxy::RunningProxy;
+use local_world::LocalWorld;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -66,7 +66,7 @@ async fn pump(
 }
 
 struct World {
-    proxy: RunningProxy,
+    proxy: LocalWorld,
     tap: Tap,
 }
 
@@ -75,7 +75,7 @@ impl World {
         let mut config = proxy::config::Config::local();
         config.edge.listen = Some("127.0.0.1:0".parse().unwrap());
         config.admin.listen = "127.0.0.1:0".parse().unwrap();
-        let proxy = proxy::start(config).await.unwrap();
+        let proxy = local_world::start(config).await.unwrap();
         let tap = Tap::start(proxy.tcp_addr.unwrap()).await;
         World { proxy, tap }
     }
@@ -358,7 +358,7 @@ async fn the_tls_edge_carries_the_same_conversation_and_a_wrong_name_is_refused(
         cert: dir.path().join("cert.pem"),
         key: dir.path().join("key.pem"),
     });
-    let proxy = proxy::start(config).await.unwrap();
+    let proxy = local_world::start(config).await.unwrap();
     let tap = Tap::start(proxy.tls_addr.unwrap()).await;
     let w = World { proxy, tap };
     let mut roots = rustls::RootCertStore::empty();

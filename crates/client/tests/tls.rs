@@ -7,14 +7,14 @@ use chatd_sim::{ChatdSim, Config};
 use client::Store;
 use client::client::enlist_partner;
 use client::services::Services;
-use jwks::tls::LocalCa;
 use partner_server::{PartnerServer, TlsConfig};
+use tls_config::LocalCa;
 
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
 async fn partner_with(
     dir: &std::path::Path,
-    issued: &jwks::tls::IssuedCert,
+    issued: &tls_config::IssuedCert,
     stem: &str,
 ) -> partner_server::RunningPartnerServer {
     let (cert, key) = issued.write(dir, stem).unwrap();
@@ -93,6 +93,6 @@ async fn wrong_name_untrusted_and_expired_certificates_are_refused() {
         partner.shutdown().await;
     }
     // A CA file that is not there is a clear setup error.
-    let missing = Services::with_ca_file(Some(&dir.path().join("nope.pem"))).err().map(|e| jwks::error_chain(&e));
+    let missing = Services::with_ca_file(Some(&dir.path().join("nope.pem"))).err().map(|e| tls_config::error_chain(&e));
     assert!(missing.is_some_and(|e| e.contains("nope.pem")));
 }

@@ -2,7 +2,7 @@
 //!
 //! The certificate is served by [`ReloadableCert`], a `ResolvesServerCert` whose key pair can be
 //! swapped at runtime (SIGHUP): new handshakes get the new certificate, established sessions keep
-//! theirs. It lives in `jwks::tls`, shared with the partner server's and the simulator's HTTPS
+//! theirs. It lives in `tls-config`, shared with the partner server's and the simulator's HTTPS
 //! listeners; the edge serves it TLS 1.3 only, without ALPN.
 
-pub use jwks::tls::{LoadedCert, ReloadableCert, TlsError, load_certified_key};
+pub use tls_config::{LoadedCert, ReloadableCert, TlsError, load_certified_key};

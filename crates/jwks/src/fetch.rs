@@ -12,12 +12,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::header::{ACCEPT, CONTENT_LENGTH, USER_AGENT};
 use hyper::{Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 
-use crate::tls::{ClientTls, FetchClient, TlsError, find_tls_error};
+use tls_config::{ClientTls, TlsError, find_tls_error};
 
 /// Longest kid accepted from a JWKS (and echoed in errors); real kids are tens of characters.
 pub(crate) const MAX_KID_LEN: usize = 256;
@@ -70,6 +72,9 @@ pub enum FetchError {
         limit: usize,
     },
 }
+
+/// The pooled client the fetcher uses: HTTPS, or plain HTTP where the URL says so.
+type FetchClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// The HTTP side of the verifier: one pooled HTTPS-or-HTTP client plus the limits.
 pub(crate) struct Fetcher {

@@ -5,8 +5,6 @@
 //!   and refetches on unknown key ids, rate limited so junk tokens cannot make it hammer the JWKS
 //!   server.
 //! - [`PartnerClaims`] / [`PushClaims`]: the claim sets both sides of the interop flow agree on.
-//! - [`tls`]: the one HTTPS client builder (platform roots plus an optional CA file) and the
-//!   reloadable server certificate every HTTP server of the workspace uses.
 //! - [`JwksServer`]: a minimal HTTP(S) endpoint serving one [`SigningKeys`]' JWKS (tests, small tools).
 //!
 //! Crypto is aws-lc-rs only: signing goes straight to aws-lc-rs (the private key never leaves its
@@ -19,7 +17,6 @@ mod claims;
 mod fetch;
 mod serve;
 mod signing;
-pub mod tls;
 mod verifier;
 
 pub use claims::{PartnerClaims, PushClaims, unix_now};
@@ -27,5 +24,5 @@ pub use fetch::FetchError;
 pub use serve::{JwksServer, RunningJwksServer};
 pub use signing::{DEFAULT_MAX_PUBLISHED, KeyError, MAX_PUBLISHED_LIMIT, SignError, SigningKeys};
 pub use verifier::{
-    ConfigError, Expectations, JwksVerifier, MAX_TOKEN_LEN, VerifierConfig, VerifierStats, VerifyError, error_chain,
+    ConfigError, Expectations, JwksVerifier, MAX_TOKEN_LEN, VerifierConfig, VerifierStats, VerifyError,
 };

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::SigningKeys;
-use crate::tls::{ReloadableCert, TlsError};
+use tls_config::{ReloadableCert, TlsError};
 
 /// Time a client gets to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

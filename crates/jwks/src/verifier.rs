@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::fetch::{FetchError, Fetcher, MAX_KID_LEN, truncate_kid};
-use crate::tls::{ClientTls, TlsError};
+use tls_config::{ClientTls, TlsError, error_chain};
 
 /// Longest token accepted, in bytes. The seed caps Partner tokens at 4 KiB; twice that leaves room
 /// for other issuers while keeping base64/JSON work on junk input bounded.
@@ -476,18 +476,6 @@ impl JwksVerifier {
             }
         }
     }
-}
-
-/// `error: cause: cause` on one line, for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use jwks::tls::{ClientTls, IssuedCert, LocalCa, ReloadableCert};
 use jwks::{
     Expectations, FetchError, JwksServer, JwksVerifier, PartnerClaims, SigningKeys, VerifierConfig, VerifyError,
-    error_chain,
 };
+use tls_config::error_chain;
+use tls_config::{ClientTls, IssuedCert, LocalCa, ReloadableCert};
 
 const ISS: &str = "https://partner.test";
 const AUD: &str = "whatsapp";

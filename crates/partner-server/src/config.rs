@@ -341,7 +341,7 @@ impl PushConfig {
         jwks::VerifierConfig {
             refresh_interval: Duration::from_secs(self.jwks_refresh_secs.max(1)),
             min_refetch_interval: Duration::from_secs(self.jwks_min_refetch_secs.max(1)),
-            tls: jwks::tls::ClientTls::with_ca_file(self.jwks_ca_file.clone()),
+            tls: tls_config::ClientTls::with_ca_file(self.jwks_ca_file.clone()),
             ..jwks::VerifierConfig::default()
         }
     }

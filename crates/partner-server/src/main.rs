@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use jwks::error_chain;
 use partner_server::{Config, PartnerServer};
+use tls_config::error_chain;
 
 /// The reference Partner-side HTTP server for WhatsApp DMA interop (JWKS, tokens, push, media).
 #[derive(Parser, Debug)]

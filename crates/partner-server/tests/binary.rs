@@ -164,7 +164,7 @@ async fn binary_serves_https_and_reloads_its_certificate_on_sighup() {
         let pid = child.id().expect("pid").to_string();
         assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
         // New connections get the new certificate; requests keep working throughout.
-        let want = jwks::tls::load_certs(&tls.cert).expect("cert")[0].as_ref().to_vec();
+        let want = tls_config::load_certs(&tls.cert).expect("cert")[0].as_ref().to_vec();
         let addr: std::net::SocketAddr = base.trim_start_matches("https://").parse().expect("addr");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {

@@ -18,7 +18,7 @@ fn tls_config(tls: partner_server::TlsConfig) -> Config {
 }
 
 fn leaf_der(tls: &partner_server::TlsConfig) -> Vec<u8> {
-    jwks::tls::load_certs(&tls.cert).expect("read cert")[0].as_ref().to_vec()
+    tls_config::load_certs(&tls.cert).expect("read cert")[0].as_ref().to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +43,7 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
         let verifier = jwks::JwksVerifier::new(
             &server.jwks_url(),
             jwks::VerifierConfig {
-                tls: jwks::tls::ClientTls { platform_roots: false, ca_file: Some(pki.ca_file()), tls13_only: false },
+                tls: tls_config::ClientTls { platform_roots: false, ca_file: Some(pki.ca_file()), tls13_only: false },
                 ..jwks::VerifierConfig::default()
             },
         )
@@ -62,7 +62,7 @@ async fn https_serves_http1_and_http2_chosen_by_alpn() {
 async fn wrong_name_untrusted_and_expired_certificates_are_refused() {
     within(async {
         let pki = Pki::new();
-        let other = jwks::tls::LocalCa::generate("another CA").expect("CA");
+        let other = tls_config::LocalCa::generate("another CA").expect("CA");
         let now = SystemTime::now();
         let cases = [
             ("wrong host name", pki.ca.issue(&["partner.example"], YEAR).expect("leaf"), "not valid for name"),
@@ -151,7 +151,7 @@ async fn missing_or_mismatched_tls_files_stop_the_start() {
         for (what, tls, says) in [("mismatched", mismatched, "does not match"), ("missing", missing, "nope.pem")] {
             match partner_server::PartnerServer::start(tls_config(tls)).await {
                 Err(e) => {
-                    let chain = jwks::error_chain(&e);
+                    let chain = tls_config::error_chain(&e);
                     assert!(chain.contains(says), "{what}: {chain}");
                 }
                 Ok(_) => panic!("{what}: started"),

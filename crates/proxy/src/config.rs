@@ -14,7 +14,8 @@ use session::relay::MAX_TIMER;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Start the chatd simulator and the partner server in-process and point `upstream` and
-    /// `auth` at them: the one-machine default (`config/local.toml`, or no config at all).
+    /// `auth` at them: the one-machine default (`config/local.toml`). Only `interop-local` (the
+    /// `local-world` crate) runs them; `interop-proxy` refuses it.
     #[serde(default)]
     pub embedded: bool,
     pub edge: EdgeConfig,
@@ -349,9 +350,12 @@ impl Config {
             (None, false) => return invalid("auth", "required (or set embedded = true)"),
             (Some(a), _) => {
                 if let Some(ca) = &a.jwks_ca_file
-                    && let Err(e) = jwks::tls::load_certs(ca)
+                    && let Err(e) = tls_config::load_certs(ca)
                 {
-                    return Err(ConfigError::Invalid { key: "auth.jwks_ca_file", message: jwks::error_chain(&e) });
+                    return Err(ConfigError::Invalid {
+                        key: "auth.jwks_ca_file",
+                        message: tls_config::error_chain(&e),
+                    });
                 }
                 if a.account_claim.is_empty() {
                     return invalid("auth.account_claim", "must name a claim");
@@ -404,7 +408,8 @@ impl Config {
         }
     }
 
-    /// The one-machine default: embedded upstream, loopback listeners.
+    /// The one-machine default (`interop-local` with no `--config`): embedded upstream, loopback
+    /// listeners.
     pub fn local() -> Config {
         Config {
             embedded: true,

@@ -2,8 +2,11 @@
 //! per online client, client IP forwarded, ciphertext untouched, Prometheus metrics.
 //!
 //! [`start`] wires the parts together: the edge (`edge` crate), the session layer (`session`
-//! crate) and the admin listener. With `embedded = true` it first starts the chatd simulator and
-//! the partner server in-process and points the proxy at them.
+//! crate) and the admin listener. [`process`] is what the binary adds around it: the banner, the
+//! signals, the drain. The one-machine local world (`embedded = true`: the chatd simulator and the
+//! partner server in-process, and the demo) is the `local-world` crate's `interop-local`, which
+//! starts those servers, fills in `[upstream]` and `[auth]` ([`fill_embedded_sections`]) and then
+//! calls [`start`]; this crate does not link them.
 //!
 //! Fleet operations: [`RunningProxy::begin_drain`] (SIGTERM, `POST /drain`) flips readiness,
 //! stops the listeners and closes sessions spread over `drain.window_secs`;
@@ -20,20 +23,18 @@
 
 pub mod admin;
 pub mod config;
-pub mod demo;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chatd_sim::{ChatdSim, RunningSim};
 use edge::auth::{AuthConfig, Authenticator};
 use edge::conn::EdgeContext;
 use edge::limits::{Limiter, RateLimiter};
 use edge::metrics::EdgeMetrics;
 use edge::tls::ReloadableCert;
-use partner_server::{PartnerServer, RunningPartnerServer};
 use session::{ProxyProtocol, RelayConfig, SessionContext, SessionMetrics, UpstreamConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -55,91 +56,13 @@ pub enum StartError {
     Auth(#[from] jwks::ConfigError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("embedded simulator: {0}")]
-    Simulator(#[from] chatd_sim::StartError),
-    #[error("embedded partner server: {0}")]
-    Partner(#[from] partner_server::StartError),
-    #[error("embedded partner server: {0}")]
-    PartnerConfig(#[from] partner_server::ConfigError),
-    #[error("embedded local CA: {}", jwks::error_chain(.0))]
-    LocalCa(#[from] jwks::tls::LocalCaError),
-}
-
-/// The in-process WhatsApp side and Partner server of the embedded default, both on HTTPS with
-/// certificates from a local CA generated at start.
-pub struct Embedded {
-    pub sim: RunningSim,
-    pub partner: RunningPartnerServer,
-    /// The local CA's certificate (PEM): what clients outside this process must trust
-    /// (`interop-client --ca-file`, `curl --cacert`).
-    pub ca_file: std::path::PathBuf,
-}
-
-/// The embedded default's local CA: one per process, generated on first use, trusted by this
-/// process's own HTTPS clients, its certificate written to `{temp}/interop-proxy-{pid}/ca.pem`.
-struct LocalPki {
-    ca: jwks::tls::LocalCa,
-    dir: std::path::PathBuf,
-    issued: std::sync::atomic::AtomicU64,
-}
-
-fn local_pki() -> Result<&'static LocalPki, jwks::tls::LocalCaError> {
-    static PKI: std::sync::OnceLock<LocalPki> = std::sync::OnceLock::new();
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    if let Some(pki) = PKI.get() {
-        return Ok(pki);
-    }
-    let _once = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(pki) = PKI.get() {
-        return Ok(pki);
-    }
-    sweep_stale_local_pki();
-    let dir = std::env::temp_dir().join(format!("interop-proxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|source| jwks::tls::LocalCaError::Write { path: dir.display().to_string(), source })?;
-    let ca = jwks::tls::LocalCa::generate(&format!("interop-proxy embedded local CA (pid {})", std::process::id()))?;
-    ca.write_cert(&dir.join("ca.pem"))?;
-    ca.trust_in_this_process();
-    Ok(PKI.get_or_init(|| LocalPki { ca, dir, issued: std::sync::atomic::AtomicU64::new(0) }))
-}
-
-/// Removes the local CA directories of embedded defaults whose process is gone (killed before it
-/// could clean up, or a test process): `{temp}/interop-proxy-{pid}` with a `ca.pem` and no
-/// `/proc/{pid}`. Best effort; anything unreadable is left alone.
-fn sweep_stale_local_pki() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) =
-            name.to_str().and_then(|n| n.strip_prefix("interop-proxy-")).and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let path = entry.path();
-        if pid != std::process::id()
-            && path.join("ca.pem").is_file()
-            && !std::path::Path::new("/proc").join(pid.to_string()).exists()
-        {
-            let _ = std::fs::remove_dir_all(path);
-        }
-    }
-}
-
-/// Removes the embedded default's local CA directory, if this process made one (at exit: nothing
-/// may use its certificates afterwards).
-pub fn remove_local_pki() {
-    let dir = std::env::temp_dir().join(format!("interop-proxy-{}", std::process::id()));
-    if dir.join("ca.pem").exists() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-impl LocalPki {
-    /// A fresh loopback certificate, written as `{stem}-{n}.pem` / `.key`.
-    fn issue(&self, stem: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), jwks::tls::LocalCaError> {
-        let n = self.issued.fetch_add(1, Ordering::Relaxed);
-        self.ca.issue_loopback()?.write(&self.dir, &format!("{stem}-{n}"))
-    }
+    /// `embedded = true` left `[upstream]` or `[auth]` out, and nothing filled them in: only the
+    /// local world (`interop-local`) runs the embedded servers.
+    #[error(
+        "embedded = true without [upstream] and [auth]: the chatd simulator and the partner server run in \
+         interop-local (the local world), not in interop-proxy"
+    )]
+    EmbeddedWithoutLocalWorld,
 }
 
 /// A running proxy. Dropping it stops every task.
@@ -150,8 +73,6 @@ pub struct RunningProxy {
     pub admin_addr: SocketAddr,
     pub context: Arc<EdgeContext>,
     pub admin: Arc<AdminState>,
-    /// Present with `embedded = true`.
-    pub embedded: Option<Embedded>,
     /// The TLS edge's certificate, when there is a TLS listener.
     pub tls_cert: Option<Arc<ReloadableCert>>,
     pub drain_config: config::DrainConfig,
@@ -228,10 +149,6 @@ impl RunningProxy {
 
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
-        if let Some(e) = self.embedded.take() {
-            e.sim.shutdown().await;
-            e.partner.shutdown().await;
-        }
     }
 }
 
@@ -262,38 +179,6 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener,
     wire_io::net::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// Starts the simulator and the partner server on loopback over HTTPS, knowing and trusting each
-/// other, as production runs.
-pub async fn start_embedded() -> Result<Embedded, StartError> {
-    let pki = local_pki()?;
-    let ca_file = pki.dir.join("ca.pem");
-    let (cert, key) = pki.issue("partner")?;
-    let mut partner_config = partner_server::Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: Some(partner_server::TlsConfig { cert, key }),
-        plain_http: false,
-        ..Default::default()
-    };
-    partner_config.push.jwks_ca_file = Some(ca_file.clone());
-    let partner = PartnerServer::start(partner_config).await?;
-    let (cert, key) = pki.issue("chatd-sim")?;
-    let mut sim_config = chatd_sim::Config::local();
-    sim_config.http.tls = Some(chatd_sim::config::TlsConfig { cert, key });
-    sim_config.http.partner_ca_file = Some(ca_file.clone());
-    // WhatsApp Web client libraries (Baileys) join the local world over the simulator's
-    // WebSocket chat listener, as a WhatsApp-side user: loopback, ephemeral port, in the banner.
-    sim_config.chat.ws_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    sim_config.integrators.push(chatd_sim::config::IntegratorConfig {
-        id: 1,
-        base_url: partner.base_url().to_owned(),
-        issuer: partner.issuer().to_owned(),
-        audience: partner.audience().to_owned(),
-    });
-    let sim = ChatdSim::start(sim_config).await?;
-    partner.set_push_jwks_url(&format!("{}/.well-known/jwks", sim.http_url()))?;
-    Ok(Embedded { sim, partner, ca_file })
-}
-
 /// Everything [`start`] builds from a configuration before it binds a socket: the component
 /// configurations (each validated by its owner), the token checker, the TLS certificate read from
 /// its files, the trusted address ranges. `check-config` runs exactly this, so a configuration it
@@ -313,13 +198,13 @@ const EMBEDDED_PLACEHOLDER: &str = "127.0.0.1:1";
 
 impl Plan {
     /// Validates `config` and builds every part. With `embedded = true` and no `[upstream]` or
-    /// `[auth]`, those are planned with placeholders, which [`start`] replaces with the embedded
-    /// servers' addresses.
+    /// `[auth]`, those are planned with placeholders, which the local world replaces with the
+    /// embedded servers' addresses before [`start`].
     pub fn new(mut config: Config) -> Result<Plan, StartError> {
         config.validate()?;
         if config.embedded {
             let jwks_url = format!("http://{EMBEDDED_PLACEHOLDER}/.well-known/jwks");
-            embedded_sections(
+            fill_embedded_sections(
                 &mut config,
                 EMBEDDED_PLACEHOLDER.into(),
                 [0; 32],
@@ -350,7 +235,7 @@ impl Plan {
             verifier: jwks::VerifierConfig {
                 refresh_interval: Duration::from_secs(auth.jwks_refresh_secs.max(1)),
                 min_refetch_interval: Duration::from_secs(auth.jwks_min_refetch_secs.max(1)),
-                tls: jwks::tls::ClientTls::with_ca_file(auth.jwks_ca_file.clone()),
+                tls: tls_config::ClientTls::with_ca_file(auth.jwks_ca_file.clone()),
                 ..jwks::VerifierConfig::default()
             },
         })?;
@@ -392,8 +277,9 @@ impl Plan {
     }
 }
 
-/// Fills in `[upstream]` and `[auth]` (where the file left them out) for the embedded servers.
-fn embedded_sections(
+/// Fills in `[upstream]` and `[auth]` (where the file left them out) for the embedded servers:
+/// chatd at `addr` with root key `root`, the Partner's JWKS at `jwks_url` (trusting `jwks_ca_file`).
+pub fn fill_embedded_sections(
     config: &mut Config,
     addr: String,
     root: [u8; 32],
@@ -420,22 +306,12 @@ fn embedded_sections(
     });
 }
 
-/// Starts the proxy.
-pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
+/// Starts the proxy. `[upstream]` and `[auth]` must be there: with `embedded = true`, the local
+/// world fills them in first.
+pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     config.validate()?;
-    let embedded = if config.embedded { Some(start_embedded().await?) } else { None };
-    if let Some(e) = &embedded {
-        let (sim, partner) = (&e.sim, &e.partner);
-        let chat = sim.chat_addr.to_string();
-        embedded_sections(
-            &mut config,
-            chat,
-            sim.root_public_key(),
-            partner.jwks_url(),
-            partner.issuer(),
-            partner.audience(),
-            Some(e.ca_file.clone()),
-        );
+    if config.upstream.is_none() || config.auth.is_none() {
+        return Err(StartError::EmbeddedWithoutLocalWorld);
     }
     let Plan { config, upstream: upstream_cfg, relay, authenticator, tls, proxy_protocol_trusted, ws } =
         Plan::new(config)?;
@@ -544,7 +420,6 @@ pub async fn start(mut config: Config) -> Result<RunningProxy, StartError> {
         admin_addr,
         context,
         admin,
-        embedded,
         tls_cert,
         drain_config: config.drain.clone(),
         drained,

@@ -1,4 +1,4 @@
-//! `interop-proxy` as a process: the demo on the embedded default, and config checking.
+//! `interop-proxy` as a process: config checking, and what it refuses to start.
 
 use std::process::Command;
 
@@ -7,33 +7,11 @@ fn proxy() -> Command {
 }
 
 #[test]
-fn demo_runs_real_traffic_through_the_proxy_and_exits() {
-    let out = proxy().arg("demo").env("RUST_LOG", "warn").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("clients connect to   tcp://127.0.0.1:"), "{stdout}");
-    // The simulator's WebSocket chat listener, for WhatsApp Web client libraries (issue 13).
-    assert!(stdout.contains("whatsapp web clients ws://127.0.0.1:"), "{stdout}");
-    assert!(stdout.contains("/ws/chat (chatd-sim, WhatsApp-side users)"), "{stdout}");
-    // Decrypted on the devices: text both ways, media with its hashes checked, receipts.
-    assert!(stdout.contains("wa    <- 1-10853634039893@interop: \"Hi from a Partner app!\""), "{stdout}");
-    assert!(stdout.contains("bob   <- 15550001234@s.whatsapp.net: \"Hello bob, from WhatsApp\""), "{stdout}");
-    assert_eq!(stdout.matches("hashes match: true").count(), 2, "{stdout}");
-    assert!(stdout.matches("delivery receipt from").count() >= 5, "{stdout}");
-    assert!(stdout.contains("demo: done"), "{stdout}");
-    // The metrics were taken with both Partner sessions up.
-    assert!(stdout.contains("waproxy_upstream_logins_total{result=\"accepted\"} 2"), "{stdout}");
-    assert!(stdout.contains("waproxy_sessions_active 2"), "{stdout}");
-}
-
-#[test]
-fn check_config_accepts_the_documented_examples_and_names_bad_keys() {
-    for example in ["proxy.toml", "local.toml"] {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/").to_owned() + example;
-        let out = proxy().args(["check-config", "--config", &path]).output().unwrap();
-        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
-    }
+fn check_config_accepts_the_documented_example_and_names_bad_keys() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/proxy.toml");
+    let out = proxy().args(["check-config", "--config", path]).output().unwrap();
+    assert!(out.status.success(), "proxy.toml: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
     let dir = std::env::temp_dir().join(format!("proxy-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for (text, key) in [
@@ -53,6 +31,21 @@ fn check_config_accepts_the_documented_examples_and_names_bad_keys() {
         ("[edge]\nlisten = \"127.0.0.1:1\"\nsurprise = 1\n", "surprise"),
     ] {
         assert_refused(&dir, text, key);
+    }
+}
+
+#[test]
+fn the_local_world_is_another_binary() {
+    let out = proxy().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no --config") && stderr.contains("interop-local"), "{stderr}");
+    let local = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/local.toml");
+    for command in ["check-config", "run"] {
+        let out = proxy().args([command, "--config", local]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("embedded = true") && stderr.contains("interop-local --config"), "{stderr}");
     }
 }
 

@@ -131,7 +131,7 @@ impl Device {
 
 /// HTTP or HTTPS (the platform's roots, and the local CA of an embedded proxy in this process).
 pub fn http() -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
-    jwks::tls::https_client(&jwks::tls::ClientTls::default()).expect("a TLS client on the platform's roots")
+    tls_config::https_client(&tls_config::ClientTls::default()).expect("a TLS client on the platform's roots")
 }
 
 pub async fn request(method: &str, url: &str, content_type: &str, body: Vec<u8>) -> (u16, Bytes) {

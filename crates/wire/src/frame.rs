@@ -3,10 +3,13 @@
 //! transport frames upstream and plaintext stanza payloads on the proxy's edge.
 //!
 //! Two APIs over one rule: plain functions ([`encode_frame`], [`decode_frame`]) for sans-IO
-//! callers, and [`FrameCodec`] for `tokio_util::codec::Framed`.
+//! callers, and (with the `codec` feature) `FrameCodec` for `tokio_util::codec::Framed`.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::BufMut;
+#[cfg(feature = "codec")]
+use bytes::{Buf, BytesMut};
 use thiserror::Error;
+#[cfg(feature = "codec")]
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Bytes in the length prefix.
@@ -73,11 +76,13 @@ pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<BodyAndRest<'_>>, F
 }
 
 /// `tokio_util` codec for the frame layer, with a configurable body limit.
+#[cfg(feature = "codec")]
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
     max_len: usize,
 }
 
+#[cfg(feature = "codec")]
 impl FrameCodec {
     /// A codec accepting bodies up to the protocol maximum.
     pub fn new() -> Self {
@@ -95,12 +100,14 @@ impl FrameCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl Default for FrameCodec {
     fn default() -> Self {
         Self::new()
     }
 }
 
+#[cfg(feature = "codec")]
 impl Decoder for FrameCodec {
     type Item = BytesMut;
     type Error = FrameError;
@@ -132,6 +139,7 @@ impl Decoder for FrameCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl<T: AsRef<[u8]>> Encoder<T> for FrameCodec {
     type Error = FrameError;
 

@@ -115,9 +115,9 @@ impl Http {
         let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
             .await
             .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| jwks::error_chain(&e))?;
+            .map_err(|e| tls_config::error_chain(&e))?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| jwks::error_chain(&e))?.to_bytes();
+        let body = body.collect().await.map_err(|e| tls_config::error_chain(&e))?.to_bytes();
         Ok(Reply { status: parts.status, version: parts.version, headers: parts.headers, body })
     }
 
@@ -150,7 +150,7 @@ impl Http {
 /// A client TLS configuration trusting only `ca_file` (or nothing), without ALPN (the connector
 /// builder sets it).
 fn tls_config(ca_file: Option<&std::path::Path>) -> rustls::ClientConfig {
-    let tls = jwks::tls::ClientTls { platform_roots: false, ca_file: ca_file.map(Into::into), tls13_only: false };
+    let tls = tls_config::ClientTls { platform_roots: false, ca_file: ca_file.map(Into::into), tls13_only: false };
     let mut config = tls.client_config().expect("client TLS config");
     config.alpn_protocols.clear();
     config
@@ -159,13 +159,13 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> rustls::ClientConfig {
 /// A local CA in a temp dir, and server certificates it issues, written as files.
 pub struct Pki {
     pub dir: tempfile::TempDir,
-    pub ca: jwks::tls::LocalCa,
+    pub ca: tls_config::LocalCa,
 }
 
 impl Pki {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = jwks::tls::LocalCa::generate("partner-server test CA").expect("CA");
+        let ca = tls_config::LocalCa::generate("partner-server test CA").expect("CA");
         ca.write_cert(&dir.path().join("ca.pem")).expect("write CA");
         Self { dir, ca }
     }
@@ -175,7 +175,7 @@ impl Pki {
     }
 
     /// Writes `issued` as `{stem}.pem` / `{stem}.key`.
-    pub fn write(&self, issued: &jwks::tls::IssuedCert, stem: &str) -> partner_server::TlsConfig {
+    pub fn write(&self, issued: &tls_config::IssuedCert, stem: &str) -> partner_server::TlsConfig {
         let (cert, key) = issued.write(self.dir.path(), stem).expect("write leaf");
         partner_server::TlsConfig { cert, key }
     }
@@ -188,7 +188,7 @@ impl Pki {
 
 /// The leaf certificate the server presents to a new connection.
 pub async fn presented_leaf(addr: std::net::SocketAddr, ca_file: &std::path::Path) -> Vec<u8> {
-    let tls = jwks::tls::ClientTls { platform_roots: false, ca_file: Some(ca_file.to_owned()), tls13_only: false };
+    let tls = tls_config::ClientTls { platform_roots: false, ca_file: Some(ca_file.to_owned()), tls13_only: false };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config().expect("client config")));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");

@@ -5,19 +5,29 @@
 //! the same bytes (valid, printable UTF-8 that is not a token, not packable and not a JID), and
 //! as base64 otherwise, so text -> binary -> text and binary -> text -> binary are exact for
 //! everything the canonical encoder writes.
+//!
+//! The XML writer is always here (a [`crate::NodeRef`]'s `Debug` output is its XML); the XML
+//! parser (quick-xml) and the JSON form (serde_json) come with the `text` feature, which the
+//! proxy leaves off.
 
+#[cfg(feature = "text")]
 mod json;
 mod xml;
 
+#[cfg(feature = "text")]
 pub use json::{from_json, from_json_value, to_json, to_json_value};
-pub use xml::{XmlStyle, from_xml, to_xml};
+#[cfg(feature = "text")]
+pub use xml::from_xml;
+pub use xml::{XmlStyle, to_xml};
 
 use crate::dict::Dictionary;
 use crate::jid::Jid;
+#[cfg(feature = "text")]
 use crate::node::{Content, Value};
 use crate::packed;
 
 /// Text that does not convert to a node.
+#[cfg(feature = "text")]
 #[derive(Debug, thiserror::Error)]
 pub enum TextError {
     #[error("XML: {0}")]
@@ -46,6 +56,7 @@ pub(crate) fn bytes_show_as_text(bytes: &[u8], allow_control: bool) -> Option<&s
 }
 
 /// Content from a text form's text: typed like attribute values.
+#[cfg(feature = "text")]
 pub(crate) fn content_from_text(s: &str) -> Content {
     match Value::from_text(s) {
         Value::Jid(j) => Content::Jid(j),

@@ -6,9 +6,12 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+#[cfg(feature = "text")]
 use quick_xml::events::Event;
 
-use super::{TextError, bytes_show_as_text, content_from_text};
+use super::bytes_show_as_text;
+#[cfg(feature = "text")]
+use super::{TextError, content_from_text};
 use crate::node::{Content, Node, Value};
 
 /// Layout of the XML output.
@@ -106,6 +109,7 @@ fn escape(out: &mut String, s: &str, attr: bool) {
 
 /// Parses the XML form (as written by [`to_xml`], or by hand: either quote style, comments and an
 /// XML declaration allowed) into a node.
+#[cfg(feature = "text")]
 pub fn from_xml(xml: &str) -> Result<Node, TextError> {
     let err = |e: &dyn std::fmt::Display| TextError::Xml(e.to_string());
     let mut reader = quick_xml::Reader::from_str(xml);
@@ -181,6 +185,7 @@ pub fn from_xml(xml: &str) -> Result<Node, TextError> {
     root.ok_or(TextError::NoRoot)
 }
 
+#[cfg(feature = "text")]
 fn start_node(e: &quick_xml::events::BytesStart<'_>) -> Result<Node, TextError> {
     let mut node = Node::new(e.name().as_ref());
     for attr in e.attributes().with_checks(true) {
@@ -193,6 +198,7 @@ fn start_node(e: &quick_xml::events::BytesStart<'_>) -> Result<Node, TextError> 
 }
 
 /// Settles an element's content from what was inside it.
+#[cfg(feature = "text")]
 fn finish(mut node: Node, children: Vec<Node>, text: String, bytes: Option<Vec<u8>>) -> Result<Node, TextError> {
     let has_text = !text.is_empty();
     node.content = match (bytes, children.is_empty()) {

@@ -1,5 +1,5 @@
-//! `interop-proxy` as a process under signals: SIGTERM drains live sessions spread over the drain
-//! window and exits before the deadline; SIGHUP swaps the TLS certificate without dropping
+//! `interop-local` as a process under signals (the signal loop is the proxy's, shared with
+//! `interop-proxy`): SIGTERM drains live sessions spread over the drain window and exits before the deadline; SIGHUP swaps the TLS certificate without dropping
 //! sessions.
 
 mod support;
@@ -9,14 +9,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use proxy::demo::{DemoTargets, login_frame};
+use local_world::demo::{DemoTargets, login_frame};
 use support::{
     Banner, Enlisted, WAIT, ack_for, enlisted_at, get_text, message, read_banner, self_signed, tls_connector,
 };
 use wire::{Jid, Node, Server};
 use wire_io::{ClientError, EdgeClient};
 
-/// A running `interop-proxy` process and the addresses its banner printed.
+/// A running `interop-local` process and the addresses its banner printed.
 struct Proc {
     child: Child,
     tcp: Option<SocketAddr>,
@@ -42,7 +42,7 @@ fn temp_dir(what: &str) -> PathBuf {
 fn spawn(config: &str, dir: &std::path::Path) -> Proc {
     let path = dir.join("proxy.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_interop-proxy"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_interop-local"))
         .args(["--config", path.to_str().unwrap()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

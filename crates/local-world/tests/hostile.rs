@@ -1,6 +1,6 @@
 //! The hostile-input suite over real loopback sockets: junk and oversized frames before, during
 //! and after the login, slowloris logins, half-open and half-closed clients, TLS garbage, PROXY
-//! headers from untrusted sources, WebSocket abuse, and (against the `interop-proxy` binary run
+//! headers from untrusted sources, WebSocket abuse, and (against the `interop-local` binary run
 //! as a process with `RUST_LOG=debug`) a bad-token flood, foreign tokens and replayed logins with
 //! the logs searched for secrets and the process's memory measured. For each attack: the
 //! documented close, no upstream connection where none is allowed (the simulator's observation
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
-use proxy::demo::{DemoTargets, login_frame};
+use local_world::demo::{DemoTargets, login_frame};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -850,14 +850,14 @@ fn embedded_config(edge: &str) -> String {
     )
 }
 
-/// `interop-proxy` on `config` (TOML) with `RUST_LOG=log_level`, its stderr in `dir/stderr.log`,
+/// `interop-local` on `config` (TOML) with `RUST_LOG=log_level`, its stderr in `dir/stderr.log`,
 /// once its banner is printed. `outside` names the Partner and the simulator when they are not
 /// embedded (then the banner does); its `edge_addr` is set to the binary's.
 fn spawn_binary(dir: &std::path::Path, config: &str, log_level: &str, outside: Option<DemoTargets>) -> Proc {
     let path = dir.join("proxy.toml");
     std::fs::write(&path, config).unwrap();
     let log = dir.join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_interop-proxy"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_interop-local"))
         .args(["--config", path.to_str().unwrap()])
         .env("RUST_LOG", log_level)
         .stdout(Stdio::piped())
@@ -1017,7 +1017,7 @@ async fn one_account_has_one_spelling_and_one_upstream() {
     // claim spells it the same way and a ClientPayload naming the same account number.
     for spelling in [format!("0{number}"), format!("+{number}"), format!("00{number}")] {
         let jid = Jid::interop(who.jid.integrator, spelling.clone(), 0);
-        let token = proxy::demo::token(&t, "spelling", Some(&jid.to_string())).await.unwrap();
+        let token = local_world::demo::token(&t, "spelling", Some(&jid.to_string())).await.unwrap();
         let frame = login_frame(&who.user, &jid, &token).unwrap();
         let (answer, closed, _) = attack(p.tcp_addr.unwrap(), &framed(&frame)).await;
         let got: Vec<_> = answer.iter().map(tag_reason).collect();
@@ -1025,7 +1025,7 @@ async fn one_account_has_one_spelling_and_one_upstream() {
         assert!(closed, "{spelling}");
     }
     // A token whose claim spells the account another way does not bind the canonical login.
-    let odd_claim = proxy::demo::token(&t, "spelling", Some(&format!("1-0{number}@interop"))).await.unwrap();
+    let odd_claim = local_world::demo::token(&t, "spelling", Some(&format!("1-0{number}@interop"))).await.unwrap();
     let mut c = connect_with(&p, &who, &odd_claim, None).await;
     assert_eq!(tag_reason(&c.recv(WAIT).await.unwrap()), ("failure".to_owned(), Some("401".to_owned())));
     assert_pings(&mut canonical, "still-there").await;
@@ -1066,7 +1066,7 @@ fn found_in_memory(pid: u32, needles: &[(&str, &[u8])]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_and_tokens_do_not_outlive_their_use_in_the_proxys_memory() {
     // chatd and the Partner run in this test process, so the binary holds only the proxy's copies.
-    let emb = proxy::start_embedded().await.unwrap();
+    let emb = local_world::start_embedded().await.unwrap();
     let dir = std::env::temp_dir().join(format!("proxy-hostile-secrets-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = format!(

@@ -1,6 +1,7 @@
 //! The built-in demo: Partner users behind the proxy and a WhatsApp-side user exchange end-to-end
 //! encrypted text and media through the client SDK. The helpers below (keys, enlistment, tokens,
-//! login frames) are also what the proxy's own tests use to drive the edge at the frame level.
+//! login frames) are also what the proxy's end-to-end tests (in this crate) use to drive the edge
+//! at the frame level.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -14,8 +14,8 @@ mod support;
 
 use std::time::Duration;
 
-use proxy::RunningProxy;
-use proxy::demo::login_frame;
+use local_world::LocalWorld;
+use local_world::demo::login_frame;
 use support::*;
 use testkit::fault::{FaultProxy, Mode};
 use tokio::net::TcpStream;
@@ -50,8 +50,8 @@ fn upstream_via(
 }
 
 struct Rig {
-    base: RunningProxy,
-    proxy: RunningProxy,
+    base: LocalWorld,
+    proxy: LocalWorld,
     fault: FaultProxy,
 }
 
@@ -252,15 +252,15 @@ async fn a_restarted_simulator_is_reached_again_only_when_the_client_reconnects(
     // front lets "the process died" also cut the connections, as a real crash would.
     let fault = FaultProxy::start(chat_addr).await;
     let p = start(|c| upstream_via(c, &fault, sim1.root_public_key(), partner)).await;
-    let t1 = proxy::demo::DemoTargets {
+    let t1 = local_world::demo::DemoTargets {
         partner_url: partner.base_url().to_owned(),
         sim_url: sim1.http_url(),
         edge_addr: p.tcp_addr.unwrap(),
         ca_file: None,
     };
-    let user = proxy::demo::User::new("rsalice").unwrap();
-    let jid = proxy::demo::enlist(&t1, &user).await.unwrap();
-    let tok = proxy::demo::token(&t1, "rsalice", Some(&jid.to_string())).await.unwrap();
+    let user = local_world::demo::User::new("rsalice").unwrap();
+    let jid = local_world::demo::enlist(&t1, &user).await.unwrap();
+    let tok = local_world::demo::token(&t1, "rsalice", Some(&jid.to_string())).await.unwrap();
     let mut a = EdgeClient::connect(p.tcp_addr.unwrap(), None).await.unwrap();
     a.send_payload(&login_frame(&user, &jid, &tok).unwrap()).await.unwrap();
     assert_eq!(a.recv(WAIT).await.unwrap().tag, "success");
@@ -278,9 +278,9 @@ async fn a_restarted_simulator_is_reached_again_only_when_the_client_reconnects(
     assert_eq!(stats["connections_accepted"], 0, "the proxy did not reconnect by itself: {stats}");
 
     // The client reconnects (after enlisting again with the new simulator).
-    let t2 = proxy::demo::DemoTargets { sim_url: sim2.http_url(), ..t1 };
-    let jid2 = proxy::demo::enlist(&t2, &user).await.unwrap();
-    let tok2 = proxy::demo::token(&t2, "rsalice", Some(&jid2.to_string())).await.unwrap();
+    let t2 = local_world::demo::DemoTargets { sim_url: sim2.http_url(), ..t1 };
+    let jid2 = local_world::demo::enlist(&t2, &user).await.unwrap();
+    let tok2 = local_world::demo::token(&t2, "rsalice", Some(&jid2.to_string())).await.unwrap();
     let mut a = EdgeClient::connect(p.tcp_addr.unwrap(), None).await.unwrap();
     a.send_payload(&login_frame(&user, &jid2, &tok2).unwrap()).await.unwrap();
     assert_eq!(a.recv(WAIT).await.unwrap().tag, "success");

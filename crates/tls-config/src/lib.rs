@@ -1,4 +1,6 @@
-//! TLS for every HTTP path of the workspace, on rustls with aws-lc-rs (the only crypto provider).
+//! TLS for every HTTP path of the workspace (and the edge's TLS listener), on rustls with
+//! aws-lc-rs (the only crypto provider). A crate of its own so the client SDK, the simulator and the
+//! partner server get HTTPS without the JWT machinery of `jwks`.
 //!
 //! Client side, one builder for the JWKS fetcher, the simulator's push and JWKS clients and the
 //! interop client: [`ClientTls`] trusts the platform's roots (rustls-native-certs: the OS trust
@@ -9,12 +11,14 @@
 //! Server side, [`ReloadableCert`]: a certificate and key read from PEM files, swapped at run time
 //! without a restart (new handshakes get the new pair, open connections keep theirs), served
 //! TLS 1.3 only with the ALPN protocols the server asks for.
+//!
+//! For test setups, [`LocalCa`]: a throwaway CA that issues loopback certificates. And
+//! [`error_chain`], which puts an error and its sources on one line, for logs.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use http_body_util::Empty;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -198,9 +202,6 @@ where
     Ok(Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(tls.connector(None)?))
 }
 
-/// The plain type the JWKS fetcher uses.
-pub(crate) type FetchClient = Client<HttpsConnector<HttpConnector>, Empty<bytes::Bytes>>;
-
 /// The TLS problem somewhere in an error's source chain (a refused certificate, a failed
 /// handshake), if there is one. Looks inside `io::Error`s too, which hide their payload from
 /// `source()` (hyper-rustls wraps the rustls error in two of them).
@@ -219,6 +220,18 @@ pub fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'
         current = err.source();
     }
     None
+}
+
+/// `error: cause: cause` on one line, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Loads and checks a certificate chain and its key (the key must match the leaf).

@@ -33,7 +33,8 @@ async fn ws_login(
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut frame = Vec::new();
-    wire::frame::encode_frame(&proxy::demo::login_frame(&who.user, &who.jid, &who.token).unwrap(), &mut frame).unwrap();
+    wire::frame::encode_frame(&local_world::demo::login_frame(&who.user, &who.jid, &who.token).unwrap(), &mut frame)
+        .unwrap();
     let (a, rest) = frame.split_at(2);
     let (b, c) = rest.split_at(rest.len() / 3);
     for piece in [a, b, c] {
@@ -98,7 +99,7 @@ async fn proxy_header_from_a_trusted_source_is_forwarded_and_other_connections_a
     // v1 header and the login in one write.
     let mut d = EdgeClient::connect(addr, None).await.unwrap();
     let mut bytes = proxy_v1("198.51.100.7");
-    wire::frame::encode_frame(&proxy::demo::login_frame(&dora.user, &dora.jid, &dora.token).unwrap(), &mut bytes)
+    wire::frame::encode_frame(&local_world::demo::login_frame(&dora.user, &dora.jid, &dora.token).unwrap(), &mut bytes)
         .unwrap();
     d.stream_mut().write_all(&bytes).await.unwrap();
     assert_eq!(d.recv(WAIT).await.unwrap().tag, "success");
@@ -114,7 +115,7 @@ async fn proxy_header_from_a_trusted_source_is_forwarded_and_other_connections_a
     .unwrap();
     let mut e = EdgeClient::connect(addr, None).await.unwrap();
     e.stream_mut().write_all(&v2).await.unwrap();
-    e.send_payload(&proxy::demo::login_frame(&eve.user, &eve.jid, &eve.token).unwrap()).await.unwrap();
+    e.send_payload(&local_world::demo::login_frame(&eve.user, &eve.jid, &eve.token).unwrap()).await.unwrap();
     assert_eq!(e.recv(WAIT).await.unwrap().tag, "success");
     assert_eq!(observed(&p, &eve.jid).await["client_ips"], serde_json::json!(["2001:db8::7"]));
 
@@ -132,7 +133,8 @@ async fn proxy_header_from_a_trusted_source_is_forwarded_and_other_connections_a
     let gus = enlisted(&q, "ppgus").await;
     let mut g = EdgeClient::connect(q.tcp_addr.unwrap(), None).await.unwrap();
     let mut bytes = proxy_v1("198.51.100.8");
-    wire::frame::encode_frame(&proxy::demo::login_frame(&gus.user, &gus.jid, &gus.token).unwrap(), &mut bytes).unwrap();
+    wire::frame::encode_frame(&local_world::demo::login_frame(&gus.user, &gus.jid, &gus.token).unwrap(), &mut bytes)
+        .unwrap();
     let _ = g.stream_mut().write_all(&bytes).await;
     assert!(matches!(g.recv(WAIT).await, Err(ClientError::Closed | ClientError::Io(_))));
     assert_eq!(metric(&q, "waproxy_proxy_protocol_refused_total{reason=\"untrusted\"}").await, 1.0);

@@ -5,24 +5,24 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use proxy::RunningProxy;
+use local_world::LocalWorld;
+use local_world::demo::{DemoTargets, User, enlist, login_frame, token};
 use proxy::config::Config;
-use proxy::demo::{DemoTargets, User, enlist, login_frame, token};
 use tokio::net::TcpStream;
 use wire::{Jid, Node};
 use wire_io::EdgeClient;
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
-pub async fn start(edit: impl FnOnce(&mut Config)) -> RunningProxy {
+pub async fn start(edit: impl FnOnce(&mut Config)) -> LocalWorld {
     let mut config = Config::local();
     config.edge.listen = Some("127.0.0.1:0".parse().unwrap());
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     edit(&mut config);
-    proxy::start(config).await.unwrap()
+    local_world::start(config).await.unwrap()
 }
 
-pub fn targets(p: &RunningProxy) -> DemoTargets {
+pub fn targets(p: &LocalWorld) -> DemoTargets {
     let e = p.embedded.as_ref().unwrap();
     DemoTargets {
         partner_url: e.partner.base_url().to_owned(),
@@ -39,7 +39,7 @@ pub struct Enlisted {
     pub token: String,
 }
 
-pub async fn enlisted(p: &RunningProxy, name: &str) -> Enlisted {
+pub async fn enlisted(p: &LocalWorld, name: &str) -> Enlisted {
     enlisted_at(&targets(p), name).await
 }
 
@@ -52,19 +52,14 @@ pub async fn enlisted_at(t: &DemoTargets, name: &str) -> Enlisted {
 }
 
 /// Connects to the edge (from `from` when given) and sends the login frame with `token`.
-pub async fn connect_with(
-    p: &RunningProxy,
-    who: &Enlisted,
-    token: &str,
-    from: Option<IpAddr>,
-) -> EdgeClient<TcpStream> {
+pub async fn connect_with(p: &LocalWorld, who: &Enlisted, token: &str, from: Option<IpAddr>) -> EdgeClient<TcpStream> {
     let mut c = EdgeClient::connect(p.tcp_addr.unwrap(), from).await.unwrap();
     c.send_payload(&login_frame(&who.user, &who.jid, token).unwrap()).await.unwrap();
     c
 }
 
 /// Logs in and expects `<success>` (and the offline marker after it).
-pub async fn logged_in(p: &RunningProxy, who: &Enlisted) -> EdgeClient<TcpStream> {
+pub async fn logged_in(p: &LocalWorld, who: &Enlisted) -> EdgeClient<TcpStream> {
     let mut c = connect_with(p, who, &who.token, None).await;
     let first = c.recv(WAIT).await.unwrap();
     assert_eq!(first.tag, "success", "{first:?}");
@@ -78,7 +73,7 @@ pub fn https_client() -> hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     http_body_util::Full<bytes::Bytes>,
 > {
-    jwks::tls::https_client(&jwks::tls::ClientTls::default()).unwrap()
+    tls_config::https_client(&tls_config::ClientTls::default()).unwrap()
 }
 
 pub async fn get_json(url: &str) -> serde_json::Value {
@@ -97,12 +92,12 @@ pub async fn get_text(url: &str) -> (u16, String) {
 }
 
 /// What the simulator saw for an account.
-pub async fn observed(p: &RunningProxy, jid: &Jid) -> serde_json::Value {
+pub async fn observed(p: &LocalWorld, jid: &Jid) -> serde_json::Value {
     get_json(&format!("{}/admin/accounts/{}/connections", targets(p).sim_url, jid)).await
 }
 
 /// Polls the simulator until `current` for `jid` is `want`; returns how long that took.
-pub async fn wait_current(p: &RunningProxy, jid: &Jid, want: u64, limit: Duration) -> Duration {
+pub async fn wait_current(p: &LocalWorld, jid: &Jid, want: u64, limit: Duration) -> Duration {
     let start = tokio::time::Instant::now();
     loop {
         if observed(p, jid).await["current"] == want {
@@ -130,7 +125,7 @@ pub fn ack_for(stanza: &Node) -> Node {
 }
 
 /// The value of a metric line (first match) from the proxy's /metrics.
-pub async fn metric(p: &RunningProxy, prefix: &str) -> f64 {
+pub async fn metric(p: &LocalWorld, prefix: &str) -> f64 {
     let (_, text) = get_text(&format!("http://{}/metrics", p.admin_addr)).await;
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -205,7 +200,7 @@ pub fn tag_reason(n: &Node) -> (String, Option<String>) {
     (n.tag.clone(), n.get_str("reason").map(str::to_owned))
 }
 
-/// The addresses `interop-proxy` prints at start (its banner), read from its stdout until its
+/// The addresses `interop-local` prints at start (its banner), read from its stdout until its
 /// last line (`serving`, after the embedded demo when there is one).
 #[derive(Debug, Default)]
 pub struct Banner {
@@ -239,7 +234,7 @@ pub fn read_banner(stdout: impl std::io::BufRead) -> Banner {
             b.ca_file = rest.split_whitespace().next().map(Into::into);
             // The process's own HTTPS clients (get_json, get_text) trust that process's CA too.
             if let Some(ca) = &b.ca_file {
-                jwks::tls::trust_ca_file_in_this_process(ca).unwrap();
+                tls_config::trust_ca_file_in_this_process(ca).unwrap();
             }
         } else if line.starts_with("whatsapp web clients ws://") {
             b.sim_ws = addr(&line, "ws://");

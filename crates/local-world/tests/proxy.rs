@@ -68,7 +68,7 @@ async fn bad_expired_unbound_and_foreign_tokens_never_reach_chatd() {
     let stranger = jwks::SigningKeys::generate().unwrap();
     let tokens = [
         ("foreign: dave's token", dave.token.clone()),
-        ("unbound", proxy::demo::token(&targets(&p), "carol", None).await.unwrap()),
+        ("unbound", local_world::demo::token(&targets(&p), "carol", None).await.unwrap()),
         ("expired", partner.signing_keys().sign(&claims(now - 600, Some(carol.jid.to_string()))).unwrap()),
         ("forged", stranger.sign(&claims(now + 600, Some(carol.jid.to_string()))).unwrap()),
         ("garbage", "not.a.jwt".to_owned()),
@@ -201,7 +201,7 @@ async fn a_client_that_stops_reading_is_backpressured_not_buffered() {
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(p.tcp_addr.unwrap()).await.unwrap();
     let mut k = EdgeClient::new(stream);
-    k.send_payload(&proxy::demo::login_frame(&kim.user, &kim.jid, &kim.token).unwrap()).await.unwrap();
+    k.send_payload(&local_world::demo::login_frame(&kim.user, &kim.jid, &kim.token).unwrap()).await.unwrap();
     assert_eq!(k.recv(WAIT).await.unwrap().tag, "success");
     let mut l = logged_in(&p, &lee).await;
     let chunk = vec![0x5a; 16 * 1024];
@@ -306,7 +306,7 @@ async fn tls_edge_serves_logins_and_drops_garbage() {
     let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
     let tls = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
     let mut c = EdgeClient::new(tls);
-    c.send_payload(&proxy::demo::login_frame(&nina.user, &nina.jid, &nina.token).unwrap()).await.unwrap();
+    c.send_payload(&local_world::demo::login_frame(&nina.user, &nina.jid, &nina.token).unwrap()).await.unwrap();
     assert_eq!(c.recv(WAIT).await.unwrap().tag, "success");
     assert_eq!(metric(&p, "waproxy_edge_connections_total{listener=\"tls\"}").await, 2.0);
 }
