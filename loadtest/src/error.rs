@@ -5,6 +5,7 @@ use std::time::Duration;
 use client::conn::ConnError;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("{what}: {source}")]
     Io {

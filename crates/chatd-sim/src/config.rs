@@ -207,6 +207,7 @@ fn default_audience() -> String {
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
     Read { path: String, source: std::io::Error },

@@ -64,6 +64,7 @@ pub struct Totals {
 
 /// Why a stanza could not be delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeliverError {
     #[error("no such account")]
     UnknownRecipient,
@@ -109,6 +110,7 @@ impl std::fmt::Debug for Sim {
 
 /// Key material the simulator could not set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     #[error("certificate chain: {0}")]
     Cert(#[from] wire::cert::CertError),

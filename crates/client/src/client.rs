@@ -16,7 +16,7 @@ use crate::conn::{ConnError, Connection, Dialer, Route};
 use crate::e2e::{self, E2eError, EncType, KeyBundle};
 use crate::media::{self, MediaError, MediaKind};
 use crate::message::{Content, MediaRef, Message, MessageError};
-use crate::reconnect::CloseReason;
+use crate::reconnect::ServerClose;
 use crate::retry::{MAX_RETRIES, RetryDecision, RetryLedger};
 use crate::services::{ServiceError, Services};
 use crate::store::{Account, PREKEY_BATCH, Store, StoreError};
@@ -43,11 +43,12 @@ pub enum Event {
     /// The peer could not decrypt our message; it was re-encrypted and sent again.
     Resent { peer: String, id: String, fresh_session: bool },
     /// The server ended the connection.
-    Closed(CloseReason),
+    Closed(ServerClose),
 }
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     #[error(transparent)]
     Conn(#[from] ConnError),
@@ -64,9 +65,9 @@ pub enum ClientError {
     #[error("not enlisted: run `interop-client enlist` first")]
     NotEnlisted,
     #[error("login refused: {0}")]
-    Refused(CloseReason),
+    Refused(ServerClose),
     #[error("{0}")]
-    Closed(CloseReason),
+    Closed(ServerClose),
     #[error("{to} has no WhatsApp account, or no keys published")]
     NoSuchUser { to: String },
     #[error("chatd refused the message to {to}: {why}")]
@@ -269,7 +270,7 @@ impl Client {
         let first = conn.recv(wait).await?;
         if first.tag != "success" {
             conn.close().await;
-            return Err(ClientError::Refused(CloseReason::of(&first).unwrap_or(CloseReason::Other(first.tag.clone()))));
+            return Err(ClientError::Refused(ServerClose::of(&first).unwrap_or(ServerClose::Other(first.tag.clone()))));
         }
         Ok(conn)
     }
@@ -311,7 +312,7 @@ impl Client {
             if want(&node) {
                 return Ok(node);
             }
-            if let Some(reason) = CloseReason::of(&node) {
+            if let Some(reason) = ServerClose::of(&node) {
                 return Err(ClientError::Closed(reason));
             }
             self.pending.push_back(node);
@@ -532,7 +533,7 @@ impl Client {
     }
 
     async fn handle(&mut self, node: Node) -> Result<Option<Event>, ClientError> {
-        if let Some(reason) = CloseReason::of(&node) {
+        if let Some(reason) = ServerClose::of(&node) {
             return Ok(Some(Event::Closed(reason)));
         }
         match node.tag.as_str() {

@@ -49,6 +49,7 @@ impl std::fmt::Debug for TlsSettings {
 
 /// Why the connection failed or ended.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnError {
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: SocketAddr, source: std::io::Error },

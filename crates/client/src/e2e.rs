@@ -48,6 +48,7 @@ pub struct KeyBundle {
 
 /// Why a Signal operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum E2eError {
     #[error("no session with {0}: fetch its keys first")]
     NoSession(String),

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::client::{Client, ClientError, Event, enlist_partner};
 use crate::conn::Route;
-use crate::reconnect::{Backoff, CloseReason, Decision};
+use crate::reconnect::{Backoff, Decision, ServerClose};
 use crate::services::Services;
 use crate::store::{Account, Store};
 
@@ -82,7 +82,7 @@ pub async fn listen(
                 store = failed.store;
                 let reason = match failed.error {
                     ClientError::Refused(r) | ClientError::Closed(r) => r,
-                    ClientError::Conn(_) => CloseReason::Dropped,
+                    ClientError::Conn(_) => ServerClose::Dropped,
                     e => return Err(e),
                 };
                 match next_step(&mut store, &mut opts.backoff, &reason, &mut on_status).await? {
@@ -98,7 +98,7 @@ pub async fn listen(
         opts.backoff.reset();
         let mut last_event = Instant::now();
         // `None`: idle in push mode, time to sleep.
-        let ended: Option<CloseReason> = loop {
+        let ended: Option<ServerClose> = loop {
             if expired(deadline) {
                 return Ok(client.close().await);
             }
@@ -149,9 +149,9 @@ fn cap(d: Duration, left: Option<Duration>) -> Duration {
     left.map_or(d, |l| d.min(l))
 }
 
-fn closed_reason(e: ClientError) -> Result<CloseReason, ClientError> {
+fn closed_reason(e: ClientError) -> Result<ServerClose, ClientError> {
     match e {
-        ClientError::Conn(_) => Ok(CloseReason::Dropped),
+        ClientError::Conn(_) => Ok(ServerClose::Dropped),
         ClientError::Closed(r) => Ok(r),
         e => Err(e),
     }
@@ -161,7 +161,7 @@ fn closed_reason(e: ClientError) -> Result<CloseReason, ClientError> {
 async fn next_step(
     store: &mut Store,
     backoff: &mut Backoff,
-    reason: &CloseReason,
+    reason: &ServerClose,
     on_status: &mut impl FnMut(&Status),
 ) -> Result<Option<Duration>, ClientError> {
     let partner = match store.account() {

@@ -54,6 +54,7 @@ pub struct Encrypted {
 
 /// Why media could not be decrypted. Each names the check that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MediaError {
     #[error("media key must be 32 bytes, got {0}")]
     KeyLength(usize),

@@ -94,6 +94,7 @@ pub const MAX_PAD: usize = 16;
 
 /// Why a plaintext could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MessageError {
     #[error("message padding is invalid")]
     Padding,

@@ -9,7 +9,7 @@ use wire::refusal::Refusal;
 
 /// Why the server ended (or refused) the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
+pub enum ServerClose {
     /// `<stream:error><conflict type="replaced"/>`: this account logged in elsewhere.
     Replaced,
     /// `<failure reason="401">` or `<stream:error code="401">`: the account was deleted or
@@ -27,37 +27,37 @@ pub enum CloseReason {
     Dropped,
 }
 
-impl CloseReason {
+impl ServerClose {
     /// The reason a `<failure>`, `<stream:error>` or `<xmlstreamend/>` gives (read by the one
     /// table in [`wire::refusal`]), or `None` for other stanzas.
-    pub fn of(node: &Node) -> Option<CloseReason> {
+    pub fn of(node: &Node) -> Option<ServerClose> {
         Some(match Refusal::parse(node)? {
-            Refusal::Replaced => CloseReason::Replaced,
-            Refusal::Unauthorized => CloseReason::Unauthorized,
+            Refusal::Replaced => ServerClose::Replaced,
+            Refusal::Unauthorized => ServerClose::Unauthorized,
             Refusal::Overloaded { retry_after_secs } => {
-                CloseReason::Overloaded { retry_after: retry_after_secs.map(Duration::from_secs) }
+                ServerClose::Overloaded { retry_after: retry_after_secs.map(Duration::from_secs) }
             }
-            Refusal::Draining | Refusal::Unavailable => CloseReason::Unavailable,
-            Refusal::Outdated => CloseReason::Outdated,
-            Refusal::StreamEnd => CloseReason::Dropped,
-            other => CloseReason::Other(other.code().to_owned()),
+            Refusal::Draining | Refusal::Unavailable => ServerClose::Unavailable,
+            Refusal::Outdated => ServerClose::Outdated,
+            Refusal::StreamEnd => ServerClose::Dropped,
+            other => ServerClose::Other(other.code().to_owned()),
         })
     }
 }
 
-impl std::fmt::Display for CloseReason {
+impl std::fmt::Display for ServerClose {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CloseReason::Replaced => write!(f, "this account logged in on another connection"),
-            CloseReason::Unauthorized => {
+            ServerClose::Replaced => write!(f, "this account logged in on another connection"),
+            ServerClose::Unauthorized => {
                 write!(f, "the account was refused (deleted, un-enlisted after 30 days idle, or a bad token)")
             }
-            CloseReason::Overloaded { retry_after: Some(d) } => write!(f, "the proxy is busy; retry after {d:?}"),
-            CloseReason::Overloaded { retry_after: None } => write!(f, "the proxy is busy"),
-            CloseReason::Unavailable => write!(f, "the service is unavailable or draining"),
-            CloseReason::Outdated => write!(f, "this client version is too old for chatd"),
-            CloseReason::Other(code) => write!(f, "closed with code {code}"),
-            CloseReason::Dropped => write!(f, "the connection dropped"),
+            ServerClose::Overloaded { retry_after: Some(d) } => write!(f, "the proxy is busy; retry after {d:?}"),
+            ServerClose::Overloaded { retry_after: None } => write!(f, "the proxy is busy"),
+            ServerClose::Unavailable => write!(f, "the service is unavailable or draining"),
+            ServerClose::Outdated => write!(f, "this client version is too old for chatd"),
+            ServerClose::Other(code) => write!(f, "closed with code {code}"),
+            ServerClose::Dropped => write!(f, "the connection dropped"),
         }
     }
 }
@@ -110,12 +110,12 @@ impl Backoff {
 
     /// What to do after `reason`; `unauthorized_reenlists` is false where re-enlisting cannot help
     /// (WhatsApp-side users, or the user chose to stop).
-    pub fn decide(&mut self, reason: &CloseReason, unauthorized_reenlists: bool) -> Decision {
+    pub fn decide(&mut self, reason: &ServerClose, unauthorized_reenlists: bool) -> Decision {
         match reason {
-            CloseReason::Replaced | CloseReason::Outdated => Decision::Stop,
-            CloseReason::Unauthorized if unauthorized_reenlists => Decision::ReEnlist,
-            CloseReason::Unauthorized => Decision::Stop,
-            CloseReason::Overloaded { retry_after: Some(d) } => {
+            ServerClose::Replaced | ServerClose::Outdated => Decision::Stop,
+            ServerClose::Unauthorized if unauthorized_reenlists => Decision::ReEnlist,
+            ServerClose::Unauthorized => Decision::Stop,
+            ServerClose::Overloaded { retry_after: Some(d) } => {
                 let jittered = self.next_delay();
                 Decision::Reconnect((*d).max(jittered))
             }
@@ -131,19 +131,19 @@ mod tests {
     #[test]
     fn reasons_from_stanzas() {
         let replaced = Node::new("stream:error").children(vec![Node::new("conflict").attr("type", "replaced")]);
-        assert_eq!(CloseReason::of(&replaced), Some(CloseReason::Replaced));
-        assert_eq!(CloseReason::of(&Node::new("stream:error").attr("code", "401")), Some(CloseReason::Unauthorized));
-        assert_eq!(CloseReason::of(&Node::new("failure").attr("reason", "401")), Some(CloseReason::Unauthorized));
+        assert_eq!(ServerClose::of(&replaced), Some(ServerClose::Replaced));
+        assert_eq!(ServerClose::of(&Node::new("stream:error").attr("code", "401")), Some(ServerClose::Unauthorized));
+        assert_eq!(ServerClose::of(&Node::new("failure").attr("reason", "401")), Some(ServerClose::Unauthorized));
         assert_eq!(
-            CloseReason::of(&Node::new("failure").attr("reason", "429").attr("retry_after", "7")),
-            Some(CloseReason::Overloaded { retry_after: Some(Duration::from_secs(7)) })
+            ServerClose::of(&Node::new("failure").attr("reason", "429").attr("retry_after", "7")),
+            Some(ServerClose::Overloaded { retry_after: Some(Duration::from_secs(7)) })
         );
         assert_eq!(
-            CloseReason::of(&Node::new("stream:error").attr("code", "503").attr("text", "draining")),
-            Some(CloseReason::Unavailable)
+            ServerClose::of(&Node::new("stream:error").attr("code", "503").attr("text", "draining")),
+            Some(ServerClose::Unavailable)
         );
-        assert_eq!(CloseReason::of(&Node::new("failure").attr("reason", "405")), Some(CloseReason::Outdated));
-        assert_eq!(CloseReason::of(&Node::new("message")), None);
+        assert_eq!(ServerClose::of(&Node::new("failure").attr("reason", "405")), Some(ServerClose::Outdated));
+        assert_eq!(ServerClose::of(&Node::new("message")), None);
     }
 
     #[test]
@@ -163,15 +163,15 @@ mod tests {
     #[test]
     fn decisions_respect_the_reason() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        assert_eq!(b.decide(&CloseReason::Replaced, true), Decision::Stop, "no ping-pong with the other login");
-        assert_eq!(b.decide(&CloseReason::Unauthorized, true), Decision::ReEnlist);
-        assert_eq!(b.decide(&CloseReason::Unauthorized, false), Decision::Stop);
+        assert_eq!(b.decide(&ServerClose::Replaced, true), Decision::Stop, "no ping-pong with the other login");
+        assert_eq!(b.decide(&ServerClose::Unauthorized, true), Decision::ReEnlist);
+        assert_eq!(b.decide(&ServerClose::Unauthorized, false), Decision::Stop);
         let Decision::Reconnect(d) =
-            b.decide(&CloseReason::Overloaded { retry_after: Some(Duration::from_secs(9)) }, true)
+            b.decide(&ServerClose::Overloaded { retry_after: Some(Duration::from_secs(9)) }, true)
         else {
             panic!("429 reconnects")
         };
         assert!(d >= Duration::from_secs(9), "retry_after is a floor: {d:?}");
-        assert!(matches!(b.decide(&CloseReason::Unavailable, true), Decision::Reconnect(_)));
+        assert!(matches!(b.decide(&ServerClose::Unavailable, true), Decision::Reconnect(_)));
     }
 }

@@ -22,6 +22,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Why an HTTP call failed, with the service's own words when it gave some.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServiceError {
     #[error("{url}: {reason}")]
     Unreachable { url: String, reason: String },

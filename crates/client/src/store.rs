@@ -29,6 +29,7 @@ pub const PREKEY_BATCH: u32 = 30;
 
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use client::client::{enlist_partner, register_whatsapp};
 use client::listen::{ListenOptions, PushOptions, Status, listen};
-use client::reconnect::CloseReason;
+use client::reconnect::ServerClose;
 use client::{Client, ClientError, Content, Event, Route, Store};
 use local_world::LocalWorld;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -341,7 +341,7 @@ async fn blocking_unblocking_enlistment_checks_and_deletion() {
         ca_file: None,
     });
     let failed = Client::login(stale, &w.edge()).await.err().unwrap();
-    assert!(matches!(failed.error, ClientError::Refused(CloseReason::Unauthorized)), "{}", failed.error);
+    assert!(matches!(failed.error, ClientError::Refused(ServerClose::Unauthorized)), "{}", failed.error);
 }
 
 #[tokio::test]
@@ -353,7 +353,7 @@ async fn the_tls_edge_carries_the_same_conversation_and_a_wrong_name_is_refused(
     let mut config = proxy::config::Config::local();
     config.edge.listen = Some("127.0.0.1:0".parse().unwrap());
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
-    config.edge.tls = Some(proxy::config::TlsConfig {
+    config.edge.tls = Some(proxy::config::TlsSection {
         listen: "127.0.0.1:0".parse().unwrap(),
         cert: dir.path().join("cert.pem"),
         key: dir.path().join("key.pem"),
@@ -398,7 +398,7 @@ async fn a_listener_replaced_by_another_login_stops_instead_of_ping_ponging() {
     // The same device logs in again elsewhere: the listener is told it was replaced and stops.
     let second = Client::login(Store::open(dir.path()).unwrap(), &w.edge()).await.map_err(|e| e.error).unwrap();
     let outcome = tokio::time::timeout(WAIT, listener).await.expect("the listener stopped at once").unwrap();
-    assert!(matches!(outcome, Err(ClientError::Closed(CloseReason::Replaced))), "{outcome:?}");
+    assert!(matches!(outcome, Err(ClientError::Closed(ServerClose::Replaced))), "{outcome:?}");
     assert!(rx.try_recv().is_err(), "no reconnect attempt after being replaced");
     let seen = testkit::get_json(&format!("{}/admin/accounts/{jid}/connections", w.sim().http_url())).await;
     assert_eq!(seen["current"], 1, "{seen}");

@@ -34,11 +34,11 @@ use zeroize::Zeroizing;
 use crate::auth::{AuthError, TokenCheck};
 use crate::conn::overloaded;
 use crate::limits::{LimitGuard, Limiter, RateLimiter, jitter, retry_after};
+use crate::metrics::{EdgeMetrics, LoginDecision};
 use wire::frame::FrameError;
 use wire::login::{self, Login, LoginError};
 use wire::refusal::Refusal as Stanza;
 use wire_io::frame::read_secret_frame;
-use crate::metrics::{EdgeMetrics, LoginResult};
 
 /// Retry hint bases in seconds (the hint is `base..=2*base`, see [`retry_after`]).
 const RETRY_SESSIONS_FULL: u32 = 10;
@@ -82,14 +82,14 @@ pub enum Refused {
 
 impl Refused {
     /// The `result` of `waproxy_logins_total`; `None` for a refusal counted elsewhere.
-    pub fn result(&self) -> Option<LoginResult> {
+    pub fn result(&self) -> Option<LoginDecision> {
         Some(match self {
             Refused::RateLimited { .. } => return None,
-            Refused::Timeout => LoginResult::Timeout,
-            Refused::Oversized | Refused::BadLogin(_) => LoginResult::BadLogin,
-            Refused::Draining => LoginResult::Draining,
-            Refused::SessionsFull { .. } | Refused::HandshakesFull { .. } => LoginResult::Overloaded,
-            Refused::Unauthorized { .. } => LoginResult::Unauthorized,
+            Refused::Timeout => LoginDecision::Timeout,
+            Refused::Oversized | Refused::BadLogin(_) => LoginDecision::BadLogin,
+            Refused::Draining => LoginDecision::Draining,
+            Refused::SessionsFull { .. } | Refused::HandshakesFull { .. } => LoginDecision::Overloaded,
+            Refused::Unauthorized { .. } => LoginDecision::Unauthorized,
         })
     }
 
@@ -520,13 +520,7 @@ mod tests {
             (Refused::Draining, "stream:error", "503", None, Some("draining")),
             (Refused::BadLogin(LoginError::BadJid), "failure", "400", None, Some("bad_login")),
             (Refused::SessionsFull { retry_after: 12 }, "failure", "429", Some("12"), Some("overloaded")),
-            (
-                Refused::Unauthorized { account, error: not_bound() },
-                "failure",
-                "401",
-                None,
-                Some("unauthorized"),
-            ),
+            (Refused::Unauthorized { account, error: not_bound() }, "failure", "401", None, Some("unauthorized")),
             (Refused::HandshakesFull { retry_after: 3 }, "failure", "429", Some("3"), Some("overloaded")),
         ];
         for (refusal, tag, code, retry, result) in table {
@@ -535,7 +529,7 @@ mod tests {
             let status = if tag == "failure" { node.get_str("reason") } else { node.get_str("code") };
             assert_eq!((node.tag.as_str(), status), (tag, Some(code)), "{refusal:?}");
             assert_eq!(node.get_str("retry_after"), retry, "{refusal:?}");
-            assert_eq!(refusal.result().map(LoginResult::as_str), result, "{refusal:?}");
+            assert_eq!(refusal.result().map(LoginDecision::as_str), result, "{refusal:?}");
         }
     }
 }

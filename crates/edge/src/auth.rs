@@ -22,6 +22,7 @@ pub struct AuthConfig {
 
 /// Why a login's token was refused. Never contains the token.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     #[error("token: {0}")]
     Token(#[from] jwks::VerifyError),

@@ -22,7 +22,7 @@ use crate::admission::{self, Gates};
 use crate::auth::Authenticator;
 use crate::cidr::Cidr;
 use crate::limits::{Limiter, RateLimiter};
-use crate::metrics::{EdgeMetrics, LoginResult};
+use crate::metrics::{EdgeMetrics, LoginDecision};
 
 /// Everything the edge's connections share.
 pub struct EdgeContext {
@@ -119,7 +119,7 @@ pub async fn serve_client_with<S, F>(
     // slot is held until chatd's answer (or the proxy's own) is known.
     let account = admitted.account();
     let (request, _session_slot, handshake_slot) = admitted.into_session(peer, local);
-    ctx.metrics.login(LoginResult::Forwarded);
+    ctx.metrics.login(LoginDecision::Forwarded);
     let outcome = run_session_with(&ctx.session, request, stream, buf, move || drop(handshake_slot)).await;
     let first = match &outcome.first {
         FirstReply::Accepted(_) => "accepted",

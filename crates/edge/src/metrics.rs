@@ -4,7 +4,7 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `waproxy_edge_connections_total` | counter | `listener` (tcp, tls, ws) | client connections accepted (a WebSocket connection counts once its upgrade succeeded) |
-//! | `waproxy_logins_total` | counter | `result` (see [`LoginResult`]) | login attempts by the edge's decision |
+//! | `waproxy_logins_total` | counter | `result` (see [`LoginDecision`]) | login attempts by the edge's decision |
 //! | `waproxy_edge_login_check_duration_seconds` | histogram | | accept to the login frame parsed and the token verified: the edge's share of login latency (the session layer's `waproxy_upstream_login_duration_seconds` is the rest) |
 //! | `waproxy_jwks_refreshes_total` | counter | | successful Partner JWKS fetches |
 //! | `waproxy_jwks_refresh_failures_total` | counter | | failed Partner JWKS fetches |
@@ -19,7 +19,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 /// What the edge decided about a login attempt, as the `result` label. chatd's own answer to the
 /// logins the edge forwards is the session layer's `waproxy_upstream_logins_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginResult {
+pub enum LoginDecision {
     /// Passed the edge's checks and was handed to the session layer.
     Forwarded,
     /// No login frame before the login timeout.
@@ -35,15 +35,15 @@ pub enum LoginResult {
     Draining,
 }
 
-impl LoginResult {
+impl LoginDecision {
     pub fn as_str(self) -> &'static str {
         match self {
-            LoginResult::Forwarded => "forwarded",
-            LoginResult::Timeout => "timeout",
-            LoginResult::BadLogin => "bad_login",
-            LoginResult::Unauthorized => "unauthorized",
-            LoginResult::Overloaded => "overloaded",
-            LoginResult::Draining => "draining",
+            LoginDecision::Forwarded => "forwarded",
+            LoginDecision::Timeout => "timeout",
+            LoginDecision::BadLogin => "bad_login",
+            LoginDecision::Unauthorized => "unauthorized",
+            LoginDecision::Overloaded => "overloaded",
+            LoginDecision::Draining => "draining",
         }
     }
 }
@@ -119,7 +119,7 @@ impl EdgeMetrics {
         Ok(m)
     }
 
-    pub fn login(&self, result: LoginResult) {
+    pub fn login(&self, result: LoginDecision) {
         self.logins.with_label_values(&[result.as_str()]).inc();
     }
 

@@ -37,6 +37,7 @@ const LENIENT_B64URL: GeneralPurpose = GeneralPurpose::new(
 
 /// Why a JWKS fetch failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FetchError {
     /// Connecting or sending the request failed.
     #[error("JWKS request failed")]

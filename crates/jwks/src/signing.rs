@@ -21,6 +21,7 @@ pub const MAX_PUBLISHED_LIMIT: usize = 16;
 
 /// A key could not be created.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// aws-lc-rs failed to generate an RSA-2048 key pair.
     #[error("RSA-2048 key generation failed")]
@@ -32,6 +33,7 @@ pub enum KeyError {
 
 /// A token could not be signed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SignError {
     /// The claims did not serialize to a JSON value.
     #[error("claims could not be serialized to JSON")]

@@ -78,6 +78,7 @@ impl Expectations {
 
 /// The verifier could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The JWKS URL does not parse.
     #[error("invalid JWKS URL {url:?}")]
@@ -106,6 +107,7 @@ pub enum ConfigError {
 
 /// Why a token was rejected.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// Not a well-formed RS256 JWT with a kid (or its claims do not have the expected shape).
     #[error("malformed token: {reason}")]

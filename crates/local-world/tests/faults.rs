@@ -31,14 +31,14 @@ fn upstream_via(
     partner: &partner_server::RunningPartnerServer,
 ) {
     c.embedded = false;
-    c.upstream = Some(proxy::config::UpstreamConfig {
+    c.upstream = Some(proxy::config::UpstreamSection {
         addr: fault.addr().to_string(),
         proxy_protocol: proxy::config::ProxyProtocolVersion::V1,
         root_public_key: Some(hex::encode(root)),
         connect_timeout_ms: 1_000,
         handshake_timeout_ms: 1_500,
     });
-    c.auth = Some(proxy::config::AuthConfig {
+    c.auth = Some(proxy::config::AuthSection {
         jwks_url: partner.jwks_url(),
         jwks_ca_file: None,
         issuer: partner.issuer().to_owned(),

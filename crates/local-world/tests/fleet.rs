@@ -189,7 +189,7 @@ async fn logins_beyond_the_concurrent_handshake_limit_are_shed() {
     });
     let p = start(|c| {
         c.limits.max_concurrent_handshakes = 1;
-        c.upstream = Some(proxy::config::UpstreamConfig {
+        c.upstream = Some(proxy::config::UpstreamSection {
             addr: silent_addr.to_string(),
             proxy_protocol: proxy::config::ProxyProtocolVersion::V1,
             root_public_key: Some("11".repeat(32)),

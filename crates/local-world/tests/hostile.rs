@@ -247,7 +247,7 @@ async fn tls_garbage_on_the_tls_listener_is_dropped_without_an_upstream() {
     std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     let p = start(|c| {
         c.edge.login_timeout_secs = 1;
-        c.edge.tls = Some(proxy::config::TlsConfig {
+        c.edge.tls = Some(proxy::config::TlsSection {
             listen: "127.0.0.1:0".parse().unwrap(),
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),
@@ -676,7 +676,7 @@ async fn one_login_deadline_covers_the_tls_handshake_the_upgrade_and_the_proxy_h
         c.edge.login_timeout_secs = 1;
         c.edge.proxy_protocol = true;
         c.edge.proxy_protocol_trusted_cidrs = vec!["127.0.0.0/8".into()];
-        c.edge.tls = Some(proxy::config::TlsConfig {
+        c.edge.tls = Some(proxy::config::TlsSection {
             listen: "127.0.0.1:0".parse().unwrap(),
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),

@@ -185,7 +185,7 @@ async fn chatd_stream_error_reaches_the_client_which_is_then_closed() {
     let direct = session::connect(&session::UpstreamConfig::new(e.sim.chat_addr, e.sim.root_public_key()), request)
         .await
         .unwrap();
-    assert!(matches!(direct, session::Login::Accepted { .. }));
+    assert!(matches!(direct, session::UpstreamLogin::Accepted { .. }));
     let (err, _) = c.recv_tag("stream:error", WAIT).await.unwrap();
     assert_eq!(err.child("conflict").and_then(|n| n.get_str("type")), Some("replaced"));
     assert!(matches!(c.recv(WAIT).await, Err(ClientError::Closed)));
@@ -274,7 +274,7 @@ async fn tls_edge_serves_logins_and_drops_garbage() {
     std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     let p = start(|c| {
-        c.edge.tls = Some(proxy::config::TlsConfig {
+        c.edge.tls = Some(proxy::config::TlsSection {
             listen: "127.0.0.1:0".parse().unwrap(),
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),

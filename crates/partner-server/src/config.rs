@@ -14,6 +14,7 @@ pub const MAX_WAIT_CAP_MS: u64 = 600_000;
 
 /// A configuration problem, with the offending key.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}")]

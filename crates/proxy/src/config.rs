@@ -18,28 +18,28 @@ pub struct Config {
     /// `local-world` crate) runs them; `interop-proxy` refuses it.
     #[serde(default)]
     pub embedded: bool,
-    pub edge: EdgeConfig,
+    pub edge: EdgeSection,
     /// Required unless `embedded`.
-    pub upstream: Option<UpstreamConfig>,
+    pub upstream: Option<UpstreamSection>,
     /// Required unless `embedded`.
-    pub auth: Option<AuthConfig>,
+    pub auth: Option<AuthSection>,
     #[serde(default)]
-    pub session: SessionConfig,
+    pub session: SessionSection,
     #[serde(default)]
-    pub admin: AdminConfig,
+    pub admin: AdminSection,
     #[serde(default)]
-    pub limits: LimitsConfig,
+    pub limits: LimitsSection,
     #[serde(default)]
-    pub drain: DrainConfig,
+    pub drain: DrainSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EdgeConfig {
+pub struct EdgeSection {
     /// Plain TCP listener for Partner clients (behind a TLS-terminating gateway).
     pub listen: Option<SocketAddr>,
     /// TLS 1.3 listener.
-    pub tls: Option<TlsConfig>,
+    pub tls: Option<TlsSection>,
     /// Seconds a new client has to send its login frame.
     #[serde(default = "defaults::login_timeout_secs")]
     pub login_timeout_secs: u64,
@@ -47,7 +47,7 @@ pub struct EdgeConfig {
     #[serde(default = "defaults::max_frame_size")]
     pub max_frame_size: usize,
     /// WebSocket listener: binary messages carry the frame stream.
-    pub websocket: Option<WebSocketConfig>,
+    pub websocket: Option<WebSocketSection>,
     /// Require a PROXY v1/v2 header on the plain TCP listener (`listen`), from
     /// `proxy_protocol_trusted_cidrs` only.
     #[serde(default)]
@@ -66,7 +66,7 @@ pub struct EdgeConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebSocketConfig {
+pub struct WebSocketSection {
     pub listen: SocketAddr,
     /// The upgrade path; other paths get 404.
     #[serde(default = "defaults::ws_path")]
@@ -82,7 +82,7 @@ pub struct WebSocketConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsConfig {
+pub struct TlsSection {
     pub listen: SocketAddr,
     /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
@@ -101,7 +101,7 @@ pub enum ProxyProtocolVersion {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
+pub struct UpstreamSection {
     /// chatd, as `host:port` (resolved at each dial) or an address.
     pub addr: String,
     /// The PROXY protocol header that carries the client's IP to chatd.
@@ -118,7 +118,7 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuthConfig {
+pub struct AuthSection {
     /// The Partner's JWKS (`https://partner.example/.well-known/oauth/openid/jwks`; `http://`
     /// only on loopback).
     pub jwks_url: String,
@@ -144,7 +144,7 @@ pub struct AuthConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SessionConfig {
+pub struct SessionSection {
     /// A client silent this long (its pings stopped) loses its session; WhatsApp's own proxy
     /// uses 200 s.
     pub idle_timeout_secs: u64,
@@ -152,15 +152,15 @@ pub struct SessionConfig {
     pub max_buffered_bytes: usize,
 }
 
-impl Default for SessionConfig {
+impl Default for SessionSection {
     fn default() -> Self {
-        SessionConfig { idle_timeout_secs: 200, max_buffered_bytes: 64 * 1024 }
+        SessionSection { idle_timeout_secs: 200, max_buffered_bytes: 64 * 1024 }
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
+pub struct AdminSection {
     /// `/metrics`, `/livez`, `/readyz`. Keep it on loopback or a private network.
     pub listen: SocketAddr,
     /// Seconds a connection has to send a request's headers, from its start or from the end of
@@ -170,9 +170,9 @@ pub struct AdminConfig {
     pub max_connections: NonZeroUsize,
 }
 
-impl Default for AdminConfig {
+impl Default for AdminSection {
     fn default() -> Self {
-        AdminConfig {
+        AdminSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             header_timeout_secs: NonZeroU64::new(5).unwrap_or(NonZeroU64::MIN),
             max_connections: NonZeroUsize::new(16).unwrap_or(NonZeroUsize::MIN),
@@ -183,7 +183,7 @@ impl Default for AdminConfig {
 /// Reloadable on SIGHUP.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
+pub struct LimitsSection {
     /// Sessions (online clients) at once; further logins are refused with 429.
     pub max_sessions: usize,
     /// Logins waiting for chatd's answer at once; further ones are shed with 429.
@@ -192,24 +192,24 @@ pub struct LimitsConfig {
     pub per_ip_connections_per_sec: u32,
 }
 
-impl Default for LimitsConfig {
+impl Default for LimitsSection {
     fn default() -> Self {
-        LimitsConfig { max_sessions: 100_000, max_concurrent_handshakes: 1024, per_ip_connections_per_sec: 20 }
+        LimitsSection { max_sessions: 100_000, max_concurrent_handshakes: 1024, per_ip_connections_per_sec: 20 }
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DrainConfig {
+pub struct DrainSection {
     /// Sessions are closed spread evenly over this many seconds.
     pub window_secs: u64,
     /// The process exits by this many seconds after the drain began, whatever still runs.
     pub deadline_secs: u64,
 }
 
-impl Default for DrainConfig {
+impl Default for DrainSection {
     fn default() -> Self {
-        DrainConfig { window_secs: 30, deadline_secs: 45 }
+        DrainSection { window_secs: 30, deadline_secs: 45 }
     }
 }
 
@@ -258,6 +258,7 @@ mod defaults {
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
     Read { path: String, source: std::io::Error },
@@ -413,7 +414,7 @@ impl Config {
     pub fn local() -> Config {
         Config {
             embedded: true,
-            edge: EdgeConfig {
+            edge: EdgeSection {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 5222))),
                 tls: None,
                 login_timeout_secs: defaults::login_timeout_secs(),
@@ -426,12 +427,12 @@ impl Config {
             },
             upstream: None,
             auth: None,
-            session: SessionConfig::default(),
-            admin: AdminConfig::default(),
+            session: SessionSection::default(),
+            admin: AdminSection::default(),
             // Every client of the one-machine setup shares 127.0.0.1: no per-IP rate limit.
-            limits: LimitsConfig { per_ip_connections_per_sec: 0, ..LimitsConfig::default() },
+            limits: LimitsSection { per_ip_connections_per_sec: 0, ..LimitsSection::default() },
             // Quick to stop when trying things out; config/local.toml says the same.
-            drain: DrainConfig { window_secs: 2, deadline_secs: 5 },
+            drain: DrainSection { window_secs: 2, deadline_secs: 5 },
         }
     }
 

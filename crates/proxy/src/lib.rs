@@ -45,6 +45,7 @@ use crate::config::{Config, ProxyProtocolVersion};
 
 /// Why the proxy did not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     #[error("config: {0}")]
     Config(#[from] config::ConfigError),
@@ -75,7 +76,7 @@ pub struct RunningProxy {
     pub admin: Arc<AdminState>,
     /// The TLS edge's certificate, when there is a TLS listener.
     pub tls_cert: Option<Arc<ReloadableCert>>,
-    pub drain_config: config::DrainConfig,
+    pub drain_config: config::DrainSection,
     /// Cancelled when a drain has closed every session.
     drained: CancellationToken,
     reloads: prometheus::IntCounterVec,
@@ -288,14 +289,14 @@ pub fn fill_embedded_sections(
     audience: &str,
     jwks_ca_file: Option<std::path::PathBuf>,
 ) {
-    config.upstream.get_or_insert(config::UpstreamConfig {
+    config.upstream.get_or_insert(config::UpstreamSection {
         addr,
         proxy_protocol: ProxyProtocolVersion::V1,
         root_public_key: Some(hex::encode(root)),
         connect_timeout_ms: 5_000,
         handshake_timeout_ms: 10_000,
     });
-    config.auth.get_or_insert(config::AuthConfig {
+    config.auth.get_or_insert(config::AuthSection {
         jwks_url,
         jwks_ca_file,
         issuer: issuer.to_owned(),

@@ -117,6 +117,7 @@ impl From<CancelReason> for CloseReason {
 
 /// Everything that can go wrong in a session.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum SessionError {
     /// A configuration value is out of range.
     #[error("invalid configuration: {key}: {message}")]

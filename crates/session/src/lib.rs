@@ -40,6 +40,6 @@ pub use proxy_header::ProxyProtocol;
 pub use registry::{Claim, Registry};
 pub use relay::{DirectionStats, EndReason, RelayConfig, RelayEnd, relay};
 pub use session::{FirstReply, SessionContext, SessionOutcome, run_session, run_session_with};
-pub use upstream::{Login, LoginInfo, LoginRequest, Upstream, UpstreamAddr, UpstreamConfig, connect};
+pub use upstream::{LoginInfo, LoginRequest, Upstream, UpstreamAddr, UpstreamConfig, UpstreamLogin, connect};
 /// The verified certificate-chain cache lives in the wire crate, which clients share.
 pub use wire::cert_cache::{CacheOutcome, CertCache};

@@ -52,18 +52,18 @@ impl Direction {
 
 /// How an upstream login ended, as the `result` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginResult {
+pub enum UpstreamLoginResult {
     Accepted,
     Rejected,
     Failed,
 }
 
-impl LoginResult {
+impl UpstreamLoginResult {
     pub fn as_str(self) -> &'static str {
         match self {
-            LoginResult::Accepted => "accepted",
-            LoginResult::Rejected => "rejected",
-            LoginResult::Failed => "failed",
+            UpstreamLoginResult::Accepted => "accepted",
+            UpstreamLoginResult::Rejected => "rejected",
+            UpstreamLoginResult::Failed => "failed",
         }
     }
 }
@@ -143,7 +143,7 @@ impl SessionMetrics {
             Opts::new("waproxy_upstream_logins_total", "Upstream logins, by chatd's answer."),
             &["result"],
         )?;
-        for r in [LoginResult::Accepted, LoginResult::Rejected, LoginResult::Failed] {
+        for r in [UpstreamLoginResult::Accepted, UpstreamLoginResult::Rejected, UpstreamLoginResult::Failed] {
             upstream_logins.with_label_values(&[r.as_str()]);
         }
         let cert_cache = IntCounterVec::new(

@@ -10,10 +10,10 @@ use wire_io::close::{close, close_with};
 
 use crate::cancel::CancelHandle;
 use crate::error::{CloseReason, SessionError};
-use crate::metrics::{LoginResult, SessionMetrics};
+use crate::metrics::{SessionMetrics, UpstreamLoginResult};
 use crate::registry::Registry;
 use crate::relay::{RelayConfig, RelayEnd, relay};
-use crate::upstream::{Login, LoginInfo, LoginRequest, UpstreamConfig, connect_cancellable};
+use crate::upstream::{LoginInfo, LoginRequest, UpstreamConfig, UpstreamLogin, connect_cancellable};
 use wire::cert_cache::CacheOutcome;
 
 /// What every session of a proxy shares. Cheap to clone.
@@ -127,8 +127,8 @@ where
     login_answered();
 
     match attempt {
-        Ok(Login::Accepted { first_payload, mut upstream, info }) => {
-            count_login(metrics, LoginResult::Accepted, &info);
+        Ok(UpstreamLogin::Accepted { first_payload, mut upstream, info }) => {
+            count_login(metrics, UpstreamLoginResult::Accepted, &info);
             if let Err(error) = upstream.queue_to_client(&first_payload) {
                 drop(upstream);
                 return refuse(&mut client, Some(&claim), error, metrics, linger, session_id).await;
@@ -140,8 +140,8 @@ where
             drop(claim);
             SessionOutcome { first: FirstReply::Accepted(first_payload), relay: Some(end), reason, session_id }
         }
-        Ok(Login::Rejected { first_payload, info }) => {
-            count_login(metrics, LoginResult::Rejected, &info);
+        Ok(UpstreamLogin::Rejected { first_payload, info }) => {
+            count_login(metrics, UpstreamLoginResult::Rejected, &info);
             drop(claim);
             metrics.closed(CloseReason::LoginRejected);
             close_with(&mut client, &first_payload, linger).await;
@@ -155,7 +155,7 @@ where
         }
         Err(error) => {
             if !matches!(error, SessionError::Cancelled(_) | SessionError::ClientGone) {
-                metrics.upstream_logins.with_label_values(&[LoginResult::Failed.as_str()]).inc();
+                metrics.upstream_logins.with_label_values(&[UpstreamLoginResult::Failed.as_str()]).inc();
             }
             refuse(&mut client, Some(&claim), error, metrics, linger, session_id).await
         }
@@ -220,7 +220,7 @@ async fn watch_client<C: AsyncRead + Unpin>(client: &mut C, kept: &mut BytesMut,
     }
 }
 
-fn count_login(metrics: &SessionMetrics, result: LoginResult, info: &LoginInfo) {
+fn count_login(metrics: &SessionMetrics, result: UpstreamLoginResult, info: &LoginInfo) {
     metrics.upstream_logins.with_label_values(&[result.as_str()]).inc();
     metrics.upstream_login_duration.observe(info.elapsed.as_secs_f64());
     metrics.upstream_connect_duration.observe(info.connect.as_secs_f64());

@@ -175,7 +175,7 @@ pub struct LoginInfo {
 // Returned once per login and taken apart at once: boxing the upstream would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub enum Login {
+pub enum UpstreamLogin {
     /// `<success>`: the session is live. `first_payload` is that stanza's plaintext payload (flags
     /// byte + node) for the client; more stanzas may already be buffered inside `upstream`.
     Accepted { first_payload: Bytes, upstream: Upstream, info: LoginInfo },
@@ -236,7 +236,7 @@ impl Upstream {
 ///
 /// The dial (resolution and TCP connect) is bounded by `connect_timeout`, everything after it by
 /// `handshake_timeout`. Dropping the future closes the connection.
-pub async fn connect(cfg: &UpstreamConfig, req: LoginRequest) -> Result<Login, SessionError> {
+pub async fn connect(cfg: &UpstreamConfig, req: LoginRequest) -> Result<UpstreamLogin, SessionError> {
     cfg.validate()?;
     let started = Instant::now();
     let stream = dial_upstream(cfg).await?;
@@ -259,7 +259,7 @@ pub async fn connect_cancellable(
     req: LoginRequest,
     cancel: &CancelHandle,
     linger: Duration,
-) -> Result<Login, SessionError> {
+) -> Result<UpstreamLogin, SessionError> {
     cfg.validate()?;
     let cancelled = || SessionError::Cancelled(cancel.reason().unwrap_or(CancelReason::Shutdown));
     let started = Instant::now();
@@ -319,7 +319,7 @@ async fn handshake(
     req: &LoginRequest,
     started: Instant,
     connected: Instant,
-) -> Result<Login, SessionError> {
+) -> Result<UpstreamLogin, SessionError> {
     let (peer, local) =
         (stream.peer_addr().map_err(SessionError::UpstreamIo)?, stream.local_addr().map_err(SessionError::UpstreamIo)?);
     // PROXY header, `WA` header and ClientHello leave in one write.
@@ -357,10 +357,10 @@ async fn handshake(
     let info = LoginInfo { cert_cache, elapsed: started.elapsed(), connect: connected - started, handshake };
     debug!(account = %req.account, %peer, ?kind, elapsed = ?info.elapsed, "upstream login answered");
     if kind != StanzaKind::Success {
-        return Ok(Login::Rejected { first_payload, info });
+        return Ok(UpstreamLogin::Rejected { first_payload, info });
     }
     let upstream = Upstream { stream, send, recv, sealed_leftover: rbuf, to_client: BytesMut::new(), peer, local };
-    Ok(Login::Accepted { first_payload, upstream, info })
+    Ok(UpstreamLogin::Accepted { first_payload, upstream, info })
 }
 
 fn handshake_error(e: ConnectError) -> SessionError {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use session::{
-    CacheOutcome, CancelReason, CloseReason, Direction, EndReason, FirstReply, Login, ProxyProtocol, RelayConfig,
-    SessionContext, SessionMetrics, connect, relay, run_session,
+    CacheOutcome, CancelReason, CloseReason, Direction, EndReason, FirstReply, ProxyProtocol, RelayConfig,
+    SessionContext, SessionMetrics, UpstreamLogin, connect, relay, run_session,
 };
 use support::*;
 use wire::{Content, Node};
@@ -27,7 +27,7 @@ async fn login_is_accepted_and_a_bad_token_is_rejected_with_401() {
 
     let login =
         connect(&cfg, login_request(&jid, &alice, &interop_payload(id, &partner.token("alice")))).await.unwrap();
-    let Login::Accepted { first_payload, upstream, info } = login else { panic!("refused: {login:?}") };
+    let UpstreamLogin::Accepted { first_payload, upstream, info } = login else { panic!("refused: {login:?}") };
     assert_eq!(tag_of(&first_payload).tag, "success");
     assert_eq!(info.cert_cache, CacheOutcome::Miss);
     assert_eq!(upstream.peer_addr(), sim.chat_addr);
@@ -38,7 +38,7 @@ async fn login_is_accepted_and_a_bad_token_is_rejected_with_401() {
     // A token for someone else: chatd's own 401, relayed as is; the connection is closed.
     let bad = interop_payload(id, &partner.token("mallory"));
     let login = connect(&cfg, login_request(&jid, &alice, &bad)).await.unwrap();
-    let Login::Rejected { first_payload, info } = login else { panic!("accepted: {login:?}") };
+    let UpstreamLogin::Rejected { first_payload, info } = login else { panic!("accepted: {login:?}") };
     let failure = tag_of(&first_payload);
     assert_eq!((failure.tag.as_str(), failure.get_str("reason")), ("failure", Some("401")));
     assert_eq!(info.cert_cache, CacheOutcome::Hit, "the same chain: no second XEdDSA check");
@@ -137,7 +137,7 @@ async fn proxy_headers_forward_the_client_ip() {
         let mut req = login_request(&jid, &dev, &payload);
         req.client_addr = client.parse().unwrap();
         let login = connect(&cfg, req).await.unwrap();
-        assert!(matches!(login, Login::Accepted { .. }), "{protocol:?}: {login:?}");
+        assert!(matches!(login, UpstreamLogin::Accepted { .. }), "{protocol:?}: {login:?}");
         drop(login);
         wait_current(&sim, &jid, 0).await;
         want.push(recorded);
@@ -552,7 +552,7 @@ async fn idle_sessions_hold_no_relay_buffers() {
     let relay_cfg = RelayConfig { release_after: Duration::from_millis(100), ..relay_config() };
     let metrics = SessionMetrics::new().unwrap();
     let login = connect(&cfg, login_request(&jid, &dev, &interop_payload(id, &partner.token("kim")))).await.unwrap();
-    let Login::Accepted { first_payload, mut upstream, .. } = login else { panic!() };
+    let UpstreamLogin::Accepted { first_payload, mut upstream, .. } = login else { panic!() };
     upstream.queue_to_client(&first_payload).unwrap();
     let (side, mut client) = tcp_client().await;
     let cancel = session::CancelHandle::new();

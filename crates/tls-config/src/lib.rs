@@ -36,6 +36,7 @@ pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// Why TLS could not be set up. Paths are named; key bytes never are.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     /// The certificate (chain or CA) file is unreadable or holds no certificate.
     #[error("certificate file {path}: {message}")]
@@ -334,6 +335,7 @@ impl ResolvesServerCert for ReloadableCert {
 
 /// Why a local CA or one of its certificates could not be made or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LocalCaError {
     /// Key generation or signing failed.
     #[error("generating a certificate")]

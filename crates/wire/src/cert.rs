@@ -40,6 +40,7 @@ impl fmt::Display for CertRole {
 
 /// Why a chain was rejected (or could not be issued). One variant per check.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum CertError {
     /// The chain (or a certificate's details) is not valid protobuf.
     #[error("{what} is not a valid protobuf: {source}")]

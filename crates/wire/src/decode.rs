@@ -67,6 +67,7 @@ impl Limits {
 
 /// Why bytes are not a stanza.
 #[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     #[error(transparent)]
     Payload(#[from] PayloadError),

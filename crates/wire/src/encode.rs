@@ -20,6 +20,7 @@ pub const DEFAULT_MAX_DEPTH: usize = 64;
 
 /// A node that has no canonical encoding.
 #[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EncodeError {
     #[error("<{tag}> has {count} attributes and children slots; a list holds at most 65535")]
     ListTooLong { tag: String, count: usize },

@@ -20,6 +20,7 @@ pub const MAX_FRAME_LEN: usize = (1 << 24) - 1;
 
 /// A frame that cannot be read or written.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The peer announced (or the caller tried to send) a body above the configured limit.
     #[error("frame of {len} bytes exceeds the {max}-byte limit")]

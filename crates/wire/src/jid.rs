@@ -147,6 +147,7 @@ pub struct Jid {
 
 /// Why text is not a JID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum JidParseError {
     #[error("no known WhatsApp server after '@'")]
     UnknownServer,
@@ -251,6 +252,7 @@ pub struct InteropAccount {
 
 /// Why a JID or text does not name an interop account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AccountError {
     #[error("not a JID on the interop server")]
     NotInterop,

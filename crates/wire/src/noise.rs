@@ -155,6 +155,7 @@ impl fmt::Display for Direction {
 
 /// Everything that can go wrong in the handshake or on the transport.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum NoiseError {
     /// A handshake step was called before its predecessor, twice, or after a failure.
     #[error("`{call}` called out of order: the handshake {state}")]

@@ -16,6 +16,7 @@ pub const MAX_PAYLOAD_LEN: usize = MAX_FRAME_LEN;
 
 /// A payload whose body cannot be had.
 #[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PayloadError {
     #[error("empty payload: no flags byte")]
     Empty,

@@ -35,6 +35,7 @@ const HASH1_PREFIX: [u8; 32] = {
 
 /// Why a signature was not made or not accepted.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum XeddsaError {
     /// The public key's u-coordinate is not below the field prime (or has bit 255 set).
     #[error("public key is not a canonical Curve25519 u-coordinate")]

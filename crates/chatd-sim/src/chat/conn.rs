@@ -27,6 +27,7 @@ use crate::sim::{Control, LiveConn, ObservedGuard, Sim};
 
 /// Why a connection ended before or outside the normal flow.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnError {
     #[error("intro: {0}")]
     Intro(#[from] IntroError),

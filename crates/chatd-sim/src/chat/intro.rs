@@ -26,6 +26,7 @@ pub struct Intro {
 
 /// Why the intro was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IntroError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

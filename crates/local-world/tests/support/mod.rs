@@ -271,8 +271,8 @@ pub fn tls_connector(trust: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustl
 
 /// A WebSocket edge listener on an ephemeral loopback port at `/ws/chat`, taking the client's
 /// address from `X-Forwarded-For` when the peer is in `trusted`.
-pub fn websocket_listener(trusted: &[&str]) -> proxy::config::WebSocketConfig {
-    proxy::config::WebSocketConfig {
+pub fn websocket_listener(trusted: &[&str]) -> proxy::config::WebSocketSection {
+    proxy::config::WebSocketSection {
         listen: "127.0.0.1:0".parse().unwrap(),
         path: "/ws/chat".into(),
         trusted_forwarded_cidrs: trusted.iter().map(|c| (*c).to_owned()).collect(),

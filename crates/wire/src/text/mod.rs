@@ -29,6 +29,7 @@ use crate::packed;
 /// Text that does not convert to a node.
 #[cfg(feature = "text")]
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TextError {
     #[error("XML: {0}")]
     Xml(String),

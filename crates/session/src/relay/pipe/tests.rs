@@ -252,9 +252,12 @@ fn an_idle_pipe_releases_its_buffers_only_once_everything_is_written_and_flushed
 fn a_stream_error_is_the_last_frame_out() {
     let (cfg, metrics) = (cfg(), SessionMetrics::new().unwrap());
     let (mut pipe, mut chatd) = opening(&cfg, &metrics);
-    let input =
-        [sealed_by(&mut chatd, b"before"), sealed_by(&mut chatd, &Refusal::Replaced.encode()), sealed_by(&mut chatd, b"after")]
-            .concat();
+    let input = [
+        sealed_by(&mut chatd, b"before"),
+        sealed_by(&mut chatd, &Refusal::Replaced.encode()),
+        sealed_by(&mut chatd, b"after"),
+    ]
+    .concat();
     feed(&mut pipe, &input).unwrap();
     assert_eq!(transform_all(&mut pipe), 2);
     assert!(pipe.is_ended());
