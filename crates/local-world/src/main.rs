@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use local_world::demo::{DemoTargets, run as run_demo};
 use local_world::{LocalWorld, StartError};
 use proxy::config::Config;
-use proxy::process::{Signals, print_banner};
+use proxy::process::{ConfigArgs, Signals, print_banner};
 
 #[derive(Parser, Clone)]
 #[command(
@@ -19,16 +19,8 @@ use proxy::process::{Signals, print_banner};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The proxy's TOML configuration (config/local.toml is the default; `embedded = true` starts
-    /// the simulator and the partner server). Without it: that default.
-    #[arg(long, global = true)]
-    config: Option<String>,
-    /// Override `edge.listen`.
-    #[arg(long, global = true)]
-    listen: Option<SocketAddr>,
-    /// Override `admin.listen`.
-    #[arg(long, global = true)]
-    admin_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    args: ConfigArgs,
 }
 
 #[derive(Subcommand, Clone)]
@@ -70,16 +62,11 @@ fn gen_local_ca(out: &std::path::Path, certs: &[String]) -> Result<(), String> {
 }
 
 fn load(cli: &Cli) -> Result<Config, String> {
-    let mut config = match &cli.config {
+    let mut config = match &cli.args.config {
         Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
         None => Config::local(),
     };
-    if let Some(a) = cli.listen {
-        config.edge.listen = Some(a);
-    }
-    if let Some(a) = cli.admin_listen {
-        config.admin.listen = a;
-    }
+    cli.args.apply(&mut config);
     Ok(config)
 }
 
@@ -175,10 +162,10 @@ async fn demo(cli: &Cli) -> Result<(), String> {
         return Err("the demo runs on the embedded default; drop --config or use config/local.toml".into());
     }
     // Ephemeral ports unless overridden, so the demo never collides with a running proxy.
-    if cli.listen.is_none() {
+    if cli.args.listen.is_none() {
         config.edge.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     }
-    if cli.admin_listen.is_none() {
+    if cli.args.admin_listen.is_none() {
         config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     }
     let world = local_world::start(config).await.map_err(|e| describe(&e))?;

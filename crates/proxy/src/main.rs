@@ -2,28 +2,19 @@
 //! file; the one-machine local world (simulator, partner server and demo in-process) is
 //! `interop-local`, a binary of its own, so this one links none of them.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use proxy::config::Config;
-use proxy::process::{Signals, print_banner};
+use proxy::process::{ConfigArgs, Signals, print_banner};
 
 #[derive(Parser, Clone)]
 #[command(name = "interop-proxy", version, about = "WhatsApp DMA interoperability connection proxy")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// TOML configuration (config/proxy.toml documents every key). Required: for the one-machine
-    /// local world (simulator and partner server in-process, demo traffic) run `interop-local`.
-    #[arg(long, global = true)]
-    config: Option<String>,
-    /// Override `edge.listen`.
-    #[arg(long, global = true)]
-    listen: Option<SocketAddr>,
-    /// Override `admin.listen`.
-    #[arg(long, global = true)]
-    admin_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    args: ConfigArgs,
 }
 
 #[derive(Subcommand, Clone)]
@@ -38,7 +29,7 @@ enum Command {
 
 /// Reads `--config` with the command-line overrides. Refuses what only the local world runs.
 fn load(cli: &Cli) -> Result<Config, String> {
-    let Some(path) = &cli.config else {
+    let Some(path) = &cli.args.config else {
         return Err("no --config FILE (config/proxy.toml documents every key); for the one-machine local world \
                     (chatd simulator, partner server and demo in-process) run interop-local"
             .into());
@@ -50,12 +41,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
              interop-local --config {path}"
         ));
     }
-    if let Some(a) = cli.listen {
-        config.edge.listen = Some(a);
-    }
-    if let Some(a) = cli.admin_listen {
-        config.admin.listen = a;
-    }
+    cli.args.apply(&mut config);
     Ok(config)
 }
 

@@ -1,7 +1,8 @@
 //! The process around a running proxy, shared by `interop-proxy` and the local world's
-//! `interop-local`: the banner, and the signal loop (SIGHUP reloads; SIGTERM, Ctrl-C or
-//! `POST /drain` drain and return).
+//! `interop-local`: the configuration flags, the banner, and the signal loop (SIGHUP reloads;
+//! SIGTERM, Ctrl-C or `POST /drain` drain and return).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,6 +12,33 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::{PreparedReload, RunningProxy, prepare_reload};
+
+/// The configuration flags both binaries take.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConfigArgs {
+    /// TOML configuration: config/proxy.toml documents every key (interop-proxy requires one;
+    /// interop-local defaults to config/local.toml's embedded world).
+    #[arg(long, global = true)]
+    pub config: Option<String>,
+    /// Override `edge.listen`.
+    #[arg(long, global = true)]
+    pub listen: Option<SocketAddr>,
+    /// Override `admin.listen`.
+    #[arg(long, global = true)]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl ConfigArgs {
+    /// Applies the listen overrides to a loaded configuration.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(a) = self.listen {
+            config.edge.listen = Some(a);
+        }
+        if let Some(a) = self.admin_listen {
+            config.admin.listen = a;
+        }
+    }
+}
 
 /// How long a SIGHUP reload may take to read its files before it counts as failed.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
