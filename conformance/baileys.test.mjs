@@ -7,10 +7,10 @@ import { spawn, execFile } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { createRequire } from 'node:module';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { request as httpsRequest } from 'node:https';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 
 const NM = process.env.CONFORMANCE_NODE_MODULES;
@@ -27,6 +27,8 @@ const DEVICE = 2;
 const dir = mkdtempSync(join(tmpdir(), 'conformance-'));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const b64 = (buf) => Buffer.from(buf).toString('base64url');
+// The voice note (3 s of Ogg/Opus silence, valid CRCs) and MP4 header the Rust tests use too.
+const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), '..', 'crates', 'client', 'tests', 'fixtures');
 
 let proxy;
 let banner;
@@ -45,15 +47,17 @@ async function client(...args) {
   return stdout;
 }
 
-// `interop-client listen` for `secs` seconds; `out.text` grows with what it prints.
-function listenFor(secs) {
-  const listen = spawn(join(BIN, 'interop-client'), ['--state', join(dir, 'alice'), '--proxy', banner.tcp, 'listen', '--for', String(secs)], {
+// `interop-client listen` for `secs` seconds (and `extra` options); `out.text` grows with what
+// it prints, `exited` settles when it ends.
+function listenFor(secs, ...extra) {
+  const listen = spawn(join(BIN, 'interop-client'), ['--state', join(dir, 'alice'), '--proxy', banner.tcp, 'listen', '--for', String(secs), ...extra], {
     env: { ...process.env, RUST_LOG: 'warn' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const out = { text: '' };
   listen.stdout.on('data', (d) => { out.text += d; });
-  return { listen, out };
+  const exited = new Promise((resolve) => listen.on('exit', (code) => resolve(code)));
+  return { listen, out, exited };
 }
 
 async function until(what, check, ms = 20_000) {
@@ -137,6 +141,9 @@ before(async () => {
     markOnlineOnConnect: false,
     getMessage: async (key) => sentMessages.get(key.id),
     syncFullHistory: false,
+    // Media uploads go over node:https to the `<media_conn>` host, the simulator's HTTPS port,
+    // whose certificate chains to the proxy's local CA (a documented Baileys option, not a patch).
+    fetchAgent: new HttpsAgent({ ca: readFileSync(banner.ca) }),
   });
   sock.ev.on('creds.update', saveCreds);
   sock.ws.on('CB:message', (node) => rawMessages.push(node));
@@ -250,5 +257,91 @@ test('a retry receipt from interop-client recovers a lost session with Baileys',
     await until('the re-sent text at interop-client', () => out.text.includes(`${PHONE}@s.whatsapp.net: ${text}`));
   } finally {
     listen.kill('SIGTERM');
+  }
+});
+
+test('Baileys -> interop-client media: image, voice note, video and document, decrypted and saved byte for byte', async () => {
+  const voice = readFileSync(join(FIXTURES, 'voice-3s.ogg'));
+  const clip = readFileSync(join(FIXTURES, 'clip.mp4'));
+  const png = Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), Buffer.alloc(3000, 'picture from Baileys ')]);
+  const pdf = Buffer.from('%PDF-1.7 quarterly numbers from Baileys\n'.repeat(200));
+  // Given, so Baileys looks for no thumbnail or waveform tools (sharp, jimp, ffmpeg, audio-decode).
+  const thumb = Buffer.alloc(0);
+  const downloads = join(dir, 'downloads');
+  const { listen, out, exited } = listenFor(20, '--download', downloads);
+  try {
+    await sleep(1500);
+    const sent = {};
+    sent.image = await sock.sendMessage(alice, { image: png, mimetype: 'image/png', caption: 'a picture', jpegThumbnail: thumb });
+    sent.voice = await sock.sendMessage(alice, { audio: voice, mimetype: 'audio/ogg; codecs=opus', ptt: true, seconds: 3, waveform: new Uint8Array(64) });
+    sent.video = await sock.sendMessage(alice, { video: clip, mimetype: 'video/mp4', caption: 'a clip', seconds: 7, jpegThumbnail: thumb });
+    sent.document = await sock.sendMessage(alice, { document: pdf, mimetype: 'application/pdf', fileName: 'numbers.pdf' });
+    // Baileys uploaded each to the simulator's media host and got a direct path back.
+    for (const [name, m] of Object.entries(sent)) {
+      const media = Object.values(m.message).find((v) => v && typeof v === 'object' && 'directPath' in v);
+      assert.ok(media?.directPath?.startsWith('/v/t'), `${name}: ${JSON.stringify(m.message)}`);
+    }
+    const from = `${PHONE}@s.whatsapp.net`;
+    await until('all four at interop-client', () =>
+      out.text.includes(`${from}: [image/png, ${png.length} bytes] a picture`) &&
+      out.text.includes(`${from}: [voice note 3s]`) &&
+      out.text.includes(`${from}: [video 7s] a clip`) &&
+      out.text.includes(`${from}: [application/pdf, ${pdf.length} bytes] numbers.pdf`));
+    for (const [name, m] of Object.entries(sent)) {
+      await until(`the delivery receipt for the ${name}`, () => rawReceipts.find((r) => r.attrs.id === m.key.id && !r.attrs.type));
+    }
+    // `--download` saves after the listening time: decrypted, hash- and MAC-checked, equal.
+    assert.equal(await exited, 0, out.text);
+    const saved = (file) => readFileSync(join(downloads, file));
+    assert.deepEqual(saved(`${sent.image.key.id}.png`), png);
+    assert.deepEqual(saved(`${sent.voice.key.id}.ogg`), voice);
+    assert.deepEqual(saved(`${sent.video.key.id}.mp4`), clip);
+    assert.deepEqual(saved('numbers.pdf'), pdf);
+    await until('alice\'s mailbox empty', async () => (await mailbox(alice)) === 0);
+  } finally {
+    listen.kill('SIGTERM');
+  }
+});
+
+test('interop-client -> Baileys: a voice note as audioMessage with ptt and seconds, <enc mediatype="ptt">', async () => {
+  const before = rawMessages.length;
+  await client('--proxy', banner.tcp, 'send-media', '--voice', join(FIXTURES, 'voice-3s.ogg'), '--to', `${PHONE}@s.whatsapp.net`);
+  const node = await until('the voice note at Baileys', () => rawMessages.slice(before).find((n) => String(n.attrs.from).endsWith('@interop')));
+  assert.equal(node.attrs.type, 'media');
+  const enc = node.content.find((c) => c.tag === 'enc');
+  assert.equal(enc.attrs.mediatype, 'ptt');
+  const plain = await sock.signalRepository.decryptMessage({ jid: node.attrs.from, type: enc.attrs.type, ciphertext: enc.content });
+  const audio = B.proto.Message.decode(B.unpadRandomMax16(plain)).audioMessage;
+  assert.equal(audio.ptt, true);
+  assert.equal(audio.seconds, 3);
+  assert.equal(audio.mimetype, 'audio/ogg; codecs=opus');
+  assert.equal(audio.mediaKey.length, 32);
+});
+
+test('read receipts: interop-client sends them for what it shows, and none once the user turns them off', async () => {
+  const first = listenFor(8);
+  try {
+    await sleep(1500);
+    const on = await sock.sendMessage(alice, { text: 'read receipts on' });
+    await until('the text at interop-client', () => first.out.text.includes('read receipts on'));
+    const read = await until('the read receipt at Baileys', () => rawReceipts.find((r) => r.attrs.id === on.key.id && r.attrs.type === 'read'));
+    assert.ok(read.attrs.t, 'a read receipt carries its time');
+  } finally {
+    first.listen.kill('SIGTERM');
+    await first.exited;
+  }
+  assert.match(await client('settings', '--read-receipts', 'off'), /read receipts: off/);
+  const second = listenFor(8);
+  try {
+    await sleep(1500);
+    const off = await sock.sendMessage(alice, { text: 'read receipts off' });
+    await until('the text at interop-client', () => second.out.text.includes('read receipts off'));
+    await until('the delivery receipt at Baileys', () => rawReceipts.find((r) => r.attrs.id === off.key.id && !r.attrs.type));
+    await sleep(1500);
+    assert.equal(rawReceipts.find((r) => r.attrs.id === off.key.id && r.attrs.type === 'read'), undefined);
+  } finally {
+    second.listen.kill('SIGTERM');
+    await second.exited;
+    await client('settings', '--read-receipts', 'on');
   }
 });

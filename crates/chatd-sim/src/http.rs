@@ -197,7 +197,10 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Resp {
             clock.advance(secs);
             respond(StatusCode::OK, json!({ "now": state.sim.clock.now(), "removed": state.sim.sweep() }))
         }
-        (Method::POST, ["mms", _kind]) => {
+        // `/mms/{type}` (this repository's clients) or WhatsApp's `/mms/{type}/{token}?auth=..&token=..`
+        // (Baileys, whatsmeow), where the token is base64url(SHA-256(body)) and is checked.
+        (Method::POST, ["mms", _kind] | ["mms", _kind, _]) => {
+            let token = segments.get(2).map(|t| percent_decode(t));
             let content_type = req
                 .headers()
                 .get("content-type")
@@ -205,6 +208,9 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Resp {
                 .unwrap_or("application/octet-stream")
                 .to_owned();
             match body(state, req).await {
+                Ok(b) if token.is_some_and(|t| !upload_token_matches(&t, &b)) => {
+                    error(StatusCode::BAD_REQUEST, "upload token is not the body's base64url SHA-256")
+                }
                 Ok(b) => match state.media.put(content_type, b) {
                     Some(direct_path) => {
                         let base = state.sim.config.http.public_url.clone().unwrap_or_default();
@@ -239,6 +245,12 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Resp {
 }
 
 /// Fetches `{partner base}/{storage_reference}` and passes it back with its type and length.
+/// WhatsApp's upload token: the encrypted body's SHA-256, base64url (padding optional).
+fn upload_token_matches(token: &str, body: &[u8]) -> bool {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body);
+    URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).is_ok_and(|t| t == digest.as_ref())
+}
+
 async fn partner_media(state: &HttpState, integrator: &str, reference: &str) -> Resp {
     let Some(cfg) =
         integrator.parse::<u16>().ok().and_then(|id| state.sim.config.integrators.iter().find(|i| i.id == id))

@@ -503,6 +503,21 @@ async fn whatsapp_side_media_upload_and_download() {
     assert_eq!(status, 404);
     let (status, _) = request("POST", &format!("{}/mms/image", sim.http_url()), "image/jpeg", vec![0; 17 << 20]).await;
     assert_eq!(status, 413, "over http.max_body_bytes");
+
+    // WhatsApp's form (Baileys, whatsmeow): `/mms/{type}/{token}?auth=..&token=..`, the token
+    // being base64url(SHA-256(body)); a token for other bytes is refused.
+    use base64::Engine as _;
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = b64url.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &blob));
+    let url = |t: &str| format!("{}/mms/audio/{t}?auth=sim&token={t}", sim.http_url());
+    let (status, body) = request("POST", &url(&token), "application/octet-stream", blob.clone()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["direct_path"].as_str().unwrap().starts_with("/v/t62.7118-24/"), "{v}");
+    let (status, _) = request("POST", &url(&token), "application/octet-stream", blob[1..].to_vec()).await;
+    assert_eq!(status, 400, "a token for other bytes");
+    let (status, _) = request("POST", &url("not-base64!"), "application/octet-stream", blob.clone()).await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ use crate::conn::{ConnError, Connection, Dialer, Route};
 use crate::e2e::{self, E2eError, EncType, KeyBundle};
 use crate::media::{self, MediaError, MediaKind};
 use crate::message::{Content, MediaRef, Message, MessageError};
+use crate::ogg::{self, OggError};
 use crate::reconnect::ServerClose;
 use crate::retry::{MAX_RETRIES, RetryDecision, RetryLedger};
 use crate::services::{ServiceError, Services};
@@ -62,6 +63,10 @@ pub enum ClientError {
     Media(#[from] MediaError),
     #[error(transparent)]
     Message(#[from] MessageError),
+    #[error(transparent)]
+    VoiceNote(#[from] OggError),
+    #[error("not an MP4 video (no \"ftyp\" box at the start); videos are sent as MP4 (H.264/AAC)")]
+    NotMp4,
     #[error("not enlisted: run `interop-client enlist` first")]
     NotEnlisted,
     #[error("login refused: {0}")]
@@ -202,6 +207,13 @@ pub async fn register_whatsapp(store: &mut Store, chatd_http: &str, phone: u64) 
     Ok(jid)
 }
 
+/// Where WhatsApp-side media goes: `<media_conn auth><host hostname/>`.
+#[derive(Debug, Clone)]
+struct MediaConn {
+    host: String,
+    auth: String,
+}
+
 /// A logged-in client.
 pub struct Client {
     store: Store,
@@ -213,7 +225,8 @@ pub struct Client {
     events: VecDeque<Event>,
     next_iq: u64,
     wait: Duration,
-    media_host: Option<String>,
+    /// The media host and upload auth chatd named (`media_conn`), once asked.
+    media_conn: Option<MediaConn>,
     /// Retry receipts sent per incoming message.
     retries_sent: RetryLedger,
 }
@@ -239,7 +252,7 @@ impl Client {
             events: VecDeque::new(),
             next_iq: 1,
             wait,
-            media_host: None,
+            media_conn: None,
             retries_sent: RetryLedger::default(),
         };
         if let Err(error) = client.top_up_prekeys().await {
@@ -398,7 +411,7 @@ impl Client {
         self.send_enc(&to, &id, kind, ciphertext, mediatype, None).await?;
         let text = match message.content() {
             Content::Text(t) => t,
-            Content::Media(m) => format!("[{}] {}", m.mimetype, m.label.unwrap_or_default()),
+            Content::Media(m) => m.summary(),
             Content::Unsupported => String::new(),
         };
         self.store.log(&serde_json::json!({"dir": "out", "peer": to, "id": id, "text": text}))?;
@@ -416,7 +429,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         let mut enc = Node::new("enc").attr("v", "2").attr("type", kind.as_str());
         if let Some(m) = mediatype {
-            enc = enc.attr("mediatype", m.mms_type());
+            enc = enc.attr("mediatype", m.enc_mediatype());
         }
         if let Some(c) = count {
             enc = enc.attr("count", c.to_string());
@@ -448,25 +461,29 @@ impl Client {
         self.send_message(to, &Message::text(text)).await
     }
 
-    /// The media host chatd names (`media_conn`), else chatd's HTTP base.
-    async fn media_host(&mut self) -> Result<String, ClientError> {
-        if let Some(h) = &self.media_host {
-            return Ok(h.clone());
+    /// The media host and upload auth chatd names (`media_conn`); the host defaults to chatd's
+    /// HTTP base, and a bare host name (as WhatsApp gives it) means `https://`.
+    async fn media_conn(&mut self) -> Result<MediaConn, ClientError> {
+        if let Some(m) = &self.media_conn {
+            return Ok(m.clone());
         }
         let result = self.iq("w:m", "set", vec![Node::new("media_conn")]).await?;
-        let host = result
-            .child("media_conn")
+        let conn = result.child("media_conn");
+        let host = conn
             .and_then(|m| m.child("host"))
             .and_then(|h| h.get_str("hostname"))
             .filter(|h| !h.is_empty())
             .map(|h| if h.contains("://") { h.to_owned() } else { format!("https://{h}") })
             .unwrap_or_else(|| self.store.endpoints().chatd_http.clone());
-        self.media_host = Some(host.clone());
-        Ok(host)
+        let auth = conn.and_then(|m| m.get_str("auth")).unwrap_or_default().to_owned();
+        let media_conn = MediaConn { host, auth };
+        self.media_conn = Some(media_conn.clone());
+        Ok(media_conn)
     }
 
     /// Encrypts `data`, uploads it (Partner users to their partner server, WhatsApp users to the
-    /// WhatsApp media host) and sends the media message.
+    /// WhatsApp media host) and sends the media message: images, videos and audio by MIME type,
+    /// anything else as a document (with `label` its caption or file name).
     pub async fn send_media(
         &mut self,
         to: &str,
@@ -474,7 +491,40 @@ impl Client {
         mimetype: &str,
         label: Option<String>,
     ) -> Result<String, ClientError> {
-        let kind = MediaKind::for_file(mimetype);
+        self.send_file(to, data, MediaKind::for_file(mimetype), mimetype, label, None).await
+    }
+
+    /// Sends a recorded voice message: `data` must be Ogg/Opus (checked), and its length is
+    /// read from the stream. It travels as `audioMessage` with `ptt`, `<enc mediatype="ptt">`.
+    pub async fn send_voice_note(&mut self, to: &str, data: &[u8]) -> Result<String, ClientError> {
+        let info = ogg::opus_info(data)?;
+        let mimetype = media::VOICE_NOTE_MIMETYPE;
+        self.send_file(to, data, MediaKind::VoiceNote, mimetype, None, Some(info.seconds)).await
+    }
+
+    /// Sends an MP4 video (checked by its `ftyp` box) with an optional caption and length.
+    pub async fn send_video(
+        &mut self,
+        to: &str,
+        data: &[u8],
+        caption: Option<String>,
+        seconds: Option<u32>,
+    ) -> Result<String, ClientError> {
+        if data.get(4..8) != Some(b"ftyp") {
+            return Err(ClientError::NotMp4);
+        }
+        self.send_file(to, data, MediaKind::Video, "video/mp4", caption, seconds).await
+    }
+
+    async fn send_file(
+        &mut self,
+        to: &str,
+        data: &[u8],
+        kind: MediaKind,
+        mimetype: &str,
+        label: Option<String>,
+        seconds: Option<u32>,
+    ) -> Result<String, ClientError> {
         let encrypted = media::encrypt(data, kind);
         let direct_path = match self.store.account().ok_or(ClientError::NotEnlisted)?.clone() {
             Account::Partner { integrator, .. } => {
@@ -483,8 +533,11 @@ impl Client {
                 format!("/interop/whatsapp/download/{integrator}/{reference}/")
             }
             Account::WhatsApp { .. } => {
-                let host = self.media_host().await?;
-                self.services.upload_whatsapp_media(&host, kind.mms_type(), encrypted.body.clone()).await?
+                let MediaConn { host, auth } = self.media_conn().await?;
+                let body = encrypted.body.clone();
+                self.services
+                    .upload_whatsapp_media(&host, &auth, kind.mms_type(), body, &encrypted.file_enc_sha256)
+                    .await?
             }
         };
         let media = MediaRef {
@@ -496,13 +549,14 @@ impl Client {
             file_enc_sha256: encrypted.file_enc_sha256.to_vec(),
             file_length: encrypted.file_length,
             label,
+            seconds,
         };
         self.send_message(to, &Message::media(&media)).await
     }
 
     /// Downloads and decrypts a received media message, checking its hashes and MAC.
     pub async fn download(&mut self, media: &MediaRef) -> Result<Vec<u8>, ClientError> {
-        let host = self.media_host().await?;
+        let host = self.media_conn().await?.host;
         let body = self.services.download(&host, &media.direct_path).await?;
         Ok(media::decrypt(&body, media.kind, &media.media_key, &media.file_enc_sha256, &media.file_sha256)?)
     }
@@ -603,7 +657,7 @@ impl Client {
         self.store.save()?;
         let text = match &content {
             Content::Text(t) => t.clone(),
-            Content::Media(m) => format!("[{}] {}", m.mimetype, m.label.clone().unwrap_or_default()),
+            Content::Media(m) => m.summary(),
             Content::Unsupported => "[unsupported message]".into(),
         };
         self.store.log(&serde_json::json!({"dir": "in", "peer": from, "id": id, "text": text}))?;
@@ -688,7 +742,16 @@ impl Client {
                 self.store.log(&serde_json::json!({"dir": "receipt", "peer": peer, "id": id, "text": "delivered"}))?;
                 Ok(Some(Event::Delivered { peer, id }))
             }
-            Some("read") => Ok(Some(Event::Read { peer, id })),
+            // WhatsApp's rule for 1:1 chats: with read receipts off, the user sees none either.
+            Some("read") if !self.store.settings().read_receipts => Ok(None),
+            Some("read") => {
+                // More ids than one come as `<list><item id/>...`.
+                let items = node.child("list").map(Node::child_nodes).unwrap_or_default();
+                for other in items.iter().filter(|i| i.tag == "item").filter_map(|i| i.get_str("id")) {
+                    self.events.push_back(Event::Read { peer: peer.clone(), id: other.to_owned() });
+                }
+                Ok(Some(Event::Read { peer, id }))
+            }
             Some("retry") => self.on_retry(&node, peer, id).await,
             _ => Ok(None),
         }
@@ -743,6 +806,35 @@ impl Client {
             self.top_up_prekeys().await?;
         }
         Ok(None)
+    }
+
+    /// Tells `peer` that the messages `ids` (theirs, shown to the user) were read, as
+    /// `<receipt id=FIRST to=PEER type="read" t=NOW>` with any further ids in `<list><item id/>`.
+    /// Does nothing when the user turned read receipts off; `Ok(true)` when one was sent.
+    pub async fn mark_read(&mut self, peer: &str, ids: &[String]) -> Result<bool, ClientError> {
+        let Some((first, rest)) = ids.split_first() else { return Ok(false) };
+        if !self.store.settings().read_receipts {
+            return Ok(false);
+        }
+        let to = Jid::parse(peer).map_err(|_| ClientError::BadJid(peer.to_owned()))?.to_account();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let mut receipt = Node::new("receipt")
+            .attr("id", first.as_str())
+            .attr("to", Value::Jid(to))
+            .attr("type", "read")
+            .attr("t", now.to_string());
+        if !rest.is_empty() {
+            let items = rest.iter().map(|id| Node::new("item").attr("id", id.as_str())).collect();
+            receipt = receipt.children(vec![Node::new("list").children(items)]);
+        }
+        self.conn.send(&receipt).await?;
+        Ok(true)
+    }
+
+    /// Turns the user's read receipts on or off (kept in the device store).
+    pub fn set_read_receipts(&mut self, on: bool) -> Result<(), ClientError> {
+        self.store.set_read_receipts(on);
+        Ok(self.store.save()?)
     }
 
     /// Forgets the session with `peer` (the user's "reset secure session"; also what a device

@@ -4,7 +4,8 @@
 //!
 //! - [`store`]: the device's keys, sessions and thread, in a file-backed store.
 //! - [`e2e`]: Signal sessions and messages (via `wacore-libsignal`), pure over the store.
-//! - [`message`]: the `Message` protobuf and its padding; [`media`]: media encryption.
+//! - [`message`]: the `Message` protobuf and its padding; [`media`]: media encryption;
+//!   [`ogg`]: recognising an Ogg/Opus voice note and reading its length.
 //! - [`conn`]: the chat connection (edge or direct); [`services`]: the HTTP services.
 //! - [`client`]: the logged-in client and its events; [`reconnect`]: close reasons and backoff;
 //!   [`retry`]: retry receipts per incoming message, bounded.
@@ -16,6 +17,7 @@ pub mod e2e;
 pub mod listen;
 pub mod media;
 pub mod message;
+pub mod ogg;
 pub mod reconnect;
 pub mod retry;
 pub mod services;
@@ -24,4 +26,4 @@ pub mod store;
 pub use client::{Client, ClientError, Event};
 pub use conn::Route;
 pub use message::Content;
-pub use store::{Account, Endpoints, Store};
+pub use store::{Account, Endpoints, Settings, Store};

@@ -25,6 +25,9 @@ pub struct ListenOptions {
     /// Sleep between pushes: disconnect after `idle` without events, wake on a push.
     pub push: Option<PushOptions>,
     pub backoff: Backoff,
+    /// The application shows every message handed to `on_event`: answer each with a read
+    /// receipt (sent only while the user's read-receipt setting is on). Off by default.
+    pub mark_read: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +44,7 @@ impl ListenOptions {
             keepalive: Duration::from_secs(20),
             push: None,
             backoff: Backoff::default(),
+            mark_read: false,
         }
     }
 }
@@ -112,6 +116,11 @@ pub async fn listen(
                 Ok(Some(e)) => {
                     last_event = Instant::now();
                     on_event(&e);
+                    if let (true, Event::Message { from, id, .. }) = (opts.mark_read, &e)
+                        && let Err(e) = client.mark_read(from, std::slice::from_ref(id)).await
+                    {
+                        break Some(closed_reason(e)?);
+                    }
                 }
                 Ok(None) => {
                     if let Some(p) = &opts.push

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use client::client::{enlist_partner, register_whatsapp};
 use client::listen::{ListenOptions, PushOptions, Status, listen};
+use client::media::MediaKind;
 use client::message::MediaRef;
 use client::{Account, Client, Content, Event, Route, Store};
 
@@ -71,16 +72,34 @@ enum Command {
         #[arg(long)]
         to: String,
     },
-    /// Send a file end-to-end encrypted (images as images, other files as documents).
+    /// Send a file end-to-end encrypted (images, videos and audio by type, other files as
+    /// documents), a voice note (--voice) or a video (--video).
+    #[command(group(ArgGroup::new("what").required(true).args(["file", "voice", "video"])))]
     SendMedia {
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// A recorded voice message: an Ogg/Opus file (.ogg, .opus), shown as a voice note.
+        #[arg(long, value_name = "FILE.ogg")]
+        voice: Option<PathBuf>,
+        /// A video: an MP4 file.
+        #[arg(long, value_name = "FILE.mp4")]
+        video: Option<PathBuf>,
+        /// The video's length in seconds, shown to the recipient.
+        #[arg(long, requires = "video")]
+        seconds: Option<u32>,
         #[arg(long)]
         to: String,
         /// MIME type (guessed from the extension when absent).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["voice", "video"])]
         mime: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "voice")]
         caption: Option<String>,
+    },
+    /// Show or change this user's settings (kept on the device).
+    Settings {
+        /// Send read receipts for the messages you are shown, and see your contacts' (off:
+        /// neither, as WhatsApp does for 1:1 chats).
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        read_receipts: Option<bool>,
     },
     /// Print incoming messages, receipts and notices as they arrive.
     Listen {
@@ -112,6 +131,14 @@ enum Command {
     },
 }
 
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("say on or off".into()),
+    }
+}
+
 fn mime_of(path: &Path) -> String {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
     match ext.as_str() {
@@ -119,6 +146,10 @@ fn mime_of(path: &Path) -> String {
         "jpg" | "jpeg" => "image/jpeg",
         "gif" => "image/gif",
         "webp" => "image/webp",
+        "mp4" => "video/mp4",
+        "ogg" | "opus" => "audio/ogg",
+        "mp3" => "audio/mpeg",
+        "m4a" => "audio/mp4",
         "pdf" => "application/pdf",
         "txt" => "text/plain",
         _ => "application/octet-stream",
@@ -153,7 +184,17 @@ fn print_event(e: &Event, download: Option<&Path>, saved: &mut Vec<(String, Medi
             println!("{from}: {t}{}", if *offline { " (sent while you were away)" } else { "" })
         }
         Event::Message { from, id, content: Content::Media(m), .. } => {
-            println!("{from}: [{}, {} bytes] {}", m.mimetype, m.file_length, m.label.clone().unwrap_or_default());
+            match m.kind {
+                MediaKind::Image | MediaKind::Document => {
+                    println!(
+                        "{from}: [{}, {} bytes] {}",
+                        m.mimetype,
+                        m.file_length,
+                        m.label.clone().unwrap_or_default()
+                    )
+                }
+                _ => println!("{from}: {}", m.summary()),
+            }
             if download.is_some() {
                 saved.push((id.clone(), m.clone()));
             }
@@ -204,10 +245,21 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let mut store = Store::open(&cli.state).map_err(|e| e.to_string())?;
     apply_ca_file(&cli, &mut store);
+    if let Command::Settings { read_receipts } = &cli.command {
+        if let Some(on) = read_receipts {
+            store.set_read_receipts(*on);
+            store.save().map_err(|e| e.to_string())?;
+        }
+        let on_off = |on: bool| if on { "on" } else { "off" };
+        println!("read receipts: {}", on_off(store.settings().read_receipts));
+        return Ok(());
+    }
     let route = route(&cli, &store).await?;
     if let Command::Listen { seconds, push, download } = &cli.command {
         let mut opts = ListenOptions::new(route.clone());
         opts.duration = seconds.map(Duration::from_secs);
+        // What this prints is shown to the user.
+        opts.mark_read = true;
         if *push {
             opts.push = Some(PushOptions { idle: Duration::from_secs(5) });
         }
@@ -232,7 +284,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let mut client = Client::login(store, &route).await.map_err(|f| f.error.to_string())?;
             for (id, m) in &media {
                 let bytes = client.download(m).await.map_err(e)?;
-                let path = dir.join(m.label.clone().filter(|l| !l.contains('/')).unwrap_or_else(|| id.clone()));
+                let path = dir.join(m.file_name(id));
                 std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                 println!("saved {}", path.display());
             }
@@ -254,17 +306,25 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Err(err) => Err(e(err)),
         },
-        Command::SendMedia { file, to, mime, caption } => {
-            let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let mime = mime.clone().unwrap_or_else(|| mime_of(file));
-            let label = caption.clone().or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()));
-            match client.send_media(to, &data, &mime, label).await {
+        Command::SendMedia { file, voice, video, seconds, to, mime, caption } => {
+            let path = file.as_ref().or(voice.as_ref()).or(video.as_ref()).ok_or("say which file to send")?;
+            let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let sent = if voice.is_some() {
+                client.send_voice_note(to, &data).await
+            } else if video.is_some() {
+                client.send_video(to, &data, caption.clone(), *seconds).await
+            } else {
+                let mime = mime.clone().unwrap_or_else(|| mime_of(path));
+                let label = caption.clone().or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()));
+                client.send_media(to, &data, &mime, label).await
+            };
+            match sent {
                 Ok(id) => {
-                    println!("sent {} ({} bytes, encrypted) as {id} to {to}", file.display(), data.len());
+                    println!("sent {} ({} bytes, encrypted) as {id} to {to}", path.display(), data.len());
                     wait_delivery(&mut client, &id).await;
                     Ok(())
                 }
-                Err(err) => Err(e(err)),
+                Err(err) => Err(format!("{}: {}", path.display(), e(err))),
             }
         }
         Command::Block { jid } => client.set_blocked(jid, true).await.map(|_| println!("blocked {jid}")).map_err(e),
@@ -281,7 +341,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::DeleteAccount { yes: true } => {
             return client.delete_account().await.map(|_| println!("account deleted")).map_err(e);
         }
-        Command::Enlist { .. } | Command::RegisterWa { .. } | Command::Listen { .. } => Ok(()),
+        Command::Enlist { .. } | Command::RegisterWa { .. } | Command::Listen { .. } | Command::Settings { .. } => {
+            Ok(())
+        }
     };
     client.close().await;
     outcome

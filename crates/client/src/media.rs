@@ -11,18 +11,30 @@ use aws_lc_rs::{constant_time, digest, hkdf, hmac};
 
 const MAC_LEN: usize = 10;
 
-/// The media kinds this client sends and reads.
+/// The media kinds this client sends and reads: what WhatsApp's third-party chats carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MediaKind {
     Image,
+    Video,
+    /// An audio file (`audioMessage`, `ptt` false).
+    Audio,
+    /// A recorded voice message (`audioMessage` with `ptt` true, Ogg/Opus).
+    VoiceNote,
     Document,
 }
 
+/// The MIME type WhatsApp clients record voice notes in.
+pub const VOICE_NOTE_MIMETYPE: &str = "audio/ogg; codecs=opus";
+
 impl MediaKind {
-    /// The HKDF info string for this kind.
+    /// The HKDF info string for this kind (a voice note is audio: WhatsApp's `ptt` maps to
+    /// `"WhatsApp Audio Keys"`).
     pub fn info(self) -> &'static [u8] {
         match self {
             MediaKind::Image => b"WhatsApp Image Keys",
+            MediaKind::Video => b"WhatsApp Video Keys",
+            MediaKind::Audio | MediaKind::VoiceNote => b"WhatsApp Audio Keys",
             MediaKind::Document => b"WhatsApp Document Keys",
         }
     }
@@ -31,13 +43,30 @@ impl MediaKind {
     pub fn mms_type(self) -> &'static str {
         match self {
             MediaKind::Image => "image",
+            MediaKind::Video => "video",
+            MediaKind::Audio | MediaKind::VoiceNote => "audio",
             MediaKind::Document => "document",
         }
     }
 
-    /// Images by MIME type or extension; everything else travels as a document.
+    /// The `mediatype` attribute on the message's `<enc>`: as [`mms_type`](Self::mms_type),
+    /// except that a voice note is `ptt` (push to talk).
+    pub fn enc_mediatype(self) -> &'static str {
+        match self {
+            MediaKind::VoiceNote => "ptt",
+            other => other.mms_type(),
+        }
+    }
+
+    /// Images, videos and audio by MIME type; everything else travels as a document. Voice
+    /// notes are sent as such explicitly ([`crate::Client::send_voice_note`]).
     pub fn for_file(mimetype: &str) -> MediaKind {
-        if mimetype.starts_with("image/") { MediaKind::Image } else { MediaKind::Document }
+        match mimetype.split('/').next().unwrap_or_default() {
+            "image" => MediaKind::Image,
+            "video" => MediaKind::Video,
+            "audio" => MediaKind::Audio,
+            _ => MediaKind::Document,
+        }
     }
 }
 
@@ -201,4 +230,45 @@ mod tests {
     }
 
     const IMAGE_IV_FOR_ZERO_KEY: &str = "a056b2e5cd64d4545d08f2503a042e75";
+
+    #[test]
+    fn each_kind_has_whatsapps_info_string_path_and_mediatype() {
+        use MediaKind::*;
+        let table = [
+            (Image, "WhatsApp Image Keys", "image", "image"),
+            (Video, "WhatsApp Video Keys", "video", "video"),
+            (Audio, "WhatsApp Audio Keys", "audio", "audio"),
+            (VoiceNote, "WhatsApp Audio Keys", "audio", "ptt"),
+            (Document, "WhatsApp Document Keys", "document", "document"),
+        ];
+        for (kind, info, path, mediatype) in table {
+            assert_eq!((kind.info(), kind.mms_type(), kind.enc_mediatype()), (info.as_bytes(), path, mediatype));
+        }
+        assert_eq!(MediaKind::for_file("video/mp4"), Video);
+        assert_eq!(MediaKind::for_file("audio/mpeg"), Audio);
+        assert_eq!(MediaKind::for_file("image/png"), Image);
+        assert_eq!(MediaKind::for_file("application/pdf"), Document);
+        assert_eq!(MediaKind::for_file("videogame/x"), Document);
+    }
+
+    #[test]
+    fn audio_and_video_keys_match_fixed_vectors() {
+        // HKDF-SHA256(ikm = 32 zero bytes, salt = none, L = 112) per info string, computed
+        // independently with Python's hmac/hashlib; iv, cipher key and MAC key are its first 80.
+        for (kind, want) in [(MediaKind::Video, VIDEO_OKM_FOR_ZERO_KEY), (MediaKind::Audio, AUDIO_OKM_FOR_ZERO_KEY)] {
+            let k = expand(&[0u8; 32], kind);
+            let got = [&k.iv[..], &k.cipher[..], &k.mac[..]].concat();
+            assert_eq!(hex::encode(got), want[..160], "{kind:?}");
+        }
+        // A voice note is audio to the key schedule: a ptt's file opens with the Audio keys.
+        let e = encrypt(b"OggS voice", MediaKind::VoiceNote);
+        assert!(decrypt(&e.body, MediaKind::Audio, &e.media_key, &e.file_enc_sha256, &e.file_sha256).is_ok());
+        assert_eq!(
+            decrypt(&e.body, MediaKind::Video, &e.media_key, &e.file_enc_sha256, &e.file_sha256),
+            Err(MediaError::Mac)
+        );
+    }
+
+    const VIDEO_OKM_FOR_ZERO_KEY: &str = "ea08bc8326f8a11fd81a2abbd4f2e4950399f22155bd07b2477c06d0879751337d5eb70e81dd9bd1efdeeb9c0ef94259e69f45dce9ca9a10328b5976eb57bc203d0e4c533a4d444842931e4318f0c5d6008759160c208e19fa6c785620bf6f6d0c5322ec4dcdffc406d378a87c9a4e60";
+    const AUDIO_OKM_FOR_ZERO_KEY: &str = "7cd5a674bce4998680c29f06c25bffbaba87493350a24b272d540720a6e9de794c167956b82a5ff84c3634c328939b8fa7a198e1711194001df31bd566ddbb8d0d8164710351bb913d73a8daed82ea700909a79f81754ed5525962304942e95ff12839c5e61d86772340891094465ee9";
 }

@@ -228,9 +228,23 @@ impl Services {
             .ok_or_else(|| ServiceError::BadAnswer { url, reason: "no storage_reference".into() })
     }
 
-    /// Uploads encrypted media to the WhatsApp media host; returns its `/v/t...` direct path.
-    pub async fn upload_whatsapp_media(&self, host: &str, kind: &str, body: Vec<u8>) -> Result<String, ServiceError> {
-        let url = format!("{}/mms/{kind}", host.trim_end_matches('/'));
+    /// Uploads encrypted media to the WhatsApp media host as WhatsApp clients do,
+    /// `POST {host}/mms/{kind}/{token}?auth={auth}&token={token}` with `token` the body's
+    /// SHA-256 in base64url; returns its `/v/t...` direct path.
+    pub async fn upload_whatsapp_media(
+        &self,
+        host: &str,
+        auth: &str,
+        kind: &str,
+        body: Vec<u8>,
+        file_enc_sha256: &[u8],
+    ) -> Result<String, ServiceError> {
+        let token = URL_SAFE_NO_PAD.encode(file_enc_sha256);
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("auth", auth)
+            .append_pair("token", &token)
+            .finish();
+        let url = format!("{}/mms/{kind}/{token}?{query}", host.trim_end_matches('/'));
         let v = self.json("POST", &url, "application/octet-stream", body).await?;
         v["direct_path"]
             .as_str()

@@ -75,6 +75,26 @@ pub struct Endpoints {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
+/// The user's settings, kept with the device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Send read receipts for the messages shown, and show the peers' (WhatsApp's rule for 1:1
+    /// chats: with this off, the user neither sends nor sees them). On by default.
+    #[serde(default = "on")]
+    pub read_receipts: bool,
+}
+
+fn on() -> bool {
+    true
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { read_receipts: true }
+    }
+}
+
 /// A message this device sent, kept to re-encrypt on a retry receipt.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sent {
@@ -133,6 +153,9 @@ struct State {
     keys: Keys,
     account: Option<Account>,
     endpoints: Endpoints,
+    /// Absent in state files written before settings existed: the defaults.
+    #[serde(default)]
+    settings: Settings,
     identities: Identities,
     sessions: Sessions,
     prekeys: PreKeys,
@@ -202,6 +225,7 @@ impl Store {
                 keys: Keys { noise_private: b64(&noise), identity: b64(&identity.serialize()), registration_id },
                 account: None,
                 endpoints: Endpoints::default(),
+                settings: Settings::default(),
                 identities: Identities { own: Some(identity), registration_id, peers: BTreeMap::new() },
                 sessions: Sessions::default(),
                 prekeys: PreKeys { records: BTreeMap::new(), next_id: 1 },
@@ -285,6 +309,15 @@ impl Store {
 
     pub fn set_endpoints(&mut self, endpoints: Endpoints) {
         self.state.endpoints = endpoints;
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.state.settings
+    }
+
+    /// Turns read receipts on or off (commit with [`Store::save`]).
+    pub fn set_read_receipts(&mut self, on: bool) {
+        self.state.settings.read_receipts = on;
     }
 
     /// The current signed prekey: id, public key, signature.
@@ -542,6 +575,22 @@ mod tests {
         let mode = std::fs::metadata(dir.path().join("state.json")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(Store::create(Some(dir.path())), Err(StoreError::Exists(_))));
+    }
+
+    #[test]
+    fn read_receipts_are_on_by_default_kept_and_read_from_older_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::create(Some(dir.path())).unwrap();
+        assert!(store.settings().read_receipts);
+        store.set_read_receipts(false);
+        store.save().unwrap();
+        assert!(!Store::open(dir.path()).unwrap().settings().read_receipts);
+        // A state file from before settings existed: read receipts on.
+        let path = dir.path().join("state.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("settings").unwrap();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(Store::open(dir.path()).unwrap().settings().read_receipts);
     }
 
     #[test]

@@ -57,7 +57,7 @@ async fn a_partner_user_and_a_whatsapp_user_talk_through_the_cli() {
 
             // The WhatsApp user listens while alice sends a text and a file.
             let listener = Command::new(env!("CARGO_BIN_EXE_interop-client"))
-                .args(["--state", wa.to_str().unwrap(), "--direct", &chat, "listen", "--for", "6", "--download"])
+                .args(["--state", wa.to_str().unwrap(), "--direct", &chat, "listen", "--for", "8", "--download"])
                 .arg(wa.join("downloads"))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -69,10 +69,27 @@ async fn a_partner_user_and_a_whatsapp_user_talk_through_the_cli() {
             let file = dir.path().join("note.txt");
             std::fs::write(&file, b"a small secret file").unwrap();
             ok(&client(&alice, &["--proxy", &edge, "send-media", file.to_str().unwrap(), "--to", &wa_jid]));
+            let voice = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/voice-3s.ogg");
+            ok(&client(&alice, &["--proxy", &edge, "send-media", "--voice", voice, "--to", &wa_jid]));
+            // Not Ogg/Opus: refused with the reason, nothing sent.
+            let wrong =
+                client(&alice, &["--proxy", &edge, "send-media", "--voice", file.to_str().unwrap(), "--to", &wa_jid]);
+            assert!(!wrong.status.success());
+            let why = String::from_utf8_lossy(&wrong.stderr);
+            assert!(why.contains("note.txt") && why.contains("not an Ogg file"), "{why}");
             let heard = ok(&listener.wait_with_output().unwrap());
             assert!(heard.contains(&format!("{alice_jid}: hello from the cli")), "{heard}");
             assert!(heard.contains("[text/plain, 19 bytes] note.txt"), "{heard}");
             assert_eq!(std::fs::read(wa.join("downloads/note.txt")).unwrap(), b"a small secret file");
+            assert!(heard.contains(&format!("{alice_jid}: [voice note 3s]")), "{heard}");
+            let saved = heard.lines().find_map(|l| l.strip_prefix("saved ").filter(|p| p.ends_with(".ogg"))).unwrap();
+            assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(voice).unwrap());
+
+            // The read-receipt setting: on by default, changed and kept in the state directory.
+            assert_eq!(ok(&client(&alice, &["settings"])).trim(), "read receipts: on");
+            assert_eq!(ok(&client(&alice, &["settings", "--read-receipts", "off"])).trim(), "read receipts: off");
+            assert_eq!(ok(&client(&alice, &["settings"])).trim(), "read receipts: off");
+            assert!(!client(&alice, &["settings", "--read-receipts", "maybe"]).status.success());
 
             ok(&client(&alice, &["--proxy", &edge, "block", &wa_jid]));
             assert_eq!(ok(&client(&alice, &["--proxy", &edge, "blocklist"])).trim(), wa_jid);

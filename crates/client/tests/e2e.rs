@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use client::client::{enlist_partner, register_whatsapp};
 use client::listen::{ListenOptions, PushOptions, Status, listen};
+use client::media::MediaKind;
+use client::message::MediaRef;
+use client::ogg::OggError;
 use client::reconnect::ServerClose;
 use client::{Client, ClientError, Content, Event, Route, Store};
 use local_world::LocalWorld;
@@ -16,6 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const WAIT: Duration = Duration::from_secs(10);
+/// A 3-second Ogg/Opus voice note (silence; CRCs valid) and an MP4 header with filler.
+const VOICE: &[u8] = include_bytes!("fixtures/voice-3s.ogg");
+const CLIP: &[u8] = include_bytes!("fixtures/clip.mp4");
 
 /// A TCP relay that records every byte in both directions.
 struct Tap {
@@ -128,6 +134,13 @@ async fn until(c: &mut Client, want: impl Fn(&Event) -> bool) -> (Event, Vec<Eve
 fn text_from(e: &Event) -> Option<(&str, &str)> {
     match e {
         Event::Message { from, content: Content::Text(t), .. } => Some((from.as_str(), t.as_str())),
+        _ => None,
+    }
+}
+
+fn media_of(e: &Event) -> Option<&MediaRef> {
+    match e {
+        Event::Message { content: Content::Media(m), .. } => Some(m),
         _ => None,
     }
 }
@@ -456,4 +469,108 @@ async fn a_message_with_no_ciphertext_for_this_device_is_never_lost_silently() {
     while let Some(late) = raw.recv_within(Duration::from_millis(300)).await {
         assert_ne!(late.get_str("type"), Some("retry"), "a retry receipt past the limit: {late:?}");
     }
+}
+
+#[tokio::test]
+async fn voice_notes_and_videos_both_ways_with_whatsapps_fields() {
+    let w = World::start().await;
+    let mut alice = w.partner("alice-av").await;
+    let mut wa = w.whatsapp(15551230010).await;
+    let (alice_jid, wa_jid) = (alice.jid().to_owned(), wa.jid().to_owned());
+    let voice = |m: &MediaRef| (m.kind, m.mimetype.clone(), m.seconds, m.label.clone());
+
+    // Partner -> WhatsApp, through the proxy: a voice note (length read from the Ogg stream)
+    // and a video with a caption and length, each downloaded and checked by the recipient.
+    alice.send_voice_note(&wa_jid, VOICE).await.unwrap();
+    let (got, _) = until(&mut wa, |e| media_of(e).is_some()).await;
+    let m = media_of(&got).unwrap();
+    assert_eq!(voice(m), (MediaKind::VoiceNote, "audio/ogg; codecs=opus".into(), Some(3), None));
+    assert!(m.direct_path.starts_with("/interop/whatsapp/download/1/"), "{}", m.direct_path);
+    assert_eq!(wa.download(m).await.unwrap(), VOICE);
+    alice.send_video(&wa_jid, CLIP, Some("the view".into()), Some(7)).await.unwrap();
+    let (got, _) = until(&mut wa, |e| media_of(e).is_some()).await;
+    let m = media_of(&got).unwrap();
+    assert_eq!(voice(m), (MediaKind::Video, "video/mp4".into(), Some(7), Some("the view".into())));
+    assert_eq!(wa.download(m).await.unwrap(), CLIP);
+
+    // WhatsApp -> Partner: uploaded to the WhatsApp media host (/mms/audio, /mms/video).
+    wa.send_voice_note(&alice_jid, VOICE).await.unwrap();
+    let (got, _) = until(&mut alice, |e| media_of(e).is_some()).await;
+    let m = media_of(&got).unwrap();
+    assert_eq!(voice(m), (MediaKind::VoiceNote, "audio/ogg; codecs=opus".into(), Some(3), None));
+    assert!(m.direct_path.starts_with("/v/t"), "{}", m.direct_path);
+    assert_eq!(alice.download(m).await.unwrap(), VOICE);
+    wa.send_video(&alice_jid, CLIP, None, None).await.unwrap();
+    let (got, _) = until(&mut alice, |e| media_of(e).is_some()).await;
+    let m = media_of(&got).unwrap();
+    assert_eq!(voice(m), (MediaKind::Video, "video/mp4".into(), None, None));
+    assert_eq!(alice.download(m).await.unwrap(), CLIP);
+    // An audio file sent as a file is audio, not a voice note.
+    wa.send_media(&alice_jid, VOICE, "audio/ogg", None).await.unwrap();
+    let (got, _) = until(&mut alice, |e| media_of(e).is_some()).await;
+    assert_eq!(media_of(&got).unwrap().kind, MediaKind::Audio);
+
+    // What is not Ogg/Opus or MP4 is refused before anything is uploaded or sent.
+    let err = alice.send_voice_note(&wa_jid, b"ID3\x04 an mp3").await.unwrap_err();
+    assert!(matches!(err, ClientError::VoiceNote(OggError::NotOgg)), "{err}");
+    assert!(err.to_string().contains("Ogg/Opus"), "{err}");
+    assert!(matches!(alice.send_voice_note(&wa_jid, &VOICE[..100]).await, Err(ClientError::VoiceNote(_))));
+    assert!(matches!(alice.send_video(&wa_jid, VOICE, None, None).await, Err(ClientError::NotMp4)));
+    // The voice note's bytes never crossed the proxy in the clear.
+    assert!(!w.tap.contains(&VOICE[VOICE.len() - 64..]));
+}
+
+/// Events until `want`; none of those before it may be a read receipt.
+async fn no_read_before(c: &mut Client, want: impl Fn(&Event) -> bool) {
+    let (_, before) = until(c, want).await;
+    assert!(!before.iter().any(|e| matches!(e, Event::Read { .. })), "{before:?}");
+}
+
+#[tokio::test]
+async fn read_receipts_follow_the_users_setting_both_ways() {
+    let w = World::start().await;
+    let mut wa = w.whatsapp(15551230011).await;
+    let wa_jid = wa.jid().to_owned();
+
+    // On (the default): the listen loop shows wa's message and answers with a read receipt.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::create(Some(dir.path())).unwrap();
+    let alice_jid = enlist_partner(&mut store, &w.sim().http_url(), &w.partner_url(), 1, "alice-rr").await.unwrap();
+    let store = Client::login(store, &w.edge()).await.map_err(|e| e.error).unwrap().close().await;
+    assert!(store.settings().read_receipts, "on by default");
+    let mut opts = ListenOptions::new(w.edge());
+    opts.duration = Some(Duration::from_secs(4));
+    opts.mark_read = true;
+    let listener = tokio::spawn(listen(store, opts, |_| {}, |_| {}));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let id = wa.send_text(&alice_jid, "read me").await.unwrap();
+    let (read, _) = until(&mut wa, |e| matches!(e, Event::Read { .. })).await;
+    assert_eq!(read, Event::Read { peer: alice_jid.clone(), id });
+    let store = listener.await.unwrap().unwrap();
+    let mut alice = Client::login(store, &w.edge()).await.map_err(|e| e.error).unwrap();
+
+    // ... and alice is shown wa's read receipts.
+    let id = alice.send_text(&wa_jid, "and you read mine").await.unwrap();
+    let (got, _) = until(&mut wa, |e| text_from(e).is_some()).await;
+    let Event::Message { id: got_id, .. } = got else { unreachable!() };
+    assert!(wa.mark_read(&alice_jid, &[got_id]).await.unwrap());
+    let (read, _) = until(&mut alice, |e| matches!(e, Event::Read { .. })).await;
+    assert_eq!(read, Event::Read { peer: wa_jid.clone(), id });
+
+    // Off: alice sends none ...
+    alice.set_read_receipts(false).unwrap();
+    wa.send_text(&alice_jid, "will she read it?").await.unwrap();
+    let (got, _) = until(&mut alice, |e| text_from(e).is_some()).await;
+    let Event::Message { id: got_id, .. } = got else { unreachable!() };
+    assert!(!alice.mark_read(&wa_jid, &[got_id]).await.unwrap(), "nothing sent");
+    alice.send_text(&wa_jid, "marker to wa").await.unwrap();
+    no_read_before(&mut wa, |e| text_from(e).is_some_and(|(_, t)| t == "marker to wa")).await;
+    // ... and is shown none, though wa (setting on) sends them.
+    let id = alice.send_text(&wa_jid, "read but not shown").await.unwrap();
+    until(&mut wa, |e| text_from(e).is_some_and(|(_, t)| t == "read but not shown")).await;
+    assert!(wa.mark_read(&alice_jid, &[id]).await.unwrap());
+    wa.send_text(&alice_jid, "marker to alice").await.unwrap();
+    no_read_before(&mut alice, |e| text_from(e).is_some_and(|(_, t)| t == "marker to alice")).await;
+    // The setting is the device's: kept across logins.
+    assert!(!alice.close().await.settings().read_receipts);
 }

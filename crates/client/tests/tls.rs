@@ -62,7 +62,9 @@ async fn enlistment_token_and_media_over_https_with_a_ca_file() {
     let reference = services.upload_partner_media(partner.base_url(), vec![7u8; 4096]).await.unwrap();
     let path = format!("/interop/whatsapp/download/1/{reference}/");
     assert_eq!(services.download(&sim.http_url(), &path).await.unwrap().len(), 4096);
-    let direct = services.upload_whatsapp_media(&sim.http_url(), "image", vec![9u8; 1000]).await.unwrap();
+    let body = vec![9u8; 1000];
+    let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+    let direct = services.upload_whatsapp_media(&sim.http_url(), "sim", "image", body, sha.as_ref()).await.unwrap();
     assert_eq!(services.download(&sim.http_url(), &direct).await.unwrap().len(), 1000);
 
     // Without the CA file the local CA is unknown: refused, and the error says so.

@@ -269,7 +269,7 @@ impl Handler<'_> {
             ("blocklist", "set") => self.set_blocklist(id, node),
             ("usync", "get") => self.usync(id, node),
             ("w:m", "set") => {
-                let host = self.sim.config.http.public_url.clone().unwrap_or_default();
+                let host = media_hostname(self.sim.config.http.public_url.as_deref().unwrap_or_default());
                 iq_result(id).children(vec![
                     Node::new("media_conn")
                         .attr("auth", "sim")
@@ -527,6 +527,13 @@ pub const STALE_DEVICES_CODE: &str = "406";
 /// Most users one usync answers (the rest of the list is ignored): bounded work per IQ.
 const MAX_USYNC_USERS: usize = 512;
 
+/// The `hostname` of `<media_conn><host>`: WhatsApp names a bare host (`mmg.whatsapp.net`) that
+/// clients put after `https://`, so an HTTPS media URL loses its scheme (keeping any port); a
+/// plain-HTTP one (tests only) stays a whole URL, which this repository's client also accepts.
+fn media_hostname(public_url: &str) -> String {
+    public_url.strip_prefix("https://").unwrap_or(public_url).trim_end_matches('/').to_owned()
+}
+
 /// Nack codes (wa-protocol-notes.md §3.9) after which the sender gets a retry receipt: 487
 /// (ParsingError), which Baileys 7 sends when it lacks the keys to decrypt and sends no retry
 /// receipt of its own. Baileys' 500 (UnhandledError) follows its own retry receipt, or means a
@@ -538,4 +545,17 @@ pub const NACK_CODES_ASKING_RETRY: [u16; 1] = [487];
 /// A fresh id for server-originated stanzas.
 pub fn notification_id(sim: &Sim) -> String {
     sim.totals.stanzas_routed.load(Ordering::Relaxed).to_string() + &sim.next_conn_id().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::media_hostname;
+
+    #[test]
+    fn the_media_host_is_named_as_whatsapp_names_it() {
+        // Baileys builds `https://${hostname}/mms/...`: a bare host with its port.
+        assert_eq!(media_hostname("https://127.0.0.1:8443"), "127.0.0.1:8443");
+        assert_eq!(media_hostname("https://mmg.example/"), "mmg.example");
+        assert_eq!(media_hostname("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+    }
 }
