@@ -87,12 +87,7 @@ impl RunningSim {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-        .map_err(|source| StartError::Bind { what, addr, source })?;
-    let _ = socket.set_reuseaddr(true);
-    socket.bind(addr).map_err(|source| StartError::Bind { what, addr, source })?;
-    // A deep backlog: reconnect storms arrive as bursts of SYNs.
-    socket.listen(4096).map_err(|source| StartError::Bind { what, addr, source })
+    wire_io::net::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
 impl ChatdSim {

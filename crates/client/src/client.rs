@@ -817,7 +817,7 @@ impl Client {
             return Ok(false);
         }
         let to = Jid::parse(peer).map_err(|_| ClientError::BadJid(peer.to_owned()))?.to_account();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = wire_io::clock::unix_now();
         let mut receipt = Node::new("receipt")
             .attr("id", first.as_str())
             .attr("to", Value::Jid(to))
