@@ -242,9 +242,7 @@ async fn half_open_and_half_closed_clients_leave_nothing_behind() {
 async fn tls_garbage_on_the_tls_listener_is_dropped_without_an_upstream() {
     let dir = std::env::temp_dir().join(format!("proxy-hostile-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let cert = self_signed(&dir);
     let p = start(|c| {
         c.edge.login_timeout_secs = 1;
         c.edge.tls = Some(proxy::config::TlsSection {

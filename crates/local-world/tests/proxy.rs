@@ -270,9 +270,7 @@ async fn hostile_input_gets_documented_closes_and_the_proxy_stays_healthy() {
 async fn tls_edge_serves_logins_and_drops_garbage() {
     let dir = std::env::temp_dir().join(format!("proxy-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let cert = self_signed(&dir);
     let p = start(|c| {
         c.edge.tls = Some(proxy::config::TlsSection {
             listen: "127.0.0.1:0".parse().unwrap(),
