@@ -139,7 +139,15 @@ before(async () => {
     auth: state,
     logger: pino({ level: process.env.BAILEYS_LOG ?? 'silent' }),
     markOnlineOnConnect: false,
-    getMessage: async (key) => sentMessages.get(key.id),
+    // A retry receipt can overtake `sendMessage`'s return (and so the `sentMessages.set` after
+    // it): wait for the entry, as an app's store would have it by then. Baileys' own retry cache
+    // misses here because it keys by the text it sent to (`1-N@interop`) and its decoder names
+    // the receipt's sender `1-N:0@interop` (docs/conformance.md, check 7).
+    getMessage: async (key) => {
+      const end = Date.now() + 5000;
+      while (!sentMessages.has(key.id) && Date.now() < end) await sleep(20);
+      return sentMessages.get(key.id);
+    },
     syncFullHistory: false,
     // Media uploads go over node:https to the `<media_conn>` host, the simulator's HTTPS port,
     // whose certificate chains to the proxy's local CA (a documented Baileys option, not a patch).
