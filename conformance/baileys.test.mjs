@@ -48,14 +48,16 @@ async function client(...args) {
 }
 
 // `interop-client listen` for `secs` seconds (and `extra` options); `out.text` grows with what
-// it prints, `exited` settles when it ends.
+// it prints (the messages), `out.status` with its status lines on stderr (also passed through),
+// `exited` settles when it ends.
 function listenFor(secs, ...extra) {
   const listen = spawn(join(BIN, 'interop-client'), ['--state', join(dir, 'alice'), '--proxy', banner.tcp, 'listen', '--for', String(secs), ...extra], {
     env: { ...process.env, RUST_LOG: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const out = { text: '' };
+  const out = { text: '', status: '' };
   listen.stdout.on('data', (d) => { out.text += d; });
+  listen.stderr.on('data', (d) => { out.status += d; process.stderr.write(d); });
   const exited = new Promise((resolve) => listen.on('exit', (code) => resolve(code)));
   return { listen, out, exited };
 }
@@ -351,5 +353,25 @@ test('read receipts: interop-client sends them for what it shows, and none once 
     second.listen.kill('SIGTERM');
     await second.exited;
     await client('settings', '--read-receipts', 'on');
+  }
+});
+
+test('Baileys -> interop-client asleep: the partner server\'s push wakes it, the message arrives once', async () => {
+  // `--push`: after 5 s without events the client disconnects and long-polls the partner server;
+  // the simulator queues Baileys' message, pushes to the partner server, and the client wakes.
+  const { listen, out } = listenFor(45, '--push');
+  try {
+    await until('interop-client asleep', () => out.status.includes('waiting for a push'), 30_000);
+    const text = 'wake up, from Baileys';
+    const sent = await sock.sendMessage(alice, { text });
+    await until('the push at interop-client', () => out.status.includes('push received'));
+    const line = `${PHONE}@s.whatsapp.net: ${text} (sent while you were away)`;
+    await until('the text at interop-client', () => out.text.includes(line));
+    await until('the delivery receipt at Baileys', () => rawReceipts.find((r) => r.attrs.id === sent.key.id && !r.attrs.type));
+    await until('alice\'s mailbox empty', async () => (await mailbox(alice)) === 0);
+    await sleep(1000);
+    assert.equal(out.text.split(line).length - 1, 1, out.text);
+  } finally {
+    listen.kill('SIGTERM');
   }
 });

@@ -112,26 +112,52 @@ async fn until(who: &str, c: &mut Client, want: impl Fn(&Event) -> bool) -> Resu
 fn print_event(who: &str, e: &Event) {
     match e {
         Event::Message { from, content: Content::Text(t), .. } => println!("  {who:<5} <- {from}: \"{t}\""),
-        Event::Message { from, content: Content::Media(m), .. } => println!(
-            "  {who:<5} <- {from}: {} ({} bytes, {})",
-            m.label.clone().unwrap_or_default(),
-            m.file_length,
-            m.mimetype
-        ),
+        Event::Message { from, content: Content::Media(m), .. } => {
+            println!("  {who:<5} <- {from}: {} ({})", m.summary(), m.mimetype)
+        }
         Event::Delivered { peer, id } => println!("  {who:<5}    delivery receipt from {peer} for {id}"),
         other => println!("  {who:<5}    {other:?}"),
     }
 }
 
-/// `from` sends `file` (MIME type, name, bytes) to `to`, which downloads, decrypts and checks it;
-/// then `from` waits for the delivery receipt.
+/// A file the demo sends, and how the sending app presents it.
+enum Outgoing<'a> {
+    /// An image or document: MIME type, file name, bytes.
+    File(&'a str, &'a str, &'a [u8]),
+    /// A recorded voice message (Ogg/Opus).
+    VoiceNote(&'a [u8]),
+    /// An MP4 video with a caption and its length in seconds.
+    Video(&'a [u8], &'a str, u32),
+}
+
+impl Outgoing<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Outgoing::File(_, _, b) | Outgoing::VoiceNote(b) | Outgoing::Video(b, _, _) => b,
+        }
+    }
+
+    async fn send(&self, from: &mut Client, to: &str) -> Result<String, client::ClientError> {
+        match *self {
+            Outgoing::File(mime, name, bytes) => from.send_media(to, bytes, mime, Some(name.into())).await,
+            Outgoing::VoiceNote(bytes) => from.send_voice_note(to, bytes).await,
+            Outgoing::Video(bytes, caption, seconds) => {
+                from.send_video(to, bytes, Some(caption.into()), Some(seconds)).await
+            }
+        }
+    }
+}
+
+/// `from` sends `file` to `to`, which downloads, decrypts and checks it; then `from` waits for
+/// the delivery receipt.
 async fn media_exchange(
     (from_name, from): (&str, &mut Client),
     (to_name, to): (&str, &mut Client),
     to_jid: &str,
-    (mime, name, bytes): (&str, &str, &[u8]),
+    file: Outgoing<'_>,
 ) -> Result<(), DemoError> {
-    step(from_name, from.send_media(to_jid, bytes, mime, Some(name.into())).await)?;
+    let bytes = file.bytes();
+    step(from_name, file.send(from, to_jid).await)?;
     let got = until(to_name, to, |e| matches!(e, Event::Message { content: Content::Media(_), .. })).await?;
     if let Event::Message { content: Content::Media(m), .. } = got {
         let downloaded = step(to_name, to.download(&m).await)?;
@@ -143,10 +169,18 @@ async fn media_exchange(
             source.join("/"),
             downloaded == bytes
         );
+        if downloaded != bytes {
+            return Err(DemoError(format!("{to_name}: the downloaded file differs from what {from_name} sent")));
+        }
     }
     until(from_name, from, |e| matches!(e, Event::Delivered { .. })).await?;
     Ok(())
 }
+
+/// The client's test fixtures, shared so the demo sends what the suites and the conformance
+/// check send: 3 s of Ogg/Opus silence with valid page CRCs, and an MP4 `ftyp` header with filler.
+const VOICE_NOTE: &[u8] = include_bytes!("../../client/tests/fixtures/voice-3s.ogg");
+const VIDEO: &[u8] = include_bytes!("../../client/tests/fixtures/clip.mp4");
 
 /// The full story on the embedded default: two Partner users behind the proxy and one
 /// WhatsApp-side user (directly on chatd) exchange end-to-end encrypted text and media with
@@ -192,19 +226,26 @@ pub async fn run(targets: &DemoTargets, chat_addr: SocketAddr, show_metrics: &dy
 
     println!("demo: bob -> wa, an image: encrypted on bob's device, hosted by the partner server");
     let picture: Vec<u8> = (0..48_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
-    let image = ("image/png", "sunset.png", &picture[..]);
+    let image = Outgoing::File("image/png", "sunset.png", &picture);
     media_exchange(("bob", &mut bob), ("wa", &mut wa), &wa_jid, image).await?;
 
     println!("demo: wa -> alice, a document uploaded to the WhatsApp media host");
     let doc = b"%PDF-1.7 minutes of the interop meeting".repeat(100);
-    media_exchange(("wa", &mut wa), ("alice", &mut alice), &alice_jid, ("application/pdf", "minutes.pdf", &doc))
-        .await?;
+    let document = Outgoing::File("application/pdf", "minutes.pdf", &doc);
+    media_exchange(("wa", &mut wa), ("alice", &mut alice), &alice_jid, document).await?;
+
+    println!("demo: alice -> wa, a voice note (Ogg/Opus, ptt); wa -> bob, a video");
+    media_exchange(("alice", &mut alice), ("wa", &mut wa), &wa_jid, Outgoing::VoiceNote(VOICE_NOTE)).await?;
+    let video = Outgoing::Video(VIDEO, "the interop launch", 7);
+    media_exchange(("wa", &mut wa), ("bob", &mut bob), &bob_jid, video).await?;
 
     println!("proxy metrics with alice and bob connected:");
     show_metrics();
     alice.close().await;
     bob.close().await;
     wa.close().await;
-    println!("demo: done: text and media crossed the proxy end-to-end encrypted, with receipts");
+    println!(
+        "demo: done: text, images, documents, a voice note and a video crossed the proxy end-to-end encrypted, with receipts"
+    );
     Ok(())
 }

@@ -18,8 +18,14 @@ fn demo_runs_real_traffic_through_the_proxy_and_exits() {
     // Decrypted on the devices: text both ways, media with its hashes checked, receipts.
     assert!(stdout.contains("wa    <- 1-10853634039893@interop: \"Hi from a Partner app!\""), "{stdout}");
     assert!(stdout.contains("bob   <- 15550001234@s.whatsapp.net: \"Hello bob, from WhatsApp\""), "{stdout}");
-    assert_eq!(stdout.matches("hashes match: true").count(), 2, "{stdout}");
-    assert!(stdout.matches("delivery receipt from").count() >= 5, "{stdout}");
+    assert_eq!(stdout.matches("hashes match: true").count(), 4, "{stdout}");
+    // A voice note and a video, shown as the receiving app presents them (issue 13).
+    assert!(stdout.contains("wa    <- 1-10853634039893@interop: [voice note 3s] (audio/ogg; codecs=opus)"), "{stdout}");
+    assert!(
+        stdout.contains("bob   <- 15550001234@s.whatsapp.net: [video 7s] the interop launch (video/mp4)"),
+        "{stdout}"
+    );
+    assert!(stdout.matches("delivery receipt from").count() >= 7, "{stdout}");
     assert!(stdout.contains("demo: done"), "{stdout}");
     // The metrics were taken with both Partner sessions up.
     assert!(stdout.contains("waproxy_upstream_logins_total{result=\"accepted\"} 2"), "{stdout}");
