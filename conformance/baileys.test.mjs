@@ -359,9 +359,16 @@ test('read receipts: interop-client sends them for what it shows, and none once 
 test('Baileys -> interop-client asleep: the partner server\'s push wakes it, the message arrives once', async () => {
   // `--push`: after 5 s without events the client disconnects and long-polls the partner server;
   // the simulator queues Baileys' message, pushes to the partner server, and the client wakes.
-  const { listen, out } = listenFor(45, '--push');
+  // A push left from check 5 (a message queued while no client listened) may wake it at once;
+  // it then sleeps again after 5 s idle. Asleep means: the last status line says so, for 1 s.
+  const { listen, out } = listenFor(60, '--push');
   try {
-    await until('interop-client asleep', () => out.status.includes('waiting for a push'), 30_000);
+    await until('interop-client asleep', async () => {
+      const before = out.status;
+      if (!before.trimEnd().endsWith('waiting for a push')) return false;
+      await sleep(1000);
+      return out.status === before;
+    }, 30_000);
     const text = 'wake up, from Baileys';
     const sent = await sock.sendMessage(alice, { text });
     await until('the push at interop-client', () => out.status.includes('push received'));
