@@ -114,6 +114,10 @@ pub struct UpstreamSection {
     pub connect_timeout_ms: u64,
     #[serde(default = "defaults::handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Resume with Noise IK once chatd's key is known from an earlier XX (one round trip less
+    /// per login); `false` keeps every login on XX.
+    #[serde(default = "defaults::noise_ik")]
+    pub noise_ik: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +233,9 @@ mod defaults {
     }
     pub fn handshake_timeout_ms() -> u64 {
         10_000
+    }
+    pub fn noise_ik() -> bool {
+        true
     }
     pub fn audience() -> String {
         "whatsapp".into()
@@ -397,6 +404,7 @@ impl Config {
             cfg.addr = session::UpstreamAddr::from(u.addr.as_str());
             cfg.connect_timeout = Duration::from_millis(u.connect_timeout_ms);
             cfg.handshake_timeout = Duration::from_millis(u.handshake_timeout_ms);
+            cfg.noise_ik = u.noise_ik;
         }
         cfg
     }
