@@ -24,7 +24,6 @@
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::error::CloseReason;
-use wire::noise::HandshakePattern;
 
 /// A relay direction, as the `direction` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,7 +87,6 @@ pub struct SessionMetrics {
     pub upstream_connect_duration: Histogram,
     pub upstream_handshake_duration: Histogram,
     pub cert_cache: IntCounterVec,
-    pub upstream_handshakes: IntCounterVec,
     pub relay_frames: IntCounterVec,
     pub relay_bytes: IntCounterVec,
     pub relay_stalls: IntCounterVec,
@@ -155,16 +153,6 @@ impl SessionMetrics {
         for r in ["hit", "miss"] {
             cert_cache.with_label_values(&[r]);
         }
-        let upstream_handshakes = IntCounterVec::new(
-            Opts::new(
-                "waproxy_upstream_handshakes_total",
-                "Completed upstream Noise handshakes, by pattern (XX, IK resumption, XXfallback).",
-            ),
-            &["pattern"],
-        )?;
-        for p in [HandshakePattern::Xx, HandshakePattern::Ik, HandshakePattern::XxFallback] {
-            upstream_handshakes.with_label_values(&[p.as_str()]);
-        }
         Ok(SessionMetrics {
             sessions_active: IntGauge::new(
                 "waproxy_sessions_active",
@@ -197,7 +185,6 @@ impl SessionMetrics {
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             )?,
             cert_cache,
-            upstream_handshakes,
             relay_frames,
             relay_bytes,
             relay_stalls,
@@ -225,7 +212,6 @@ impl SessionMetrics {
         registry.register(Box::new(m.upstream_connect_duration.clone()))?;
         registry.register(Box::new(m.upstream_handshake_duration.clone()))?;
         registry.register(Box::new(m.cert_cache.clone()))?;
-        registry.register(Box::new(m.upstream_handshakes.clone()))?;
         registry.register(Box::new(m.relay_frames.clone()))?;
         registry.register(Box::new(m.relay_bytes.clone()))?;
         registry.register(Box::new(m.relay_stalls.clone()))?;

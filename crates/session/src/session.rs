@@ -230,5 +230,4 @@ fn count_login(metrics: &SessionMetrics, result: UpstreamLoginResult, info: &Log
         CacheOutcome::Miss => "miss",
     };
     metrics.cert_cache.with_label_values(&[label]).inc();
-    metrics.upstream_handshakes.with_label_values(&[info.pattern.as_str()]).inc();
 }
