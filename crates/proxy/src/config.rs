@@ -448,3 +448,21 @@ impl Config {
         Duration::from_secs(self.edge.login_timeout_secs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_ik_is_on_unless_the_file_turns_it_off() {
+        let text = |extra: &str| {
+            format!(
+                "[edge]\nlisten = \"127.0.0.1:1\"\n[upstream]\naddr = \"x:1\"\n{extra}[auth]\njwks_url = \"http://x/j\"\nissuer = \"i\"\n"
+            )
+        };
+        for (extra, want) in [("", true), ("noise_ik = false\n", false), ("noise_ik = true\n", true)] {
+            let config = Config::from_toml(&text(extra), "test").unwrap();
+            assert_eq!(config.upstream_config([1; 32]).noise_ik, want, "{extra:?}");
+        }
+    }
+}
