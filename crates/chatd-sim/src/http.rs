@@ -154,6 +154,11 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Resp {
                     "live_connections": state.sim.live_count(),
                     "connections_accepted": get(&t.connections_accepted),
                     "handshakes_failed": get(&t.handshakes_failed),
+                    "handshakes": {
+                        "XX": get(&t.handshakes_xx),
+                        "IK": get(&t.handshakes_ik),
+                        "XXfallback": get(&t.handshakes_xx_fallback),
+                    },
                     "logins_ok": get(&t.logins_ok),
                     "logins_failed": get(&t.logins_failed),
                     "stanzas_routed": get(&t.stanzas_routed),

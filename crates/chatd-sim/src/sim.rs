@@ -52,6 +52,10 @@ pub struct Observed {
 pub struct Totals {
     pub connections_accepted: AtomicU64,
     pub handshakes_failed: AtomicU64,
+    /// Completed Noise handshakes by pattern: XX, IK, XXfallback.
+    pub handshakes_xx: AtomicU64,
+    pub handshakes_ik: AtomicU64,
+    pub handshakes_xx_fallback: AtomicU64,
     pub logins_ok: AtomicU64,
     pub logins_failed: AtomicU64,
     pub stanzas_routed: AtomicU64,

@@ -19,6 +19,7 @@ use wire::frame::MAX_FRAME_LEN;
 use wire::noise::{NoiseError, StaticKeypair, Transport};
 use wire::proto::ClientPayload;
 use wire::{Jid, Node};
+use wire_io::clock::unix_now;
 use wire_io::handshake::HandshakeError;
 use wire_io::net::DialOptions;
 use wire_io::{ClientError, EdgeClient};
@@ -112,6 +113,8 @@ pub struct Connection {
 /// How connections are dialled: the local address to bind (the load harness spreads sources over
 /// 127.0.0.0/8), and the cache of verified chatd certificate chains, shared by the connections
 /// of one dialer (chatd sends the same chain every time; checking it is two XEdDSA verifications).
+/// On [`Route::Direct`] the cache also holds chatd's static key: the dialer's later connections
+/// resume with Noise IK (one round trip less), falling back to XX as `wire::connect` describes.
 #[derive(Debug, Clone, Default)]
 pub struct Dialer {
     pub from: Option<IpAddr>,
@@ -177,7 +180,9 @@ impl Connection {
                     cert_cache: dialer.certs.clone(),
                     max_frame_len: MAX_FRAME_LEN,
                 };
-                let start = ClientConnect::new(keypair, &payload.encode_to_vec(), &config, b"")
+                // IK once `dialer.certs` holds chatd's chain from an earlier login (XX otherwise, and
+                // after a failed IK answer; `certs.suspend_resumption()` forces XX by hand).
+                let start = ClientConnect::resume(keypair, &payload.encode_to_vec(), &config, b"", unix_now())
                     .map_err(|e| ConnError::from(HandshakeError::Connect(e)))?;
                 let done = tokio::time::timeout(wait, wire_io::handshake::connect(&mut stream, start))
                     .await

@@ -574,3 +574,25 @@ async fn read_receipts_follow_the_users_setting_both_ways() {
     // The setting is the device's: kept across logins.
     assert!(!alice.close().await.settings().read_receipts);
 }
+
+#[tokio::test]
+async fn a_dialer_resumes_its_direct_connections_with_noise_ik() {
+    use client::conn::{Connection, Dialer};
+    use std::sync::atomic::Ordering::Relaxed;
+    let w = World::start().await;
+    let phone = 15551230077;
+    let mut store = Store::create(None).unwrap();
+    let jid = register_whatsapp(&mut store, &w.sim().http_url(), phone).await.unwrap();
+    let jid = wire::Jid::parse(&jid).unwrap();
+    let (a, b, c) = client::client::APP_VERSION;
+    let payload = wire::proto::ClientPayload::web_login(phone, 0, wire::proto::AppVersion::new(a, b, c));
+    let dialer = Dialer::default();
+    for _ in 0..2 {
+        let mut conn =
+            Connection::open(&dialer, &w.direct(), &jid, store.noise_private(), &payload, WAIT).await.unwrap();
+        assert_eq!(conn.recv(WAIT).await.unwrap().tag, "success");
+        conn.close().await;
+    }
+    let totals = &w.sim().sim.totals;
+    assert_eq!((totals.handshakes_xx.load(Relaxed), totals.handshakes_ik.load(Relaxed)), (1, 1));
+}

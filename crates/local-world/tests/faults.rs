@@ -37,6 +37,7 @@ fn upstream_via(
         root_public_key: Some(hex::encode(root)),
         connect_timeout_ms: 1_000,
         handshake_timeout_ms: 1_500,
+        noise_ik: true,
     });
     c.auth = Some(proxy::config::AuthSection {
         jwks_url: partner.jwks_url(),

@@ -195,6 +195,7 @@ async fn logins_beyond_the_concurrent_handshake_limit_are_shed() {
             root_public_key: Some("11".repeat(32)),
             connect_timeout_ms: 1_000,
             handshake_timeout_ms: 10_000,
+            noise_ik: true,
         });
     })
     .await;

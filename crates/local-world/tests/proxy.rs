@@ -117,6 +117,20 @@ async fn repeated_and_concurrent_double_logins_never_hold_two_upstreams() {
 }
 
 #[tokio::test]
+async fn the_proxys_later_upstream_logins_resume_with_noise_ik() {
+    let p = start(|_| {}).await;
+    let kim = enlisted(&p, "kim").await;
+    for _ in 0..3 {
+        let mut c = logged_in(&p, &kim).await;
+        assert_pings(&mut c, "ik").await;
+        drop(c);
+        wait_current(&p, &kim.jid, 0, WAIT).await;
+    }
+    let stats = sim_stats(&targets(&p).sim_url).await;
+    assert_eq!(stats["handshakes"], serde_json::json!({"XX": 1, "IK": 2, "XXfallback": 0}), "{stats}");
+}
+
+#[tokio::test]
 async fn a_login_for_another_account_cannot_replace_a_session() {
     let p = start(|_| {}).await;
     let (frank, gina) = (enlisted(&p, "frank").await, enlisted(&p, "gina").await);

@@ -114,6 +114,10 @@ pub struct UpstreamSection {
     pub connect_timeout_ms: u64,
     #[serde(default = "defaults::handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Resume with Noise IK once chatd's key is known from an earlier XX (one round trip less
+    /// per login); `false` keeps every login on XX.
+    #[serde(default = "defaults::noise_ik")]
+    pub noise_ik: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +233,9 @@ mod defaults {
     }
     pub fn handshake_timeout_ms() -> u64 {
         10_000
+    }
+    pub fn noise_ik() -> bool {
+        true
     }
     pub fn audience() -> String {
         "whatsapp".into()
@@ -397,6 +404,7 @@ impl Config {
             cfg.addr = session::UpstreamAddr::from(u.addr.as_str());
             cfg.connect_timeout = Duration::from_millis(u.connect_timeout_ms);
             cfg.handshake_timeout = Duration::from_millis(u.handshake_timeout_ms);
+            cfg.noise_ik = u.noise_ik;
         }
         cfg
     }
@@ -438,5 +446,23 @@ impl Config {
 
     pub fn login_timeout(&self) -> Duration {
         Duration::from_secs(self.edge.login_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_ik_is_on_unless_the_file_turns_it_off() {
+        let text = |extra: &str| {
+            format!(
+                "[edge]\nlisten = \"127.0.0.1:1\"\n[upstream]\naddr = \"x:1\"\n{extra}[auth]\njwks_url = \"http://x/j\"\nissuer = \"i\"\n"
+            )
+        };
+        for (extra, want) in [("", true), ("noise_ik = false\n", false), ("noise_ik = true\n", true)] {
+            let config = Config::from_toml(&text(extra), "test").unwrap();
+            assert_eq!(config.upstream_config([1; 32]).noise_ik, want, "{extra:?}");
+        }
     }
 }

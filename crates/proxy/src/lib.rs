@@ -295,6 +295,7 @@ pub fn fill_embedded_sections(
         root_public_key: Some(hex::encode(root)),
         connect_timeout_ms: 5_000,
         handshake_timeout_ms: 10_000,
+        noise_ik: true,
     });
     config.auth.get_or_insert(config::AuthSection {
         jwks_url,

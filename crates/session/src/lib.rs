@@ -7,8 +7,9 @@
 //!   older session is cancelled and its upstream closed before the new one dials);
 //! - logs in upstream ([`upstream::connect`]): chatd's host resolved at the dial
 //!   ([`UpstreamAddr`]), TCP, a PROXY header with the client's address (invariant 3), `WA` 6 3,
-//!   WhatsApp's Noise XX with the client's static key, the certificate chain (cached,
-//!   [`CertCache`]), the client's `ClientPayload`, chatd's first stanza;
+//!   WhatsApp's Noise XX with the client's static key, or IK once chatd's key is known
+//!   ([`UpstreamConfig::noise_ik`]), the certificate chain (cached, [`CertCache`]), the client's
+//!   `ClientPayload`, chatd's first stanza;
 //! - relays ([`relay::relay`]): client stanzas sealed in place toward chatd, chatd's opened toward
 //!   the client, bytes untouched (invariant 4), bounded buffers with backpressure (invariant 5),
 //!   and the lifecycle mirrored (invariant 2): client gone or idle → upstream closed at once;

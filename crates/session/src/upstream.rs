@@ -19,7 +19,7 @@ use wire::cert_cache::{CacheOutcome, CertCache};
 use wire::connect::{ClientConnect, ConnectConfig, ConnectError};
 use wire::decode::Decoder;
 use wire::frame::{FrameError, MAX_FRAME_LEN, put_header};
-use wire::noise::{RecvCipher, SendCipher, StaticKeypair};
+use wire::noise::{HandshakePattern, RecvCipher, SendCipher, StaticKeypair};
 use wire_io::handshake::HandshakeError;
 use wire_io::net::DialOptions;
 use zeroize::Zeroizing;
@@ -94,8 +94,13 @@ pub struct UpstreamConfig {
     /// Largest frame body accepted from chatd during the handshake (at most
     /// [`MAX_FRAME_LEN`]).
     pub max_frame_len: usize,
-    /// Verified certificate chains; clones of the config share it.
+    /// Verified certificate chains; clones of the config share it. It also holds the key the
+    /// next login resumes with (see `noise_ik`).
     pub cert_cache: CertCache,
+    /// Resume with Noise IK while `cert_cache` holds chatd's chain from an earlier XX, both its
+    /// certificates valid (one round trip instead of two; XXfallback if chatd's key changed).
+    /// A failed IK answer makes the next login XX ([`CertCache::suspend_resumption`]).
+    pub noise_ik: bool,
 }
 
 impl UpstreamConfig {
@@ -110,6 +115,7 @@ impl UpstreamConfig {
             root_public_key,
             max_frame_len: MAX_FRAME_LEN,
             cert_cache: CertCache::new(),
+            noise_ik: true,
         }
     }
 
@@ -160,8 +166,10 @@ impl fmt::Debug for LoginRequest {
 /// Facts about a completed upstream login.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginInfo {
-    /// Whether the certificate chain check was answered from the cache.
+    /// Whether the certificate chain check was answered from the cache (always after IK).
     pub cert_cache: CacheOutcome,
+    /// The Noise pattern that completed: XX, IK or XXfallback.
+    pub pattern: HandshakePattern,
     /// TCP connect to chatd's first stanza.
     pub elapsed: Duration,
     /// The TCP connect alone.
@@ -331,15 +339,20 @@ async fn handshake(
         cert_cache: cfg.cert_cache.clone(),
         max_frame_len: cfg.max_frame_len,
     };
-    let hs =
-        ClientConnect::new(req.static_key.clone(), &req.client_payload, &config, &preamble).map_err(handshake_error)?;
+    let (key, payload) = (req.static_key.clone(), &req.client_payload[..]);
+    let hs = if cfg.noise_ik {
+        ClientConnect::resume(key, payload, &config, &preamble, wire_io::clock::unix_now())
+    } else {
+        ClientConnect::new(key, payload, &config, &preamble)
+    }
+    .map_err(handshake_error)?;
     let done = wire_io::handshake::connect(&mut stream, hs).await.map_err(|e| match e {
         HandshakeError::Connect(e) => handshake_error(e),
         HandshakeError::Io(e) => SessionError::UpstreamIo(e),
         _ => SessionError::UpstreamClosedInHandshake,
     })?;
     let handshake = connected.elapsed();
-    let (cert_cache, mut rbuf) = (done.cert_cache, done.leftover);
+    let (cert_cache, pattern, mut rbuf) = (done.cert_cache, done.pattern, done.leftover);
 
     let (send, mut recv) = done.transport.split();
     let mut first = match wire_io::frame::read_frame(&mut stream, &mut rbuf, cfg.max_frame_len).await {
@@ -354,8 +367,8 @@ async fn handshake(
         Ok(_) => StanzaKind::Failure,
         Err(e) => return Err(SessionError::FirstStanza(e)),
     };
-    let info = LoginInfo { cert_cache, elapsed: started.elapsed(), connect: connected - started, handshake };
-    debug!(account = %req.account, %peer, ?kind, elapsed = ?info.elapsed, "upstream login answered");
+    let info = LoginInfo { cert_cache, pattern, elapsed: started.elapsed(), connect: connected - started, handshake };
+    debug!(account = %req.account, %peer, ?kind, %pattern, elapsed = ?info.elapsed, "upstream login answered");
     if kind != StanzaKind::Success {
         return Ok(UpstreamLogin::Rejected { first_payload, info });
     }

@@ -23,7 +23,8 @@ async fn login_is_accepted_and_a_bad_token_is_rejected_with_401() {
     let sim = sim_with(&partner, |_| {}).await;
     let alice = Device::new();
     let (jid, id) = enlist(&sim, &partner, &alice, "alice").await;
-    let cfg = upstream_config(&sim);
+    // XX every time: the cache's saving is the chain check (IK, which skips it, is tested below).
+    let cfg = session::UpstreamConfig { noise_ik: false, ..upstream_config(&sim) };
 
     let login =
         connect(&cfg, login_request(&jid, &alice, &interop_payload(id, &partner.token("alice")))).await.unwrap();
@@ -46,6 +47,64 @@ async fn login_is_accepted_and_a_bad_token_is_rejected_with_401() {
     let seen = observed(&sim, &jid).await;
     assert_eq!((seen["total"].as_u64(), seen["max_concurrent"].as_u64()), (Some(2), Some(1)));
     assert_eq!(cfg.cert_cache.stats(), (1, 1));
+}
+
+#[tokio::test]
+async fn later_logins_resume_with_ik_and_a_changed_chatd_key_falls_back_to_xx() {
+    let partner = Partner::start(1).await;
+    let root_private = [0x42u8; 32];
+    let root_hex: String = root_private.iter().map(|b| format!("{b:02x}")).collect();
+    let sim = sim_with(&partner, |c| c.keys.root_private_key = Some(root_hex)).await;
+    let alice = Device::new();
+    let (jid, id) = enlist(&sim, &partner, &alice, "alice").await;
+    let cfg = upstream_config(&sim);
+    assert!(cfg.noise_ik, "on by default");
+    let login = |payload| connect(&cfg, login_request(&jid, &alice, &payload));
+    let ok = interop_payload(id, &partner.token("alice"));
+
+    let mut patterns = Vec::new();
+    for _ in 0..3 {
+        let UpstreamLogin::Accepted { first_payload, upstream, info } = login(ok.clone()).await.unwrap() else {
+            panic!("refused")
+        };
+        assert_eq!(tag_of(&first_payload).tag, "success");
+        patterns.push((info.pattern, info.cert_cache));
+        drop(upstream);
+        wait_current(&sim, &jid, 0).await;
+    }
+    use wire::noise::HandshakePattern::{Ik, Xx, XxFallback};
+    assert_eq!(patterns, [(Xx, CacheOutcome::Miss), (Ik, CacheOutcome::Hit), (Ik, CacheOutcome::Hit)]);
+    assert_eq!(cfg.cert_cache.stats(), (0, 1), "IK checks no chain: the server proved the cached key");
+
+    // chatd's answer to a bad login over IK is relayed as over XX.
+    let UpstreamLogin::Rejected { first_payload, info } =
+        login(interop_payload(id, &partner.token("mallory"))).await.unwrap()
+    else {
+        panic!("accepted")
+    };
+    assert_eq!(tag_of(&first_payload).get_str("reason"), Some("401"));
+    assert_eq!(info.pattern, Ik);
+
+    // A proxy holding a chain for a key chatd no longer has: XXfallback, then IK to the new key.
+    let stale = session::UpstreamConfig { cert_cache: session::CertCache::new(), ..upstream_config(&sim) };
+    let old = wire::noise::StaticKeypair::generate().unwrap();
+    let now = wire_io::clock::unix_now();
+    let chain = wire::cert::CertIssuer::from_root_private(&root_private)
+        .issue(&old.public(), &wire::cert::ChainParams::new(7, 8, now - 60, now + 3600))
+        .unwrap();
+    stale.cert_cache.verify(&wire::cert::CertVerifier::new(sim.root_public_key()), &chain, &old.public(), now).unwrap();
+    for expected in [XxFallback, Ik] {
+        let UpstreamLogin::Accepted { upstream, info, .. } =
+            connect(&stale, login_request(&jid, &alice, &ok)).await.unwrap()
+        else {
+            panic!("refused")
+        };
+        assert_eq!(info.pattern, expected);
+        drop(upstream);
+        wait_current(&sim, &jid, 0).await;
+    }
+    let seen = observed(&sim, &jid).await;
+    assert_eq!(seen["max_concurrent"].as_u64(), Some(1));
 }
 
 #[tokio::test]

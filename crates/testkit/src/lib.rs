@@ -21,7 +21,7 @@ use prost::Message as _;
 use tokio::net::TcpStream;
 use wire::connect::{ClientConnect, ConnectConfig};
 use wire::decode::Decoder;
-use wire::noise::{StaticKeypair, Transport};
+use wire::noise::{HandshakePattern, StaticKeypair, Transport};
 use wire::proto::{AppVersion, ClientPayload};
 use wire::{Node, Value};
 use wire_io::EdgeClient;
@@ -234,21 +234,37 @@ impl ChatClient {
     /// Connects and logs in; returns the client and chatd's first stanza (`<success>` or
     /// `<failure>`).
     pub async fn login(dial: Dial<'_>, noise_private: &[u8; 32], payload: &ClientPayload) -> (ChatClient, Node) {
+        let config = ConnectConfig::new(dial.root);
+        let (client, first, _) = Self::resume(dial, noise_private, payload, &config).await;
+        (client, first)
+    }
+
+    /// Like [`login`](Self::login), with `config`'s certificate cache (its root, not `dial.root`):
+    /// Noise IK when the cache holds chatd's chain from an earlier login, XX otherwise. Returns the
+    /// pattern that completed as well.
+    pub async fn resume(
+        dial: Dial<'_>,
+        noise_private: &[u8; 32],
+        payload: &ClientPayload,
+        config: &ConnectConfig,
+    ) -> (ChatClient, Node, HandshakePattern) {
         let mut stream =
             wire_io::net::dial(dial.addr, DialOptions { from: dial.from, keepalive: false }).await.unwrap();
         let key = StaticKeypair::from_private(noise_private).unwrap();
-        let start = ClientConnect::new(
+        let start = ClientConnect::resume(
             key,
             &payload.encode_to_vec(),
-            &ConnectConfig::new(dial.root),
+            config,
             dial.preamble.unwrap_or_default(),
+            wire_io::clock::unix_now(),
         )
         .unwrap();
         let done = tokio::time::timeout(WAIT, wire_io::handshake::connect(&mut stream, start)).await.unwrap().unwrap();
+        let pattern = done.pattern;
         let frames = EdgeClient::with_buffered(stream, done.leftover);
         let mut client = ChatClient { frames, transport: done.transport, decoder: Decoder::default() };
         let first = client.recv().await.expect("chatd's first stanza");
-        (client, first)
+        (client, first, pattern)
     }
 
     pub async fn send(&mut self, node: &Node) {

@@ -19,8 +19,9 @@ pub enum HandshakeError {
     Closed,
 }
 
-/// Runs the handshake to its end: returns once the ClientFinish is written. Nothing is read past
-/// what the ServerHello needs, except what arrived with it ([`Connected::leftover`]).
+/// Runs the handshake to its end: returns once the ClientFinish is written (XX, XXfallback) or
+/// the ServerHello is read (IK, from [`ClientConnect::resume`]). Nothing is read past what the
+/// ServerHello needs, except what arrived with it ([`Connected::leftover`]).
 pub async fn connect<S>(stream: &mut S, mut handshake: ClientConnect) -> Result<Connected, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,

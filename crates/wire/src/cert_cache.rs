@@ -7,8 +7,13 @@
 //! bytes and that root: the leaf key is still compared with the static key the server proved in
 //! this handshake, and both validity windows are still checked against the current time. Failed
 //! chains are never cached.
+//!
+//! The cache also tells a client which server key it may resume with (Noise IK, see
+//! [`crate::connect`]): the leaf key of the chain most recently verified for a root, while both of
+//! its certificates are valid (WR uses IK only then). One failed IK attempt suspends resumption
+//! for every connection sharing the cache until a full handshake verifies a chain again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::cert::{CertError, CertInfo, CertRole, CertVerifier, KeyHex, VerifiedChain};
@@ -29,6 +34,7 @@ struct Inner {
     tick: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
+    resumption_suspended: AtomicBool,
 }
 
 /// Shared (clones share entries), bounded, thread-safe.
@@ -76,7 +82,9 @@ impl CertCache {
         };
         if let Some(verified) = cached {
             self.inner.hits.fetch_add(1, Ordering::Relaxed);
-            return recheck(verified, server_static, now_unix_secs).map(|v| (v, CacheOutcome::Hit));
+            let verified = recheck(verified, server_static, now_unix_secs)?;
+            self.inner.resumption_suspended.store(false, Ordering::Relaxed);
+            return Ok((verified, CacheOutcome::Hit));
         }
         self.inner.misses.fetch_add(1, Ordering::Relaxed);
         // Verified outside the lock: concurrent misses on a cold cache may both verify.
@@ -90,7 +98,30 @@ impl CertCache {
             }
             entries.push(Entry { root: verifier.root, chain: chain.into(), verified, last_used: tick });
         }
+        self.inner.resumption_suspended.store(false, Ordering::Relaxed);
         Ok((verified, CacheOutcome::Miss))
+    }
+
+    /// The chain a client may resume with (IK to `chain.leaf.key`): the one most recently
+    /// verified or used for `root`, if both its certificates are valid at `now_unix_secs` and
+    /// resumption is not suspended. `None` means a full (XX) handshake.
+    pub fn resumption(&self, root: &[u8; 32], now_unix_secs: u64) -> Option<VerifiedChain> {
+        if self.inner.resumption_suspended.load(Ordering::Relaxed) {
+            return None;
+        }
+        let entries = self.lock();
+        let newest = entries.iter().filter(|e| e.root == *root).max_by_key(|e| e.last_used)?;
+        let v = newest.verified;
+        (window(&v.intermediate, CertRole::Intermediate, now_unix_secs).is_ok()
+            && window(&v.leaf, CertRole::Leaf, now_unix_secs).is_ok())
+        .then_some(v)
+    }
+
+    /// Stops [`resumption`](Self::resumption) offering a key until a chain is verified again (by
+    /// the next full handshake). [`crate::connect::ClientConnect`] calls it when an IK attempt
+    /// fails on the server's answer; a caller may call it to force XX for other reasons.
+    pub fn suspend_resumption(&self) {
+        self.inner.resumption_suspended.store(true, Ordering::Relaxed);
     }
 
     /// Chains held.
@@ -176,6 +207,27 @@ mod tests {
         tampered[last] ^= 1;
         assert!(cache.verify(&CertVerifier::new(issuer.public_key()), &tampered, &server, 1_500).is_err());
         assert_eq!(cache.len(), 1, "failures are not cached");
+    }
+
+    #[test]
+    fn resumption_offers_the_newest_valid_chain_until_suspended() {
+        let issuer = CertIssuer::generate().unwrap();
+        let verifier = CertVerifier::new(issuer.public_key());
+        let cache = CertCache::new();
+        assert!(cache.resumption(&verifier.root, 1_500).is_none(), "nothing verified yet");
+        let (old, new) = ([7u8; 32], [8u8; 32]);
+        cache.verify(&verifier, &issue(&issuer, &old, 1), &old, 1_500).unwrap();
+        cache.verify(&verifier, &issue(&issuer, &new, 3), &new, 1_500).unwrap();
+        assert_eq!(cache.resumption(&verifier.root, 1_500).map(|v| v.leaf.key), Some(new));
+        assert!(cache.resumption(&[9; 32], 1_500).is_none(), "another root");
+        assert!(cache.resumption(&verifier.root, 2_001).is_none(), "expired");
+        assert!(cache.resumption(&verifier.root, 999).is_none(), "not yet valid");
+        cache.suspend_resumption();
+        assert!(cache.resumption(&verifier.root, 1_500).is_none(), "suspended");
+        assert!(cache.verify(&verifier, &issue(&issuer, &old, 1), &new, 1_500).is_err());
+        assert!(cache.resumption(&verifier.root, 1_500).is_none(), "a failed check does not lift it");
+        cache.verify(&verifier, &issue(&issuer, &old, 1), &old, 1_600).unwrap();
+        assert_eq!(cache.resumption(&verifier.root, 1_600).map(|v| v.leaf.key), Some(old), "the chain used last");
     }
 
     #[test]

@@ -1,14 +1,24 @@
 //! The client side of a chat connection's start, sans-IO: the bytes before the Noise handshake,
-//! WhatsApp's Noise XX as the initiator, and the server's certificate chain, in the style of
-//! quinn's `ClientConnect`: feed it what the server sent, send what it hands you, and at the end
-//! take the transport and what the server proved.
+//! WhatsApp's Noise XX (or IK resumption) as the initiator, and the server's certificate chain,
+//! in the style of quinn's `ClientConnect`: feed it what the server sent, send what it hands you,
+//! and at the end take the transport and what the server proved.
 //!
 //! ```text
 //! new()            -> transmit: [preamble] "WA" 6 3, frame(ClientHello)
 //! recv/handle_recv <- frame(ServerHello)      (static key, certificate chain checked at `now`)
 //!                  -> transmit: frame(ClientFinish{ClientPayload})
-//! finish()         -> Connected { transport, server_static, chain, cert_cache, leftover }
+//! finish()         -> Connected { transport, server_static, chain, cert_cache, pattern, leftover }
 //! ```
+//!
+//! [`ClientConnect::resume`] saves the round trip of the ClientFinish when the certificate cache
+//! holds a chain it may resume with ([`CertCache::resumption`]: the newest verified chain for
+//! the root, both certificates valid at `now`): the IK ClientHello carries the `ClientPayload`
+//! encrypted to the cached key, and a ServerHello without `static` ends the handshake. A server
+//! with another key answers as in XX; the handshake then continues as XXfallback (same ephemeral,
+//! the chain checked as in XX, a ClientFinish sent). Any other failure of an IK attempt
+//! (malformed or unauthenticated answer) suspends resumption in the shared cache, so the caller's
+//! next connection is a plain XX ([`CertCache::suspend_resumption`] forces the same by hand);
+//! the next verified chain lifts it. Without a usable cached chain, `resume` is `new`.
 //!
 //! No sockets and no clock: the caller passes the time in. The receive buffer grows only for the
 //! frame in progress, whose length is checked against the limit before anything is reserved.
@@ -22,7 +32,10 @@ use zeroize::Zeroizing;
 use crate::cert::{CertVerifier, VerifiedChain};
 use crate::cert_cache::{CacheOutcome, CertCache};
 use crate::frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN, decode_frame, encode_frame, peek_len};
-use crate::noise::{DH_LEN, Flavour, Initiator, NoiseError, StaticKeypair, Transport, WA_CONN_HEADER};
+use crate::noise::{
+    DH_LEN, Flavour, HandshakePattern, IkInitiator, IkServerHello, Initiator, NoiseError, StaticKeypair, Transport,
+    WA_CONN_HEADER,
+};
 
 /// Why the handshake failed.
 #[derive(Debug, Error)]
@@ -46,8 +59,11 @@ pub struct Connected {
     pub server_static: [u8; DH_LEN],
     /// The server's certificate chain, verified.
     pub chain: VerifiedChain,
-    /// Whether the chain check was answered from the cache.
+    /// Whether the chain check was answered from the cache (always, after IK: the cached chain
+    /// names the key the server just proved it holds).
     pub cert_cache: CacheOutcome,
+    /// The handshake pattern that completed.
+    pub pattern: HandshakePattern,
     /// Bytes received after the ServerHello: sealed transport frames, to be read first.
     pub leftover: BytesMut,
 }
@@ -59,6 +75,7 @@ impl std::fmt::Debug for Connected {
             .field("server_static", &crate::cert::KeyHex(self.server_static))
             .field("chain", &self.chain)
             .field("cert_cache", &self.cert_cache)
+            .field("pattern", &self.pattern)
             .field("leftover", &self.leftover.len())
             .finish()
     }
@@ -67,8 +84,16 @@ impl std::fmt::Debug for Connected {
 enum State {
     /// ClientHello handed out; the ClientPayload waits for the ServerHello.
     AwaitServerHello { initiator: Initiator, client_payload: Zeroizing<Vec<u8>> },
-    /// ClientFinish written into `transmit`.
-    Finished { transport: Transport, server_static: [u8; DH_LEN], chain: VerifiedChain, cert_cache: CacheOutcome },
+    /// IK ClientHello handed out, to the key of `chain`; the payload is kept for XXfallback.
+    AwaitIkAnswer { initiator: IkInitiator, chain: VerifiedChain, client_payload: Zeroizing<Vec<u8>> },
+    /// ClientFinish written into `transmit` (none after IK).
+    Finished {
+        transport: Transport,
+        server_static: [u8; DH_LEN],
+        chain: VerifiedChain,
+        cert_cache: CacheOutcome,
+        pattern: HandshakePattern,
+    },
     /// Failed, or already finished.
     Done,
 }
@@ -87,6 +112,7 @@ impl std::fmt::Debug for ClientConnect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.state {
             State::AwaitServerHello { .. } => "awaiting the ServerHello",
+            State::AwaitIkAnswer { .. } => "awaiting the answer to IK",
             State::Finished { .. } => "finished",
             State::Done => "done",
         };
@@ -128,18 +154,57 @@ impl ClientConnect {
         preamble: &[u8],
     ) -> Result<ClientConnect, ConnectError> {
         let mut initiator = Initiator::new(static_key, Flavour::WhatsApp)?;
-        let mut transmit = Vec::with_capacity(preamble.len() + 64);
+        let hello = initiator.client_hello()?;
+        let state = State::AwaitServerHello { initiator, client_payload: Zeroizing::new(client_payload.to_vec()) };
+        Self::start(state, &hello, config, preamble)
+    }
+
+    /// Like [`new`](Self::new), but resumes with Noise IK when `config.cert_cache` holds a chain
+    /// for the root that is valid at `now_unix_secs` (see the module docs); otherwise XX.
+    pub fn resume(
+        static_key: StaticKeypair,
+        client_payload: &[u8],
+        config: &ConnectConfig,
+        preamble: &[u8],
+        now_unix_secs: u64,
+    ) -> Result<ClientConnect, ConnectError> {
+        let Some(chain) = config.cert_cache.resumption(&config.verifier.root, now_unix_secs) else {
+            return Self::new(static_key, client_payload, config, preamble);
+        };
+        let mut initiator = IkInitiator::new(static_key, chain.leaf.key, Flavour::WhatsApp)?;
+        let hello = initiator.client_hello(client_payload)?;
+        let state = State::AwaitIkAnswer { initiator, chain, client_payload: Zeroizing::new(client_payload.to_vec()) };
+        Self::start(state, &hello, config, preamble)
+    }
+
+    fn start(
+        state: State,
+        hello: &[u8],
+        config: &ConnectConfig,
+        preamble: &[u8],
+    ) -> Result<ClientConnect, ConnectError> {
+        let mut transmit = Vec::with_capacity(preamble.len() + WA_CONN_HEADER.len() + HEADER_LEN + hello.len());
         transmit.extend_from_slice(preamble);
         transmit.extend_from_slice(&WA_CONN_HEADER);
-        frame_into(&initiator.client_hello()?, &mut transmit)?;
+        frame_into(hello, &mut transmit)?;
         Ok(ClientConnect {
-            state: State::AwaitServerHello { initiator, client_payload: Zeroizing::new(client_payload.to_vec()) },
+            state,
             verifier: config.verifier,
             cert_cache: config.cert_cache.clone(),
             max_frame_len: config.max_frame_len.min(MAX_FRAME_LEN),
             received: BytesMut::with_capacity(4096),
             transmit,
         })
+    }
+
+    /// The pattern this handshake is running: XX, IK, or XXfallback once an IK was declined.
+    pub fn pattern(&self) -> Option<HandshakePattern> {
+        match &self.state {
+            State::AwaitServerHello { initiator, .. } => Some(initiator.pattern()),
+            State::AwaitIkAnswer { .. } => Some(HandshakePattern::Ik),
+            State::Finished { pattern, .. } => Some(*pattern),
+            State::Done => None,
+        }
     }
 
     /// The bytes to send now, if any; the caller sends all of them before reading on.
@@ -167,7 +232,7 @@ impl ClientConnect {
     /// once the handshake is finished (the ClientFinish is then in [`transmit`](Self::transmit)),
     /// `Ok(false)` while more bytes are needed. Any error ends the handshake.
     pub fn handle_recv(&mut self, now_unix_secs: u64) -> Result<bool, ConnectError> {
-        if !matches!(self.state, State::AwaitServerHello { .. }) {
+        if !matches!(self.state, State::AwaitServerHello { .. } | State::AwaitIkAnswer { .. }) {
             return Ok(matches!(self.state, State::Finished { .. }));
         }
         let len = match decode_frame(&self.received, self.max_frame_len) {
@@ -176,10 +241,46 @@ impl ClientConnect {
             Err(FrameError::TooLarge { len, max }) => return self.fail(ConnectError::FrameTooLarge { len, max }),
             Err(_) => return Ok(false),
         };
-        let State::AwaitServerHello { mut initiator, client_payload } = std::mem::replace(&mut self.state, State::Done)
-        else {
-            return Ok(false);
+        let (initiator, client_payload) = match std::mem::replace(&mut self.state, State::Done) {
+            State::AwaitServerHello { initiator, client_payload } => (initiator, client_payload),
+            State::AwaitIkAnswer { initiator, chain, client_payload } => {
+                let hello = &self.received[HEADER_LEN..HEADER_LEN + len];
+                match initiator.read_server_hello(hello) {
+                    Ok(IkServerHello::Accepted { transport, .. }) => {
+                        self.received.advance(HEADER_LEN + len);
+                        self.state = State::Finished {
+                            transport,
+                            server_static: chain.leaf.key,
+                            chain,
+                            cert_cache: CacheOutcome::Hit,
+                            pattern: HandshakePattern::Ik,
+                        };
+                        return Ok(true);
+                    }
+                    Ok(IkServerHello::Fallback(initiator)) => (initiator, client_payload),
+                    Err(e) => {
+                        // The cached key led nowhere: the next connection starts with XX.
+                        self.cert_cache.suspend_resumption();
+                        return Err(e.into());
+                    }
+                }
+            }
+            State::Finished { .. } | State::Done => return Ok(false),
         };
+        self.finish_full(initiator, &client_payload, len, now_unix_secs)?;
+        Ok(true)
+    }
+
+    /// XX (or XXfallback) from the ServerHello of `len` bytes on: the chain check, then the
+    /// ClientFinish.
+    fn finish_full(
+        &mut self,
+        mut initiator: Initiator,
+        client_payload: &[u8],
+        len: usize,
+        now_unix_secs: u64,
+    ) -> Result<(), ConnectError> {
+        let pattern = initiator.pattern();
         let hello = &self.received[HEADER_LEN..HEADER_LEN + len];
         let info = initiator.read_server_hello(hello)?;
         // On a chain error we return here, so the (unverified) initiator is never finished.
@@ -188,10 +289,10 @@ impl ClientConnect {
             .verify(&self.verifier, &info.cert_chain, &info.server_static, now_unix_secs)
             .map_err(NoiseError::Cert)?;
         self.received.advance(HEADER_LEN + len);
-        let (finish, transport) = initiator.client_finish(&client_payload)?;
+        let (finish, transport) = initiator.client_finish(client_payload)?;
         frame_into(&finish, &mut self.transmit)?;
-        self.state = State::Finished { transport, server_static: info.server_static, chain, cert_cache };
-        Ok(true)
+        self.state = State::Finished { transport, server_static: info.server_static, chain, cert_cache, pattern };
+        Ok(())
     }
 
     /// Whether the handshake is finished (the ClientFinish may still wait in
@@ -206,10 +307,12 @@ impl ClientConnect {
             return Err(ConnectError::NotFinished("the ClientFinish has not been taken to be sent"));
         }
         match self.state {
-            State::Finished { transport, server_static, chain, cert_cache } => {
-                Ok(Connected { transport, server_static, chain, cert_cache, leftover: self.received })
+            State::Finished { transport, server_static, chain, cert_cache, pattern } => {
+                Ok(Connected { transport, server_static, chain, cert_cache, pattern, leftover: self.received })
             }
-            State::AwaitServerHello { .. } => Err(ConnectError::NotFinished("no ServerHello yet")),
+            State::AwaitServerHello { .. } | State::AwaitIkAnswer { .. } => {
+                Err(ConnectError::NotFinished("no ServerHello yet"))
+            }
             State::Done => Err(ConnectError::NotFinished("the handshake failed")),
         }
     }
@@ -232,7 +335,9 @@ fn frame_into(body: &[u8], out: &mut Vec<u8>) -> Result<(), ConnectError> {
 mod tests {
     use super::*;
     use crate::cert::{CertError, CertIssuer, ChainParams};
-    use crate::noise::Responder;
+    use crate::noise::{Responder, ServerStart, accept_client_hello};
+    use crate::proto::HandshakeMessage;
+    use prost::Message as _;
 
     const NOW: u64 = 1_700_000_000;
 
@@ -240,13 +345,65 @@ mod tests {
         key: StaticKeypair,
         root: [u8; 32],
         chain: Vec<u8>,
+        issuer: std::sync::Arc<CertIssuer>,
     }
 
     fn server() -> Server {
         let key = StaticKeypair::generate().unwrap();
         let issuer = CertIssuer::generate().unwrap();
         let chain = issuer.issue(&key.public(), &ChainParams::new(1, 2, NOW - 60, NOW + 3600)).unwrap();
-        Server { key, root: issuer.public_key(), chain }
+        Server { key, root: issuer.public_key(), chain, issuer: issuer.into() }
+    }
+
+    /// The same root with a new static key (chatd rotated its key).
+    fn rotated(srv: &Server) -> Server {
+        let key = StaticKeypair::generate().unwrap();
+        let chain = srv.issuer.issue(&key.public(), &ChainParams::new(3, 4, NOW - 60, NOW + 3600)).unwrap();
+        Server { key, root: srv.root, chain, issuer: srv.issuer.clone() }
+    }
+
+    /// Answers the client's first transmit with any pattern, as the simulator does.
+    fn answer(srv: &Server, first: &[u8]) -> (ServerStart, Vec<u8>) {
+        assert_eq!(&first[..4], &WA_CONN_HEADER);
+        let (hello, tail) = decode_frame(&first[4..], MAX_FRAME_LEN).unwrap().unwrap();
+        assert!(tail.is_empty());
+        match accept_client_hello(srv.key.clone(), srv.chain.clone(), Flavour::WhatsApp, hello).unwrap() {
+            ServerStart::Full(mut r) => {
+                let reply = framed(&r.server_hello().unwrap());
+                (ServerStart::Full(r), reply)
+            }
+            ServerStart::Resumed(resumed) => {
+                let reply = framed(&resumed.server_hello);
+                (ServerStart::Resumed(resumed), reply)
+            }
+        }
+    }
+
+    /// One connection by `resume`, to its end; the server's transport is checked against ours.
+    fn resume_once(srv: &Server, config: &ConnectConfig) -> Connected {
+        let mut c = ClientConnect::resume(StaticKeypair::generate().unwrap(), b"payload", config, b"", NOW).unwrap();
+        let first = c.transmit().unwrap();
+        let (start, reply) = answer(srv, &first);
+        c.recv(&reply);
+        assert!(c.handle_recv(NOW).unwrap());
+        let mut server_t = match start {
+            ServerStart::Resumed(r) => {
+                assert!(c.transmit().is_none(), "no ClientFinish after IK");
+                assert_eq!(&r.finished.client_payload[..], b"payload");
+                r.finished.transport
+            }
+            ServerStart::Full(r) => {
+                let finish = c.transmit().unwrap();
+                let done = r.read_client_finish(decode_frame(&finish, MAX_FRAME_LEN).unwrap().unwrap().0).unwrap();
+                assert_eq!(&done.client_payload[..], b"payload");
+                done.transport
+            }
+        };
+        let mut connected = c.finish().unwrap();
+        let mut buf = BytesMut::from(&b"hi"[..]);
+        connected.transport.seal(&mut buf).unwrap();
+        assert_eq!(server_t.open(&mut buf).unwrap(), b"hi");
+        connected
     }
 
     fn framed(body: &[u8]) -> Vec<u8> {
@@ -297,6 +454,7 @@ mod tests {
         assert_eq!(connected.server_static, srv.key.public());
         assert_eq!(connected.chain.leaf.key, srv.key.public());
         assert_eq!(connected.cert_cache, CacheOutcome::Miss);
+        assert_eq!(connected.pattern, HandshakePattern::Xx);
         assert_eq!(&connected.leftover[..], b"\x00\x00\x01Z");
         let (mut client_t, mut server_t) = (connected.transport, done.transport);
         let mut buf = BytesMut::from(&b"hi"[..]);
@@ -317,6 +475,62 @@ mod tests {
             assert_eq!(c.finish().unwrap().cert_cache, expected);
         }
         assert_eq!(config.cert_cache.stats(), (1, 1));
+    }
+
+    #[test]
+    fn resume_is_xx_first_then_ik_while_the_cached_chain_is_valid() {
+        let srv = server();
+        let config = ConnectConfig::new(srv.root);
+        let first = resume_once(&srv, &config);
+        assert_eq!((first.pattern, first.cert_cache), (HandshakePattern::Xx, CacheOutcome::Miss));
+        let second = resume_once(&srv, &config);
+        assert_eq!((second.pattern, second.cert_cache), (HandshakePattern::Ik, CacheOutcome::Hit));
+        assert_eq!(second.server_static, srv.key.public());
+        assert_eq!(second.chain, first.chain);
+        let ik = ClientConnect::resume(StaticKeypair::generate().unwrap(), b"p", &config, b"", NOW).unwrap();
+        assert_eq!(ik.pattern(), Some(HandshakePattern::Ik));
+        let hello = HandshakeMessage::decode(&ik_hello_body(ik)[..]).unwrap().client_hello.unwrap();
+        assert_eq!((hello.r#static.map(|s| s.len()), hello.payload.map(|p| p.len())), (Some(48), Some(1 + 16)));
+        // Past the chain's validity the cache offers nothing: XX again.
+        let late = ClientConnect::resume(StaticKeypair::generate().unwrap(), b"p", &config, b"", NOW + 7200).unwrap();
+        assert_eq!(late.pattern(), Some(HandshakePattern::Xx));
+        // `new` never resumes.
+        assert_eq!(client(&config, b"").pattern(), Some(HandshakePattern::Xx));
+    }
+
+    fn ik_hello_body(mut c: ClientConnect) -> Vec<u8> {
+        let first = c.transmit().unwrap();
+        decode_frame(&first[4..], MAX_FRAME_LEN).unwrap().unwrap().0.to_vec()
+    }
+
+    #[test]
+    fn a_rotated_server_key_is_learnt_through_xxfallback() {
+        let srv = server();
+        let config = ConnectConfig::new(srv.root);
+        resume_once(&srv, &config);
+        let new = rotated(&srv);
+        let fallback = resume_once(&new, &config);
+        assert_eq!((fallback.pattern, fallback.cert_cache), (HandshakePattern::XxFallback, CacheOutcome::Miss));
+        assert_eq!(fallback.server_static, new.key.public());
+        let again = resume_once(&new, &config);
+        assert_eq!((again.pattern, again.server_static), (HandshakePattern::Ik, new.key.public()));
+    }
+
+    #[test]
+    fn a_failed_ik_answer_suspends_resumption_until_the_next_full_handshake() {
+        let srv = server();
+        let config = ConnectConfig::new(srv.root);
+        resume_once(&srv, &config);
+        let mut c = ClientConnect::resume(StaticKeypair::generate().unwrap(), b"payload", &config, b"", NOW).unwrap();
+        let (_, mut reply) = answer(&srv, &c.transmit().unwrap());
+        let last = reply.len() - 1;
+        reply[last] ^= 1;
+        c.recv(&reply);
+        assert!(matches!(c.handle_recv(NOW), Err(ConnectError::Noise(NoiseError::Decrypt { .. }))));
+        assert!(c.transmit().is_none());
+        assert!(matches!(c.finish(), Err(ConnectError::NotFinished(_))));
+        assert_eq!(resume_once(&srv, &config).pattern, HandshakePattern::Xx, "forced XX");
+        assert_eq!(resume_once(&srv, &config).pattern, HandshakePattern::Ik, "lifted by the XX");
     }
 
     #[test]

@@ -3,13 +3,14 @@
 //! Everything the proxy, the chatd simulator and the client need to speak WhatsApp's chat protocol,
 //! with no sockets: the binary stanza codec on the token dictionary ([`dict`], [`decode`],
 //! [`encode`]), the node model ([`node`], [`jid`]), readable text forms ([`text`]), the 3-byte
-//! length frame codec ([`frame`]), WhatsApp's flavour of Noise XX ([`noise`]), the server
-//! certificate chain ([`cert`]) and the login payload protobufs ([`proto`]).
+//! length frame codec ([`frame`]), WhatsApp's flavour of Noise XX, IK and XXfallback
+//! ([`noise`]), the server certificate chain ([`cert`]) and the login payload protobufs
+//! ([`proto`]).
 //!
 //! The edge protocol lives here too, so a client needs nothing else: the login frame
 //! ([`login`]), the keepalive ping ([`keepalive`]), the refusal and close stanzas ([`refusal`]),
 //! the verified certificate-chain cache ([`cert_cache`]) and the client's side of a chat
-//! connection's start, WhatsApp's Noise XX over frames ([`connect`]). The `wire-io` crate drives
+//! connection's start, WhatsApp's Noise XX (or IK resumption) over frames ([`connect`]). The `wire-io` crate drives
 //! them over tokio sockets.
 
 pub mod cert;

@@ -1,4 +1,4 @@
-//! WhatsApp's flavour of `Noise_XX_25519_AESGCM_SHA256`, sans-IO.
+//! WhatsApp's flavours of Noise (`XX`, `IK` and `XXfallback` on `25519_AESGCM_SHA256`), sans-IO.
 //!
 //! The client (here [`Initiator`]) first sends [`WA_CONN_HEADER`] raw, then three handshake
 //! messages travel in frames, each wrapped in the `HandshakeMessage` protobuf:
@@ -8,6 +8,19 @@
 //! <- e, ee, s, es      ServerHello{ephemeral, static = Enc(s), payload = Enc(CertChain)}
 //! -> s, se             ClientFinish{static = Enc(s), payload = Enc(ClientPayload)}
 //! ```
+//!
+//! A client that holds the server's static key from an earlier XX resumes with IK instead
+//! ([`IkInitiator`]; the server side is [`accept_client_hello`]), one message each way:
+//!
+//! ```text
+//! <- s                 (pre-message: the cached server key)
+//! -> e, es, s, ss      ClientHello{ephemeral, static = Enc(s), payload = Enc(ClientPayload)}
+//! <- e, ee, se         ServerHello{ephemeral, payload = Enc(CertChain)}          (no `static`)
+//! ```
+//!
+//! A server whose key is not the cached one answers with an XX ServerHello (`static` present);
+//! both sides then switch to `XXfallback` with the client's already-sent ephemeral as the
+//! pre-message, and the handshake ends as XX does, with a ClientFinish.
 //!
 //! It is standard Noise XX (prologue = the header) except for one step: the empty payload of
 //! message 1 is not mixed into the handshake hash ([`Flavour::WhatsApp`]). [`Flavour::Standard`]
@@ -29,10 +42,14 @@ use crate::cert::CertError;
 use crate::frame::MAX_FRAME_LEN;
 
 mod handshake;
+mod ik;
 mod symmetric;
 mod transport;
 
 pub use handshake::{ClientFinished, Initiator, Responder, ServerHelloInfo};
+pub use ik::{
+    IkInitiator, IkServerHello, Resumed, ServerStart, accept_client_hello, accept_client_hello_with_prologue,
+};
 pub use symmetric::{CipherState, Role, SymmetricState};
 pub use transport::{RecvCipher, SendCipher, Transport};
 
@@ -42,6 +59,40 @@ pub const WA_CONN_HEADER: [u8; 4] = *b"WA\x06\x03";
 
 /// The Noise protocol name; 28 bytes, so it is zero-padded to 32 to become the initial hash.
 pub const NOISE_XX_PROTOCOL_NAME: &[u8] = b"Noise_XX_25519_AESGCM_SHA256";
+
+/// The IK protocol name; 28 bytes, zero-padded to 32 like XX's.
+pub const NOISE_IK_PROTOCOL_NAME: &[u8] = b"Noise_IK_25519_AESGCM_SHA256";
+
+/// The XXfallback protocol name; 36 bytes, so its SHA-256 becomes the initial hash.
+pub const NOISE_XX_FALLBACK_PROTOCOL_NAME: &[u8] = b"Noise_XXfallback_25519_AESGCM_SHA256";
+
+/// Which of the three handshake patterns a connection used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakePattern {
+    /// The full handshake: three messages, the server's static key and chain learnt.
+    Xx,
+    /// Resumption with the server's cached static key: two messages, no ClientFinish.
+    Ik,
+    /// An IK attempt the server declined (its key is not the cached one), finished as XX.
+    XxFallback,
+}
+
+impl HandshakePattern {
+    /// The pattern's Noise name: `XX`, `IK` or `XXfallback` (also the metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakePattern::Xx => "XX",
+            HandshakePattern::Ik => "IK",
+            HandshakePattern::XxFallback => "XXfallback",
+        }
+    }
+}
+
+impl fmt::Display for HandshakePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Bytes of an AES-GCM tag.
 pub const TAG_LEN: usize = 16;
@@ -117,8 +168,11 @@ pub(crate) fn public_bytes(key: &agreement::PrivateKey) -> Result<[u8; DH_LEN], 
 /// An encrypted handshake field, named for errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeStage {
-    /// Message 1's payload: always empty and never encrypted in XX, so it cannot fail.
+    /// Message 1's payload: empty and never encrypted in XX (so it cannot fail there); the
+    /// encrypted `ClientPayload` in IK.
     ClientHelloPayload,
+    /// The client's static key in an IK ClientHello.
+    ClientHelloStatic,
     ServerHelloStatic,
     ServerHelloPayload,
     ClientFinishStatic,
@@ -129,6 +183,7 @@ impl fmt::Display for HandshakeStage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             HandshakeStage::ClientHelloPayload => "ClientHello payload",
+            HandshakeStage::ClientHelloStatic => "ClientHello static",
             HandshakeStage::ServerHelloStatic => "ServerHello static",
             HandshakeStage::ServerHelloPayload => "ServerHello payload",
             HandshakeStage::ClientFinishStatic => "ClientFinish static",
@@ -166,8 +221,9 @@ pub enum NoiseError {
     /// A required handshake field is absent.
     #[error("{message}: field `{field}` is missing")]
     MissingField { message: &'static str, field: &'static str },
-    /// A field only other patterns use (IK) was sent in an XX handshake.
-    #[error("{message}: field `{field}` is not part of the XX handshake")]
+    /// A field the pattern in use does not have (an IK field in an XX ClientHello, a `payload`
+    /// without a `static`).
+    #[error("{message}: field `{field}` is not part of the handshake")]
     UnexpectedField { message: &'static str, field: &'static str },
     /// A fixed-size field has the wrong size.
     #[error("{field} is {len} bytes, expected {expected}")]
@@ -212,6 +268,8 @@ mod tests {
     fn header_and_name() {
         assert_eq!(WA_CONN_HEADER, [0x57, 0x41, 0x06, 0x03]);
         assert_eq!(NOISE_XX_PROTOCOL_NAME.len(), 28);
+        assert_eq!(NOISE_IK_PROTOCOL_NAME.len(), 28);
+        assert_eq!(NOISE_XX_FALLBACK_PROTOCOL_NAME.len(), 36);
         assert_eq!(MAX_PLAINTEXT_LEN, (1 << 24) - 1 - 16);
     }
 
@@ -221,6 +279,8 @@ mod tests {
         fn check<T: Send + Sync>() {}
         check::<Initiator>();
         check::<Responder>();
+        check::<IkInitiator>();
+        check::<ServerStart>();
         check::<Transport>();
         check::<SendCipher>();
         check::<RecvCipher>();

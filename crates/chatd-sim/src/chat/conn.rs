@@ -1,5 +1,11 @@
 //! One chat connection: intro, Noise handshake, login, then stanzas both ways until either side
 //! ends it.
+//!
+//! The handshake is whichever the client starts: XX; IK when its `static` opens under the
+//! simulator's key (the ServerHello then carries no `static`, its payload is the certificate
+//! chain, and no ClientFinish follows); XXfallback when it does not (the client cached another
+//! key: the XX ServerHello, then a ClientFinish). All three end in the same client key, payload
+//! and transport, so [`login::check`] decides every login the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use tokio_util::codec::Framed;
 use tracing::{debug, info};
 use wire::decode::Decoder;
 use wire::frame::FrameCodec;
-use wire::noise::{Flavour, Responder, Transport};
+use wire::noise::{ClientFinished, Flavour, HandshakePattern, ServerStart, Transport, accept_client_hello};
 use wire::proto::ClientPayload;
 use wire::{Node, Value};
 
@@ -72,16 +78,17 @@ where
     let handshake = async {
         let intro = read_intro(&mut stream).await?;
         let mut framed = Framed::new(stream, FrameCodec::new());
-        let mut responder = Responder::new(sim.server_keypair()?, sim.cert_chain.clone(), Flavour::WhatsApp)?;
-        let hello = framed.next().await.ok_or(ConnError::ClosedInHandshake)??;
-        responder.read_client_hello(&hello)?;
-        framed.send(responder.server_hello()?).await?;
-        let finish = framed.next().await.ok_or(ConnError::ClosedInHandshake)??;
-        let finished = responder.read_client_finish(&finish)?;
-        Ok::<_, ConnError>((intro, framed, finished))
+        let (pattern, finished) = noise_handshake(sim, &mut framed).await?;
+        Ok::<_, ConnError>((intro, framed, pattern, finished))
     };
-    let (intro, mut framed, finished) =
+    let (intro, mut framed, pattern, finished) =
         tokio::time::timeout(limit, handshake).await.map_err(|_| ConnError::HandshakeTimeout(limit))??;
+    let completed = match pattern {
+        HandshakePattern::Xx => &sim.totals.handshakes_xx,
+        HandshakePattern::Ik => &sim.totals.handshakes_ik,
+        HandshakePattern::XxFallback => &sim.totals.handshakes_xx_fallback,
+    };
+    completed.fetch_add(1, Ordering::Relaxed);
     let mut transport = finished.transport;
     let payload = ClientPayload::decode(&finished.client_payload[..])?;
     let ip = intro.proxied_source.map(|a| a.ip()).unwrap_or(peer.ip());
@@ -93,7 +100,10 @@ where
     match login::check(sim, verifier, &payload, &finished.client_static).await {
         Err(failure) => {
             sim.totals.logins_failed.fetch_add(1, Ordering::Relaxed);
-            info!(%peer, %ip, account = ?failure.account, reason = failure.reason, why = %failure.why, "login refused");
+            info!(
+                %peer, %ip, account = ?failure.account, reason = failure.reason, why = %failure.why, %pattern,
+                "login refused"
+            );
             let node = Node::new("failure").attr("reason", failure.reason.to_string());
             send(&mut framed, &mut transport, &node).await?;
             drop(observed);
@@ -102,8 +112,28 @@ where
         }
         Ok(ok) => {
             sim.totals.logins_ok.fetch_add(1, Ordering::Relaxed);
-            info!(%peer, %ip, account = %ok.jid, proxied = intro.proxy_version.is_some(), "logged in");
+            info!(%peer, %ip, account = %ok.jid, proxied = intro.proxy_version.is_some(), %pattern, "logged in");
             session(sim, framed, transport, &ok.jid, observed).await
+        }
+    }
+}
+
+/// The Noise handshake in whichever pattern the ClientHello starts (see the module docs).
+async fn noise_handshake<S>(sim: &Sim, framed: &mut Conn<S>) -> Result<(HandshakePattern, ClientFinished), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hello = framed.next().await.ok_or(ConnError::ClosedInHandshake)??;
+    match accept_client_hello(sim.server_keypair()?, sim.cert_chain.clone(), Flavour::WhatsApp, &hello)? {
+        ServerStart::Resumed(resumed) => {
+            framed.send(resumed.server_hello).await?;
+            Ok((HandshakePattern::Ik, resumed.finished))
+        }
+        ServerStart::Full(mut responder) => {
+            framed.send(responder.server_hello()?).await?;
+            let finish = framed.next().await.ok_or(ConnError::ClosedInHandshake)??;
+            let pattern = responder.pattern();
+            Ok((pattern, responder.read_client_finish(&finish)?))
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The two XX state machines. Each step checks the state it is called in, so calling steps out of
+//! The two XX state machines (also the XXfallback ones: the same steps after another start, see
+//! `ik.rs`). Each step checks the state it is called in, so calling steps out of
 //! order (or after a failure) is a typed [`NoiseError::OutOfOrder`], never a panic; any failure
 //! while processing a peer message poisons the state.
 //!
@@ -16,14 +17,14 @@ use zeroize::Zeroizing;
 use super::symmetric::{Role, SymmetricState};
 use super::transport::Transport;
 use super::{
-    DH_LEN, Flavour, HandshakeStage, NOISE_XX_PROTOCOL_NAME, NoiseError, StaticKeypair, TAG_LEN, WA_CONN_HEADER,
-    public_bytes,
+    DH_LEN, Flavour, HandshakePattern, HandshakeStage, NOISE_XX_FALLBACK_PROTOCOL_NAME, NOISE_XX_PROTOCOL_NAME,
+    NoiseError, StaticKeypair, TAG_LEN, WA_CONN_HEADER, public_bytes,
 };
 use crate::cert::{CertVerifier, KeyHex, VerifiedChain};
 use crate::proto::{ClientFinish, ClientHello, HandshakeMessage, ServerHello};
 
 /// An encrypted static key: the key and its tag.
-const ENC_STATIC_LEN: usize = DH_LEN + TAG_LEN;
+pub(super) const ENC_STATIC_LEN: usize = DH_LEN + TAG_LEN;
 
 /// What the initiator learns from the ServerHello.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,13 +57,13 @@ impl fmt::Debug for ClientFinished {
 }
 
 /// A fresh ephemeral keypair; aws-lc wipes the private key on drop.
-struct Ephemeral {
-    private: agreement::PrivateKey,
-    public: [u8; DH_LEN],
+pub(super) struct Ephemeral {
+    pub(super) private: agreement::PrivateKey,
+    pub(super) public: [u8; DH_LEN],
 }
 
 impl Ephemeral {
-    fn generate() -> Result<Self, NoiseError> {
+    pub(super) fn generate() -> Result<Self, NoiseError> {
         let private = agreement::PrivateKey::generate(&X25519).map_err(|_| NoiseError::Rng)?;
         let public = public_bytes(&private)?;
         Ok(Self { private, public })
@@ -71,7 +72,7 @@ impl Ephemeral {
 
 /// `MixKey(DH(private, public))`. X25519 in aws-lc rejects small-order peer keys (all-zero
 /// output), which we report instead of mixing a predictable secret.
-fn mix_dh(
+pub(super) fn mix_dh(
     sym: &mut SymmetricState,
     private: &agreement::PrivateKey,
     public: &[u8; DH_LEN],
@@ -85,9 +86,17 @@ fn mix_dh(
     )
 }
 
-fn new_state(flavour: Flavour, prologue: &[u8]) -> SymmetricState {
-    let mut sym = SymmetricState::new(NOISE_XX_PROTOCOL_NAME, flavour);
+pub(super) fn new_state(protocol_name: &[u8], flavour: Flavour, prologue: &[u8]) -> SymmetricState {
+    let mut sym = SymmetricState::new(protocol_name, flavour);
     sym.mix_hash(prologue);
+    sym
+}
+
+/// XXfallback's start: the client's ephemeral, already sent in its IK ClientHello, is the
+/// pre-message. From here both sides run the XX steps.
+fn fallback_state(flavour: Flavour, prologue: &[u8], client_ephemeral: &[u8; DH_LEN]) -> SymmetricState {
+    let mut sym = new_state(NOISE_XX_FALLBACK_PROTOCOL_NAME, flavour, prologue);
+    sym.mix_hash(client_ephemeral);
     sym
 }
 
@@ -120,11 +129,13 @@ pub struct Initiator {
     s: StaticKeypair,
     e: Ephemeral,
     state: InitiatorState,
+    pattern: HandshakePattern,
 }
 
 impl fmt::Debug for Initiator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Initiator")
+            .field("pattern", &self.pattern)
             .field("static", &self.s)
             .field("state", &self.state.describe())
             .field("sym", &self.sym)
@@ -141,11 +152,29 @@ impl Initiator {
     /// A client with another prologue (e.g. an older connection header).
     pub fn with_prologue(static_key: StaticKeypair, flavour: Flavour, prologue: &[u8]) -> Result<Self, NoiseError> {
         Ok(Self {
-            sym: new_state(flavour, prologue),
+            sym: new_state(NOISE_XX_PROTOCOL_NAME, flavour, prologue),
             s: static_key,
             e: Ephemeral::generate()?,
             state: InitiatorState::Start,
+            pattern: HandshakePattern::Xx,
         })
+    }
+
+    /// The XXfallback initiator after a declined IK attempt: `e` is the ephemeral the IK
+    /// ClientHello carried. It waits for the ServerHello, which it reads as in XX.
+    pub(super) fn fallback(static_key: StaticKeypair, e: Ephemeral, flavour: Flavour, prologue: &[u8]) -> Self {
+        Self {
+            sym: fallback_state(flavour, prologue, &e.public),
+            s: static_key,
+            e,
+            state: InitiatorState::SentHello,
+            pattern: HandshakePattern::XxFallback,
+        }
+    }
+
+    /// [`HandshakePattern::Xx`], or [`HandshakePattern::XxFallback`] after a declined IK.
+    pub fn pattern(&self) -> HandshakePattern {
+        self.pattern
     }
 
     /// The current handshake hash.
@@ -299,11 +328,13 @@ pub struct Responder {
     e: Ephemeral,
     cert_chain: Bytes,
     state: ResponderState,
+    pattern: HandshakePattern,
 }
 
 impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Responder")
+            .field("pattern", &self.pattern)
             .field("static", &self.s)
             .field("state", &self.state.describe())
             .field("sym", &self.sym)
@@ -331,12 +362,37 @@ impl Responder {
         prologue: &[u8],
     ) -> Result<Self, NoiseError> {
         Ok(Self {
-            sym: new_state(flavour, prologue),
+            sym: new_state(NOISE_XX_PROTOCOL_NAME, flavour, prologue),
             s: static_key,
             e: Ephemeral::generate()?,
             cert_chain: cert_chain_bytes.into(),
             state: ResponderState::Start,
+            pattern: HandshakePattern::Xx,
         })
+    }
+
+    /// The XXfallback responder for an IK ClientHello whose `static` did not open under our key:
+    /// the client's ephemeral `re` is the pre-message; next is [`server_hello`](Self::server_hello).
+    pub(super) fn fallback(
+        static_key: StaticKeypair,
+        cert_chain: Bytes,
+        flavour: Flavour,
+        prologue: &[u8],
+        re: [u8; DH_LEN],
+    ) -> Result<Self, NoiseError> {
+        Ok(Self {
+            sym: fallback_state(flavour, prologue, &re),
+            s: static_key,
+            e: Ephemeral::generate()?,
+            cert_chain,
+            state: ResponderState::GotHello { re },
+            pattern: HandshakePattern::XxFallback,
+        })
+    }
+
+    /// [`HandshakePattern::Xx`], or [`HandshakePattern::XxFallback`] for a declined IK.
+    pub fn pattern(&self) -> HandshakePattern {
+        self.pattern
     }
 
     /// The current handshake hash.
@@ -474,29 +530,29 @@ struct FinishParts {
     enc_payload: Vec<u8>,
 }
 
-fn decode(msg: &[u8], message: &'static str) -> Result<HandshakeMessage, NoiseError> {
+pub(super) fn decode(msg: &[u8], message: &'static str) -> Result<HandshakeMessage, NoiseError> {
     HandshakeMessage::decode(msg).map_err(|source| NoiseError::Protobuf { message, source })
 }
 
-fn exact(bytes: &[u8], field: &'static str) -> Result<[u8; DH_LEN], NoiseError> {
+pub(super) fn exact(bytes: &[u8], field: &'static str) -> Result<[u8; DH_LEN], NoiseError> {
     bytes.try_into().map_err(|_| NoiseError::FieldLength { field, len: bytes.len(), expected: DH_LEN })
 }
 
-fn enc_static(bytes: Vec<u8>, field: &'static str) -> Result<Vec<u8>, NoiseError> {
+pub(super) fn enc_static(bytes: Vec<u8>, field: &'static str) -> Result<Vec<u8>, NoiseError> {
     if bytes.len() != ENC_STATIC_LEN {
         return Err(NoiseError::FieldLength { field, len: bytes.len(), expected: ENC_STATIC_LEN });
     }
     Ok(bytes)
 }
 
-fn enc_payload(bytes: Vec<u8>, field: &'static str) -> Result<Vec<u8>, NoiseError> {
+pub(super) fn enc_payload(bytes: Vec<u8>, field: &'static str) -> Result<Vec<u8>, NoiseError> {
     if bytes.len() < TAG_LEN {
         return Err(NoiseError::FieldTooShort { field, len: bytes.len(), min: TAG_LEN });
     }
     Ok(bytes)
 }
 
-fn required<T>(value: Option<T>, message: &'static str, field: &'static str) -> Result<T, NoiseError> {
+pub(super) fn required<T>(value: Option<T>, message: &'static str, field: &'static str) -> Result<T, NoiseError> {
     value.ok_or(NoiseError::MissingField { message, field })
 }
 
