@@ -209,7 +209,7 @@ fn default_audience() -> String {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read { path: String, source: std::io::Error },
     #[error("parsing {path}: {message}")]
     Parse { path: String, message: String },

@@ -31,7 +31,7 @@ pub const PREKEY_BATCH: u32 = 30;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a client state file ({reason}); was it written by another program?")]
     Corrupt { path: PathBuf, reason: String },
@@ -39,7 +39,7 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("a device is already set up in {0}; use another --state directory")]
     Exists(PathBuf),
-    #[error("signal record: {0}")]
+    #[error("signal record")]
     Record(#[from] SignalProtocolError),
 }
 
