@@ -231,23 +231,11 @@ fn frame_into(body: &[u8], out: &mut Vec<u8>) -> Result<(), ConnectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert::{CertError, CertIssuer, ChainParams};
+    use crate::cert::CertError;
     use crate::noise::Responder;
+    use crate::testing::TestServer;
 
     const NOW: u64 = 1_700_000_000;
-
-    struct Server {
-        key: StaticKeypair,
-        root: [u8; 32],
-        chain: Vec<u8>,
-    }
-
-    fn server() -> Server {
-        let key = StaticKeypair::generate().unwrap();
-        let issuer = CertIssuer::generate().unwrap();
-        let chain = issuer.issue(&key.public(), &ChainParams::new(1, 2, NOW - 60, NOW + 3600)).unwrap();
-        Server { key, root: issuer.public_key(), chain }
-    }
 
     fn framed(body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -256,13 +244,13 @@ mod tests {
     }
 
     /// Reads the client's first transmit as the server does: header, then the ClientHello frame.
-    fn server_hello_for(srv: &Server, first: &[u8], preamble: &[u8]) -> (Responder, Vec<u8>) {
+    fn server_hello_for(srv: &TestServer, first: &[u8], preamble: &[u8]) -> (Responder, Vec<u8>) {
         assert_eq!(&first[..preamble.len()], preamble);
         let rest = &first[preamble.len()..];
         assert_eq!(&rest[..4], &WA_CONN_HEADER);
         let (hello, tail) = decode_frame(&rest[4..], MAX_FRAME_LEN).unwrap().unwrap();
         assert!(tail.is_empty());
-        let mut r = Responder::new(srv.key.clone(), srv.chain.clone(), Flavour::WhatsApp).unwrap();
+        let mut r = srv.responder();
         r.read_client_hello(hello).unwrap();
         let reply = framed(&r.server_hello().unwrap());
         (r, reply)
@@ -274,7 +262,7 @@ mod tests {
 
     #[test]
     fn handshake_byte_by_byte_then_transport_both_ways() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         let mut c = client(&config, b"PROXY x\r\n");
         let (r, mut reply) = server_hello_for(&srv, &c.transmit().unwrap(), b"PROXY x\r\n");
@@ -306,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_second_connection_is_answered_from_the_cache() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         for expected in [CacheOutcome::Miss, CacheOutcome::Hit] {
             let mut c = client(&config, b"");
@@ -321,7 +309,7 @@ mod tests {
 
     #[test]
     fn an_untrusted_or_expired_chain_fails_before_the_client_finish() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         for (config, now) in [(ConnectConfig::new([9; 32]), NOW), (ConnectConfig::new(srv.root), NOW + 7200)] {
             let mut c = client(&config, b"");
             let (_, reply) = server_hello_for(&srv, &c.transmit().unwrap(), b"");
@@ -357,7 +345,7 @@ mod tests {
 
     #[test]
     fn garbage_and_tampered_hellos_are_typed_errors() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         let mut c = client(&config, b"");
         c.transmit().unwrap();
@@ -375,7 +363,7 @@ mod tests {
 
     #[test]
     fn finish_is_refused_until_the_client_finish_is_taken() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         let mut c = client(&config, b"");
         let (_, reply) = server_hello_for(&srv, &c.transmit().unwrap(), b"");
