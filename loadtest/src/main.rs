@@ -220,7 +220,7 @@ async fn run(cli: Cli) -> Result<bool> {
         if matches!(cli.command, Command::Smoke) { Duration::from_millis(50) } else { Duration::from_millis(500) };
     let ceiling = tokio::task::spawn_blocking(move || crypto::measure(budget))
         .await
-        .map_err(|e| Error::Invalid(format!("crypto ceiling task: {e}")))??;
+        .map_err(|e| Error::Invalid(format!("crypto ceiling task: {}", Report(&e))))??;
     if matches!(cli.command, Command::Crypto) {
         let json = serde_json::json!({ "machine": machine, "crypto_ceiling": ceiling });
         let text = serde_json::to_string_pretty(&json).unwrap_or_default();

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use error_report::Report;
 use serde::Deserialize;
 
 /// Everything the simulator is told.
@@ -221,8 +222,8 @@ impl Config {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &str) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: Report(&e).to_string() })?;
         config.validate()?;
         Ok(config)
     }

@@ -49,7 +49,7 @@ enum Command {
 }
 
 fn gen_local_ca(out: &std::path::Path, certs: &[String]) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {}", out.display(), Report(&e)))?;
     let ca = tls_config::LocalCa::generate("interop-proxy local CA").map_err(|e| Report(&e).to_string())?;
     let ca_file = out.join("ca.pem");
     ca.write_cert(&ca_file).map_err(|e| Report(&e).to_string())?;

@@ -351,7 +351,7 @@ impl PushConfig {
 
 fn validate_base_url(url: &str) -> Result<(), ConfigError> {
     let key = "public_base_url";
-    let uri: hyper::Uri = url.parse().map_err(|e| invalid(key, format!("not a URL: {e}")))?;
+    let uri: hyper::Uri = url.parse().map_err(|e| invalid(key, format!("not a URL: {}", Report(&e))))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(invalid(key, "scheme must be http or https"));
     }

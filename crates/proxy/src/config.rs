@@ -293,8 +293,8 @@ impl Config {
     }
 
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.into(), message: Report(&e).to_string() })?;
         config.validate()?;
         Ok(config)
     }

@@ -145,7 +145,7 @@ impl ClientTls {
             for cert in load_certs(path)? {
                 roots.add(cert).map_err(|e| TlsError::Cert {
                     path: path.display().to_string(),
-                    message: format!("not a usable CA certificate: {e}"),
+                    message: format!("not a usable CA certificate: {}", Report(&e)),
                 })?;
             }
         }
@@ -230,7 +230,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(e.to_string()))?;
     let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| key_err(e.to_string()))?;
     let certified = CertifiedKey::new(certs, signing);
-    certified.keys_match().map_err(|e| key_err(format!("does not match the certificate: {e}")))?;
+    certified.keys_match().map_err(|e| key_err(format!("does not match the certificate: {}", Report(&e))))?;
     Ok(Arc::new(certified))
 }
 
