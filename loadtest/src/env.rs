@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
+use error_report::Report;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -48,7 +49,7 @@ impl Http {
     pub async fn json(&self, method: &str, url: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value> {
         let bytes = self.request(method, url, body).await?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Http { url: url.to_owned(), detail: format!("not JSON: {e}") })
+            .map_err(|e| Error::Http { url: url.to_owned(), detail: format!("not JSON: {}", Report(&e)) })
     }
 
     /// The value of the first metric line starting with `name` in a Prometheus text page.
@@ -73,9 +74,9 @@ impl Http {
         let resp = tokio::time::timeout(HTTP_TIMEOUT, self.0.request(req))
             .await
             .map_err(|_| err("timed out".into()))?
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(Report(&e).to_string()))?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
+        let bytes = resp.into_body().collect().await.map_err(|e| err(Report(&e).to_string()))?.to_bytes();
         if !status.is_success() {
             return Err(err(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)]))));
         }
@@ -153,7 +154,7 @@ fn spawn_wrapped(what: &'static str, wrapper: &[String], bin: &Path, args: &[&st
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::Startup { what, detail: e.to_string() })
+        .map_err(|e| Error::Startup { what, detail: Report(&e).to_string() })
 }
 
 /// Reads stdout lines until every key has been seen (`key` followed by the value to its right),

@@ -7,7 +7,7 @@ use client::conn::ConnError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -17,11 +17,11 @@ pub enum Error {
     Startup { what: &'static str, detail: String },
     #[error("{url}: {detail}")]
     Http { url: String, detail: String },
-    #[error("connection: {0}")]
+    #[error("connection")]
     Conn(#[from] client::conn::ConnError),
-    #[error("noise: {0}")]
+    #[error("noise")]
     Noise(#[from] wire::noise::NoiseError),
-    #[error("encode: {0}")]
+    #[error("encode")]
     Encode(#[from] wire::encode::EncodeError),
     #[error("login refused: <{tag}> reason {reason}")]
     Refused { tag: String, reason: String, retry_after: Option<u64> },

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use error_report::Report;
 use loadtest::env::{Env, External, StartOptions};
 use loadtest::error::{Error, Result};
 use loadtest::progress::Progress;
@@ -219,7 +220,7 @@ async fn run(cli: Cli) -> Result<bool> {
         if matches!(cli.command, Command::Smoke) { Duration::from_millis(50) } else { Duration::from_millis(500) };
     let ceiling = tokio::task::spawn_blocking(move || crypto::measure(budget))
         .await
-        .map_err(|e| Error::Invalid(format!("crypto ceiling task: {e}")))??;
+        .map_err(|e| Error::Invalid(format!("crypto ceiling task: {}", Report(&e))))??;
     if matches!(cli.command, Command::Crypto) {
         let json = serde_json::json!({ "machine": machine, "crypto_ceiling": ceiling });
         let text = serde_json::to_string_pretty(&json).unwrap_or_default();
@@ -293,7 +294,7 @@ async fn run(cli: Cli) -> Result<bool> {
             match report::draw(&results, p) {
                 Ok(None) => md += &format!("![{}]({})\n\n", p.title, p.file),
                 Ok(Some(why)) => plot_notes.push(why),
-                Err(e) => plot_notes.push(e.to_string()),
+                Err(e) => plot_notes.push(Report(&e).to_string()),
             }
         }
         violations.extend(o.violations.iter().cloned());
@@ -391,7 +392,7 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("loadtest: {e}");
+            eprintln!("loadtest: {}", Report(&e));
             ExitCode::FAILURE
         }
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use error_report::Report;
 use futures_util::StreamExt;
 use wire::Jid;
 use wire::noise::StaticKeypair;
@@ -51,7 +52,7 @@ pub async fn provision(
     signed[0] = 5;
     signed[1..].copy_from_slice(&spk);
     let signature = wire::xeddsa::sign_with_os_rng(&identity_private, &signed)
-        .map_err(|e| Error::Invalid(format!("signing the prekey: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("signing the prekey: {}", Report(&e))))?;
     let identity = wire::xeddsa::public_key(&identity_private);
 
     let mut keys = Vec::with_capacity(n);

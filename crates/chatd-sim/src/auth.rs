@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::config::IntegratorConfig;
+use error_report::Report;
 
 /// What a valid Partner JWT says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +53,7 @@ impl JwksTokenVerifier {
         let url = format!("{}/.well-known/oauth/openid/jwks", integrator.base_url.trim_end_matches('/'));
         let v = std::sync::Arc::new(
             jwks::JwksVerifier::new(&url, self.config.clone())
-                .map_err(|e| TokenRejected(format!("JWKS setup: {e}")))?,
+                .map_err(|e| TokenRejected(format!("JWKS setup: {}", Report(&e))))?,
         );
         map.insert(integrator.id, std::sync::Arc::clone(&v));
         Ok(v)
@@ -73,7 +74,7 @@ impl TokenVerifier for JwksTokenVerifier {
             let verifier = self.verifier_for(integrator)?;
             let expect = jwks::Expectations::new(integrator.issuer.clone(), integrator.audience.clone());
             let claims: jwks::PartnerClaims =
-                verifier.verify(token, &expect).await.map_err(|e| TokenRejected(tls_config::error_chain(&e)))?;
+                verifier.verify(token, &expect).await.map_err(|e| TokenRejected(Report(&e).to_string()))?;
             Ok(VerifiedToken { subject: claims.sub })
         })
     }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use error_report::Report;
 use serde::Deserialize;
 
 /// Everything the simulator is told.
@@ -209,7 +210,7 @@ fn default_audience() -> String {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read { path: String, source: std::io::Error },
     #[error("parsing {path}: {message}")]
     Parse { path: String, message: String },
@@ -221,8 +222,8 @@ impl Config {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &str) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: Report(&e).to_string() })?;
         config.validate()?;
         Ok(config)
     }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use error_report::Report;
 use serde::Serialize;
 
 use crate::account::{Account, AccountKind, KeyBundle, Mailbox, SignedPreKey};
@@ -138,7 +139,7 @@ pub async fn enlist(sim: &Sim, verifier: &dyn TokenVerifier, body: &[u8]) -> Ans
         Ok(_) => return Answer::fail(Reason::BadToken),
         Err(e) => {
             // The answer keeps the seed's reason; the log says why (a JWKS TLS failure included).
-            tracing::info!(integrator = integrator.id, reason = %e, "enlistment token refused");
+            tracing::info!(integrator = integrator.id, reason = %Report(&e), "enlistment token refused");
             return Answer::fail(Reason::BadToken);
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use error_report::Report;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -68,7 +69,7 @@ pub async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => builder.serve_connection(TokioIo::new(stream), service).await,
                     Ok(Err(e)) => {
-                        debug!(error = %e, "TLS handshake failed");
+                        debug!(error = %Report(&e), "TLS handshake failed");
                         Ok(())
                     }
                     Err(_) => {
@@ -78,7 +79,7 @@ pub async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>
                 },
             };
             if let Err(e) = result {
-                debug!(error = %e, "http connection ended");
+                debug!(error = %Report(e.as_ref()), "http connection ended");
             }
         });
     }
@@ -273,7 +274,7 @@ async fn partner_media(state: &HttpState, integrator: &str, reference: &str) -> 
         Ok(Ok(r)) => r,
         Ok(Err(e)) if tls_config::find_tls_error(&e).is_some() => {
             state.sim.totals.partner_tls_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(url, error = %tls_config::error_chain(&e), "partner media: TLS with the Partner failed");
+            tracing::warn!(url, error = %Report(&e), "partner media: TLS with the Partner failed");
             return error(StatusCode::BAD_GATEWAY, "partner server certificate refused");
         }
         _ => return error(StatusCode::BAD_GATEWAY, "partner server unreachable"),
@@ -334,7 +335,7 @@ fn b64<const N: usize>(s: &str) -> Option<[u8; N]> {
 fn provision_wa_user(sim: &Sim, body: &[u8]) -> Resp {
     let user: WaUser = match serde_json::from_slice(body) {
         Ok(u) => u,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad user: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad user: {}", Report(&e))),
     };
     let (Some(noise_public), Some(identity), Some(public), Some(signature)) = (
         b64::<32>(&user.noise_public),
@@ -372,7 +373,7 @@ fn provision_wa_user(sim: &Sim, body: &[u8]) -> Resp {
     };
     match sim.store.put(account) {
         Ok(()) => respond(StatusCode::OK, json!({ "jid": jid })),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &Report(&e).to_string()),
     }
 }
 
@@ -404,7 +405,7 @@ struct InteropUser {
 fn enlist_interop_users(sim: &Sim, body: &[u8]) -> Resp {
     let batch: InteropUsers = match serde_json::from_slice(body) {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad batch: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad batch: {}", Report(&e))),
     };
     if !sim.config.integrators.iter().any(|i| i.id == batch.integrator) {
         return error(StatusCode::BAD_REQUEST, "unknown integrator");
@@ -466,7 +467,7 @@ fn enlist_interop_users(sim: &Sim, body: &[u8]) -> Resp {
         if let Err(e) = sim.store.put(account) {
             return respond(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "error": e.to_string(), "enlisted": logins.len(), "logins": logins }),
+                json!({ "error": Report(&e).to_string(), "enlisted": logins.len(), "logins": logins }),
             );
         }
         sim.totals.enlistments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -35,15 +35,15 @@ pub use sim::Sim;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    #[error("binding {what} on {addr}: {source}")]
+    #[error("binding {what} on {addr}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
-    #[error("config: {0}")]
+    #[error("config")]
     Config(#[from] config::ConfigError),
-    #[error("keys: {0}")]
+    #[error("keys")]
     Keys(#[from] sim::KeyError),
-    #[error("push signing keys: {0}")]
+    #[error("push signing keys")]
     PushKeys(#[from] jwks::KeyError),
-    #[error("TLS: {}", tls_config::error_chain(.0))]
+    #[error("TLS")]
     Tls(#[from] TlsError),
 }
 

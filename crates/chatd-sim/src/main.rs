@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use chatd_sim::{ChatdSim, Config};
 use clap::Parser;
+use error_report::Report;
 
 #[derive(Parser)]
 #[command(name = "chatd-sim", version, about = "WhatsApp chatd and enlistment API simulator for interop testing")]
@@ -33,7 +34,7 @@ async fn main() -> ExitCode {
         Some(path) => match Config::from_file(path) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("chatd-sim: {e}");
+                eprintln!("chatd-sim: {}", Report(&e));
                 return ExitCode::FAILURE;
             }
         },
@@ -51,7 +52,7 @@ async fn main() -> ExitCode {
     let running = match ChatdSim::start(config).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("chatd-sim: {e}");
+            eprintln!("chatd-sim: {}", Report(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -74,7 +75,7 @@ async fn main() -> ExitCode {
             _ = term.recv() => break,
             _ = hup.recv() => match running.reload_tls() {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(e) => tracing::error!(error = %tls_config::error_chain(&e), "TLS reload failed; keeping the old certificate"),
+                Err(e) => tracing::error!(error = %Report(&e), "TLS reload failed; keeping the old certificate"),
             },
         }
     }

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use error_report::Report;
 use http_body_util::Full;
 use jwks::{PushClaims, SigningKeys};
 use tokio::sync::mpsc;
@@ -49,7 +50,7 @@ async fn deliver(sim: &Sim, keys: &SigningKeys, client: &PartnerClient, req: &Pu
         let token = match keys.sign(&claims) {
             Ok(t) => t,
             Err(e) => {
-                warn!(error = %e, "signing a push token failed");
+                warn!(error = %Report(&e), "signing a push token failed");
                 return false;
             }
         };
@@ -68,10 +69,10 @@ async fn deliver(sim: &Sim, keys: &SigningKeys, client: &PartnerClient, req: &Pu
                 // A certificate problem will not fix itself between retries: say so loudly.
                 Some(tls) => {
                     sim.totals.partner_tls_failures.fetch_add(1, Ordering::Relaxed);
-                    warn!(account = %req.account_jid, attempt, url, error = %tls, "push refused: TLS with the Partner failed");
+                    warn!(account = %req.account_jid, attempt, url, error = %Report(tls), "push refused: TLS with the Partner failed");
                 }
                 None => {
-                    debug!(account = %req.account_jid, attempt, error = %tls_config::error_chain(&e), "push failed")
+                    debug!(account = %req.account_jid, attempt, error = %Report(&e), "push failed")
                 }
             },
             Err(_) => debug!(account = %req.account_jid, attempt, "push timed out"),

@@ -116,9 +116,9 @@ impl std::fmt::Debug for Sim {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
-    #[error("certificate chain: {0}")]
+    #[error("certificate chain")]
     Cert(#[from] wire::cert::CertError),
-    #[error("noise key: {0}")]
+    #[error("noise key")]
     Noise(#[from] wire::noise::NoiseError),
 }
 

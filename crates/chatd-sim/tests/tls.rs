@@ -44,7 +44,7 @@ async fn https(method: &str, url: &str, ca: &Path, ctype: &str, body: Vec<u8>) -
         ca_file: Some(ca.into()),
         tls13_only: false,
     })
-    .map_err(|e| tls_config::error_chain(&e))?;
+    .map_err(|e| error_report::Report(&e).to_string())?;
     let req = hyper::Request::builder()
         .method(method)
         .uri(url)
@@ -54,7 +54,7 @@ async fn https(method: &str, url: &str, ca: &Path, ctype: &str, body: Vec<u8>) -
     let resp = tokio::time::timeout(WAIT, client.request(req))
         .await
         .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| tls_config::error_chain(&e))?;
+        .map_err(|e| error_report::Report(&e).to_string())?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
     Ok((status, body))
@@ -241,7 +241,7 @@ async fn the_partner_client_refuses_wrong_name_untrusted_and_expired_certificate
             },
         )
         .unwrap();
-        let error = tls_config::error_chain(&verifier.refresh_now().await.unwrap_err());
+        let error = error_report::Report(&verifier.refresh_now().await.unwrap_err()).to_string();
         assert!(error.contains(says), "{what}: the error should say {says:?}: {error}");
         let s = stats(&sim, &ca).await;
         assert!(s["partner_tls_failures"].as_u64() >= Some(3), "{what}: push attempts and media: {s}");

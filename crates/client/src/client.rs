@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use error_report::Report;
 use wire::node::be_bytes;
 use wire::proto::{AppVersion, ClientPayload};
 use wire::{Jid, Node, Server, Value};
@@ -162,9 +163,10 @@ fn own_enc<'n>(node: &'n Node, own: &str) -> Option<&'n Node> {
 
 /// A login that did not succeed, with the device store handed back.
 #[derive(Debug, thiserror::Error)]
-#[error("{error}")]
+#[error("login failed")]
 pub struct LoginFailed {
     pub store: Store,
+    #[source]
     pub error: ClientError,
 }
 
@@ -646,7 +648,10 @@ impl Client {
         let message = decrypted.and_then(|d| Ok((Message::from_plaintext(&d.plaintext)?, d.identity_changed)));
         let (message, identity_changed) = match message {
             Ok(m) => m,
-            Err(e) => return self.undecryptable(&node, from, id, e.to_string()).await,
+            Err(e) => {
+                let reason = Report(&e).to_string();
+                return self.undecryptable(&node, from, id, reason).await;
+            }
         };
         if identity_changed {
             self.identity_changed(&from)?;

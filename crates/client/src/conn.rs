@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use error_report::Report;
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -52,7 +53,7 @@ impl std::fmt::Debug for TlsSettings {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnError {
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect { addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(String),
@@ -70,12 +71,12 @@ impl From<HandshakeError> for ConnError {
     fn from(e: HandshakeError) -> Self {
         match e {
             HandshakeError::Connect(ConnectError::Noise(NoiseError::Cert(e))) => {
-                ConnError::Handshake(format!("chatd's certificate chain: {e}"))
+                ConnError::Handshake(format!("chatd's certificate chain: {}", Report(&e)))
             }
-            HandshakeError::Connect(ConnectError::Noise(e)) => ConnError::Handshake(e.to_string()),
+            HandshakeError::Connect(ConnectError::Noise(e)) => ConnError::Handshake(Report(&e).to_string()),
             HandshakeError::Closed => ConnError::Closed,
-            HandshakeError::Io(e) => ConnError::Io(e.to_string()),
-            e => ConnError::Io(e.to_string()),
+            HandshakeError::Io(e) => ConnError::Io(Report(&e).to_string()),
+            e => ConnError::Io(Report(&e).to_string()),
         }
     }
 }
@@ -85,7 +86,7 @@ impl From<ClientError> for ConnError {
         match e {
             ClientError::Closed => ConnError::Closed,
             ClientError::Timeout(d) => ConnError::Timeout(d),
-            e => ConnError::Io(e.to_string()),
+            e => ConnError::Io(Report(&e).to_string()),
         }
     }
 }
@@ -152,18 +153,18 @@ impl Connection {
                             rustls::crypto::aws_lc_rs::default_provider(),
                         ))
                         .with_safe_default_protocol_versions()
-                        .map_err(|e| ConnError::Tls(e.to_string()))?
+                        .map_err(|e| ConnError::Tls(Report(&e).to_string()))?
                         .with_root_certificates(t.roots.clone())
                         .with_no_client_auth();
                         let name = rustls_pki_types::ServerName::try_from(t.server_name.clone())
-                            .map_err(|e| ConnError::Tls(e.to_string()))?;
+                            .map_err(|e| ConnError::Tls(Report(&e).to_string()))?;
                         let tls = tokio::time::timeout(
                             wait,
                             tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream),
                         )
                         .await
                         .map_err(|_| timeout(wait))?
-                        .map_err(|e| ConnError::Tls(e.to_string()))?;
+                        .map_err(|e| ConnError::Tls(Report(&e).to_string()))?;
                         Box::new(tls)
                     }
                 };
@@ -173,7 +174,7 @@ impl Connection {
             }
             Route::Direct { addr, root } => {
                 let mut stream = dialer.tcp(*addr).await?;
-                let hs = |e: NoiseError| ConnError::Handshake(e.to_string());
+                let hs = |e: NoiseError| ConnError::Handshake(Report(&e).to_string());
                 let keypair = StaticKeypair::from_private(noise_private).map_err(hs)?;
                 let config = ConnectConfig {
                     verifier: CertVerifier::new(*root),
@@ -199,9 +200,9 @@ impl Connection {
             Inner::Edge(c) => Ok(c.send(node).await?),
             Inner::Direct(d) => {
                 let Direct { client, transport, .. } = &mut **d;
-                let payload = wire::encode::encode(node).map_err(|e| ConnError::Io(e.to_string()))?;
+                let payload = wire::encode::encode(node).map_err(|e| ConnError::Io(Report(&e).to_string()))?;
                 let mut buf = BytesMut::from(&payload[..]);
-                transport.seal(&mut buf).map_err(|e| ConnError::Io(e.to_string()))?;
+                transport.seal(&mut buf).map_err(|e| ConnError::Io(Report(&e).to_string()))?;
                 Ok(client.send_payload(&buf).await?)
             }
         }
@@ -214,8 +215,8 @@ impl Connection {
             Inner::Direct(d) => {
                 let Direct { client, transport, decoder } = &mut **d;
                 let mut frame = client.recv_payload(wait).await?;
-                let plain = transport.open(&mut frame).map_err(|e| ConnError::Io(e.to_string()))?;
-                Ok(decoder.decode_payload(plain).map_err(|e| ConnError::Io(e.to_string()))?.to_owned())
+                let plain = transport.open(&mut frame).map_err(|e| ConnError::Io(Report(&e).to_string()))?;
+                Ok(decoder.decode_payload(plain).map_err(|e| ConnError::Io(Report(&e).to_string()))?.to_owned())
             }
         }
     }

@@ -52,12 +52,12 @@ pub struct KeyBundle {
 pub enum E2eError {
     #[error("no session with {0}: fetch its keys first")]
     NoSession(String),
-    #[error("the key bundle of {0} is invalid: {1}")]
-    BadBundle(String, SignalProtocolError),
-    #[error("cannot decrypt the message from {0}: {1}")]
-    Decrypt(String, SignalProtocolError),
-    #[error("cannot encrypt for {0}: {1}")]
-    Encrypt(String, SignalProtocolError),
+    #[error("the key bundle of {peer} is invalid")]
+    BadBundle { peer: String, source: SignalProtocolError },
+    #[error("cannot decrypt the message from {peer}")]
+    Decrypt { peer: String, source: SignalProtocolError },
+    #[error("cannot encrypt for {peer}")]
+    Encrypt { peer: String, source: SignalProtocolError },
 }
 
 /// The Signal address of an account JID (one device per interop account, device 0).
@@ -73,7 +73,7 @@ pub fn has_session(store: &mut Store, peer: &str) -> bool {
 
 /// Builds a session with `peer` from its bundle. Returns whether its identity changed.
 pub async fn start_session(store: &mut Store, peer: &str, bundle: &KeyBundle) -> Result<bool, E2eError> {
-    let bad = |e| E2eError::BadBundle(peer.to_owned(), e);
+    let bad = |source| E2eError::BadBundle { peer: peer.to_owned(), source };
     let one_time = match bundle.one_time {
         Some((id, key)) => Some((id.into(), public_key(&key).map_err(bad)?)),
         None => None,
@@ -103,16 +103,16 @@ pub async fn encrypt(store: &mut Store, peer: &str, plaintext: &[u8]) -> Result<
     let (sessions, identities, ..) = store.signal();
     let message = message_encrypt(plaintext, &addr, sessions, identities).await.map_err(|e| match e {
         SignalProtocolError::SessionNotFound(_) => E2eError::NoSession(peer.to_owned()),
-        e => E2eError::Encrypt(peer.to_owned(), e),
+        source => E2eError::Encrypt { peer: peer.to_owned(), source },
     })?;
     Ok(match message {
         CiphertextMessage::PreKeySignalMessage(m) => (EncType::PreKey, m.serialized().to_vec()),
         CiphertextMessage::SignalMessage(m) => (EncType::Msg, m.serialized().to_vec()),
         other => {
-            return Err(E2eError::Encrypt(
-                peer.to_owned(),
-                SignalProtocolError::InvalidState("encrypt", format!("unexpected {:?}", other.message_type())),
-            ));
+            return Err(E2eError::Encrypt {
+                peer: peer.to_owned(),
+                source: SignalProtocolError::InvalidState("encrypt", format!("unexpected {:?}", other.message_type())),
+            });
         }
     })
 }
@@ -128,7 +128,7 @@ pub struct Decrypted {
 /// Decrypts an `<enc>` payload from `peer`. A consumed one-time prekey is removed in the same
 /// state change as the new session, so the caller's single save commits both.
 pub async fn decrypt(store: &mut Store, peer: &str, kind: EncType, bytes: &[u8]) -> Result<Decrypted, E2eError> {
-    let fail = |e| E2eError::Decrypt(peer.to_owned(), e);
+    let fail = |source| E2eError::Decrypt { peer: peer.to_owned(), source };
     let message = match kind {
         EncType::PreKey => CiphertextMessage::PreKeySignalMessage(PreKeySignalMessage::try_from(bytes).map_err(fail)?),
         EncType::Msg => CiphertextMessage::SignalMessage(SignalMessage::try_from(bytes).map_err(fail)?),
@@ -217,7 +217,7 @@ mod tests {
         // The attacker takes bob's whole state now, and replays the captured old ciphertext.
         let mut leaked = bob.clone_for_test();
         let e = decrypt(&mut leaked, "alice", k1, &old).await.unwrap_err();
-        assert!(matches!(e, E2eError::Decrypt(..)), "{e}");
+        assert!(matches!(e, E2eError::Decrypt { .. }), "{e}");
     }
 
     #[tokio::test]

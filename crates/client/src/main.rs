@@ -12,6 +12,7 @@ use client::listen::{ListenOptions, PushOptions, Status, listen};
 use client::media::MediaKind;
 use client::message::MediaRef;
 use client::{Account, Client, Content, Event, Route, Store};
+use error_report::Report;
 
 #[derive(Parser)]
 #[command(
@@ -164,10 +165,10 @@ async fn route(cli: &Cli, store: &Store) -> Result<Route, String> {
                 hex::decode(hex_key).ok().and_then(|b| b.try_into().ok()).ok_or("--root must be 64 hex characters")?
             }
             None => client::services::Services::for_store(store)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| Report(&e).to_string())?
                 .chatd_root(&store.endpoints().chatd_http)
                 .await
-                .map_err(|e| format!("{e} (or give chatd's root key with --root)"))?,
+                .map_err(|e| format!("{} (or give chatd's root key with --root)", Report(&e)))?,
         };
         return Ok(Route::Direct { addr, root });
     }
@@ -223,10 +224,10 @@ fn apply_ca_file(cli: &Cli, store: &mut Store) {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let e = |e: client::ClientError| e.to_string();
+    let e = |e: client::ClientError| Report(&e).to_string();
     match &cli.command {
         Command::Enlist { user, integrator, partner, chatd } => {
-            let mut store = Store::create(Some(&cli.state)).map_err(|e| e.to_string())?;
+            let mut store = Store::create(Some(&cli.state)).map_err(|e| Report(&e).to_string())?;
             apply_ca_file(&cli, &mut store);
             eprintln!("enlisting {user} with integrator {integrator}...");
             let jid = enlist_partner(&mut store, chatd, partner, *integrator, user).await.map_err(e)?;
@@ -235,7 +236,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             return Ok(());
         }
         Command::RegisterWa { phone, chatd } => {
-            let mut store = Store::create(Some(&cli.state)).map_err(|e| e.to_string())?;
+            let mut store = Store::create(Some(&cli.state)).map_err(|e| Report(&e).to_string())?;
             apply_ca_file(&cli, &mut store);
             let jid = register_whatsapp(&mut store, chatd, *phone).await.map_err(e)?;
             println!("registered: {jid}");
@@ -243,12 +244,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         _ => {}
     }
-    let mut store = Store::open(&cli.state).map_err(|e| e.to_string())?;
+    let mut store = Store::open(&cli.state).map_err(|e| Report(&e).to_string())?;
     apply_ca_file(&cli, &mut store);
     if let Command::Settings { read_receipts } = &cli.command {
         if let Some(on) = read_receipts {
             store.set_read_receipts(*on);
-            store.save().map_err(|e| e.to_string())?;
+            store.save().map_err(|e| Report(&e).to_string())?;
         }
         let on_off = |on: bool| if on { "on" } else { "off" };
         println!("read receipts: {}", on_off(store.settings().read_receipts));
@@ -280,19 +281,19 @@ async fn run(cli: Cli) -> Result<(), String> {
         .await
         .map_err(e)?;
         if let (Some(dir), false) = (download, media.is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let mut client = Client::login(store, &route).await.map_err(|f| f.error.to_string())?;
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {}", dir.display(), Report(&e)))?;
+            let mut client = Client::login(store, &route).await.map_err(|f| Report(&f.error).to_string())?;
             for (id, m) in &media {
                 let bytes = client.download(m).await.map_err(e)?;
                 let path = dir.join(m.file_name(id));
-                std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+                std::fs::write(&path, bytes).map_err(|e| format!("{}: {}", path.display(), Report(&e)))?;
                 println!("saved {}", path.display());
             }
             client.close().await;
         }
         return Ok(());
     }
-    let mut client = Client::login(store, &route).await.map_err(|f| f.error.to_string())?;
+    let mut client = Client::login(store, &route).await.map_err(|f| Report(&f.error).to_string())?;
     let outcome = match &cli.command {
         Command::Login => {
             println!("logged in as {}", client.jid());
@@ -308,7 +309,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         },
         Command::SendMedia { file, voice, video, seconds, to, mime, caption } => {
             let path = file.as_ref().or(voice.as_ref()).or(video.as_ref()).ok_or("say which file to send")?;
-            let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let data = std::fs::read(path).map_err(|e| format!("{}: {}", path.display(), Report(&e)))?;
             let sent = if voice.is_some() {
                 client.send_voice_note(to, &data).await
             } else if video.is_some() {

@@ -202,8 +202,8 @@ pub const MAX_PAD: usize = 16;
 pub enum MessageError {
     #[error("message padding is invalid")]
     Padding,
-    #[error("message protobuf is invalid: {0}")]
-    Protobuf(String),
+    #[error("message protobuf is invalid")]
+    Protobuf(#[source] prost::DecodeError),
 }
 
 impl Message {
@@ -348,7 +348,7 @@ impl Message {
         if n == 0 || n > MAX_PAD || n > plain.len() || plain[plain.len() - n..].iter().any(|&b| b != pad) {
             return Err(MessageError::Padding);
         }
-        Message::decode(&plain[..plain.len() - n]).map_err(|e| MessageError::Protobuf(e.to_string()))
+        Message::decode(&plain[..plain.len() - n]).map_err(MessageError::Protobuf)
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use error_report::Report;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -76,13 +77,9 @@ pub struct Enlisted {
     pub account_id: u64,
 }
 
-fn unreachable(url: &str, e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::Unreachable { url: url.to_owned(), reason: e.to_string() }
-}
-
-/// The whole cause chain: a refused certificate says why (unknown issuer, wrong name, expired).
-fn unreachable_chain(url: &str, e: &(dyn std::error::Error + 'static)) -> ServiceError {
-    ServiceError::Unreachable { url: url.to_owned(), reason: tls_config::error_chain(e) }
+/// With the whole cause chain: a refused certificate says why (unknown issuer, wrong name, expired).
+fn unreachable(url: &str, e: &dyn std::error::Error) -> ServiceError {
+    ServiceError::Unreachable { url: url.to_owned(), reason: Report(e).to_string() }
 }
 
 fn e64(b: &[u8]) -> String {
@@ -104,13 +101,15 @@ impl Services {
             .uri(url)
             .header("content-type", content_type)
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| unreachable(url, e))?;
-        let resp =
-            tokio::time::timeout(wait, self.http.request(req)).await.map_err(|_| unreachable(url, "timed out"))?;
-        let resp = resp.map_err(|e| unreachable_chain(url, &e))?;
+            .map_err(|e| unreachable(url, &e))?;
+        let resp = tokio::time::timeout(wait, self.http.request(req))
+            .await
+            .map_err(|_| ServiceError::Unreachable { url: url.to_owned(), reason: "timed out".into() })?;
+        let resp = resp.map_err(|e| unreachable(url, &e))?;
         let status = resp.status().as_u16();
         let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| unreachable(url, e))?;
+        let body =
+            Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| unreachable(url, e.as_ref()))?;
         Ok((status, ctype, body.to_bytes()))
     }
 
@@ -124,7 +123,7 @@ impl Services {
             });
         }
         serde_json::from_slice(&body)
-            .map_err(|e| ServiceError::BadAnswer { url: url.to_owned(), reason: e.to_string() })
+            .map_err(|e| ServiceError::BadAnswer { url: url.to_owned(), reason: Report(&e).to_string() })
     }
 
     /// A Partner JWT for `user` (bound to `account` when given) from the partner server.
@@ -150,9 +149,10 @@ impl Services {
         user: &str,
         token: &str,
     ) -> Result<Enlisted, ServiceError> {
-        let (spk_id, spk, signature) = store.signed_prekey().map_err(|e| ServiceError::Enlist(e.to_string()))?;
+        let (spk_id, spk, signature) =
+            store.signed_prekey().map_err(|e| ServiceError::Enlist(Report(&e).to_string()))?;
         let noise_public = wire::noise::StaticKeypair::from_private(store.noise_private())
-            .map_err(|e| ServiceError::Enlist(e.to_string()))?
+            .map_err(|e| ServiceError::Enlist(Report(&e).to_string()))?
             .public();
         let form = form_urlencoded::Serializer::new(String::new())
             .append_pair("authkey", &e64(&noise_public))
@@ -182,10 +182,10 @@ impl Services {
     /// Registers a WhatsApp-side user with the simulator (what phone registration does on the
     /// real service), with this device's keys and a first batch of one-time prekeys.
     pub async fn provision_whatsapp(&self, chatd: &str, store: &mut Store, phone: u64) -> Result<String, ServiceError> {
-        let bad = |e: crate::store::StoreError| ServiceError::Enlist(e.to_string());
+        let bad = |e: crate::store::StoreError| ServiceError::Enlist(Report(&e).to_string());
         let (spk_id, spk, signature) = store.signed_prekey().map_err(bad)?;
         let noise_public = wire::noise::StaticKeypair::from_private(store.noise_private())
-            .map_err(|e| ServiceError::Enlist(e.to_string()))?
+            .map_err(|e| ServiceError::Enlist(Report(&e).to_string()))?
             .public();
         let prekeys: Vec<Value> = store
             .new_prekeys(crate::store::PREKEY_BATCH)

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use error_report::Report;
 use serde::{Deserialize, Serialize};
 use wacore_libsignal::protocol::{
     Direction, GenericSignedPreKey, IdentityChange, IdentityKey, IdentityKeyPair, IdentityKeyStore, KeyPair, PreKeyId,
@@ -31,7 +32,7 @@ pub const PREKEY_BATCH: u32 = 30;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a client state file ({reason}); was it written by another program?")]
     Corrupt { path: PathBuf, reason: String },
@@ -39,7 +40,7 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("a device is already set up in {0}; use another --state directory")]
     Exists(PathBuf),
-    #[error("signal record: {0}")]
+    #[error("signal record")]
     Record(#[from] SignalProtocolError),
 }
 
@@ -267,7 +268,7 @@ impl Store {
         let path = dir.join("state.json");
         let tmp = dir.join("state.json.tmp");
         let text = serde_json::to_vec_pretty(&self.state)
-            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: Report(&e).to_string() })?;
         let mut file = private_file(&tmp, false)?;
         file.write_all(&text).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;

@@ -95,6 +95,7 @@ async fn wrong_name_untrusted_and_expired_certificates_are_refused() {
         partner.shutdown().await;
     }
     // A CA file that is not there is a clear setup error.
-    let missing = Services::with_ca_file(Some(&dir.path().join("nope.pem"))).err().map(|e| tls_config::error_chain(&e));
+    let missing =
+        Services::with_ca_file(Some(&dir.path().join("nope.pem"))).err().map(|e| error_report::Report(&e).to_string());
     assert!(missing.is_some_and(|e| e.contains("nope.pem")));
 }

@@ -24,6 +24,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
+use error_report::Report;
 use session::{LoginRequest, Registry};
 use tokio::io::AsyncRead;
 use tokio::time::Instant;
@@ -116,9 +117,9 @@ impl Refused {
             Refused::RateLimited { retry_after } => {
                 debug!(%peer, retry_after, "connection rate limit for this source")
             }
-            Refused::BadLogin(error) => debug!(%peer, %error, "bad login frame"),
+            Refused::BadLogin(error) => debug!(%peer, error = %Report(error), "bad login frame"),
             Refused::Unauthorized { account, error } => {
-                info!(%peer, %account, %error, "login refused before any upstream")
+                info!(%peer, %account, error = %Report(error), "login refused before any upstream")
             }
             _ => {}
         }

@@ -24,7 +24,7 @@ pub struct AuthConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {
-    #[error("token: {0}")]
+    #[error("token")]
     Token(#[from] jwks::VerifyError),
     #[error("token's {claim:?} claim does not name the login's account")]
     NotBound { claim: String },

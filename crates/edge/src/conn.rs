@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use error_report::Report;
 use session::{CloseReason, EndReason, FirstReply, SessionContext, run_session_with};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -136,9 +137,9 @@ pub async fn serve_client_with<S, F>(
     let session = outcome.session_id;
     match cause {
         Some(error) if outcome.reason == CloseReason::Internal => {
-            warn!(%peer, %account, session, login = first, close, %error, "session ended by a proxy fault")
+            warn!(%peer, %account, session, login = first, close, error = %Report(error), "session ended by a proxy fault")
         }
-        Some(error) => info!(%peer, %account, session, login = first, close, %error, "session ended"),
+        Some(error) => info!(%peer, %account, session, login = first, close, error = %Report(error), "session ended"),
         None => info!(%peer, %account, session, login = first, close, "session ended"),
     }
 }

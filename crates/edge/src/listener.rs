@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use error_report::Report;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -25,7 +26,7 @@ pub fn tune_socket(stream: &TcpStream, keepalive: Option<Duration>) {
     if let Some(idle) = keepalive {
         let ka = socket2::TcpKeepalive::new().with_time(idle).with_interval((idle / 6).max(Duration::from_secs(1)));
         if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
-            debug!(error = %e, "cannot set TCP keepalive");
+            debug!(error = %Report(&e), "cannot set TCP keepalive");
         }
     }
 }
@@ -53,7 +54,7 @@ async fn accept(
                 return Some((stream, peer, local));
             }
             Err(e) => {
-                warn!(error = %e, "accept failed; backing off");
+                warn!(error = %Report(&e), "accept failed; backing off");
                 tokio::select! {
                     _ = ctx.stop_accepting.cancelled() => return None,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -107,7 +108,7 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<Ed
         tokio::spawn(async move {
             match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => serve_client(ctx, tls, peer, local, deadline).await,
-                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Ok(Err(e)) => debug!(%peer, error = %Report(&e), "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
         });
@@ -144,7 +145,7 @@ pub async fn serve_ws(listener: TcpListener, options: WsOptions, ctx: Arc<EdgeCo
                     let buf = BytesMut::with_capacity(1024);
                     serve_client_with(ctx, ws, client, local, buf, deadline, ServerWs::logged_in).await
                 }
-                Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket upgrade failed"),
+                Ok(Err(e)) => debug!(%peer, error = %Report(&e), "WebSocket upgrade failed"),
                 Err(_) => debug!(%peer, "WebSocket upgrade timed out"),
             }
         });

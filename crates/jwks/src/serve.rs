@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use error_report::Report;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -140,7 +141,7 @@ async fn accept_loop(
             Ok(conn) => conn,
             Err(e) => {
                 // Typically EMFILE; back off briefly instead of spinning.
-                tracing::warn!(error = %e, "JWKS server accept failed");
+                tracing::warn!(error = %Report(&e), "JWKS server accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -169,7 +170,7 @@ async fn accept_loop(
                             Ok(Ok(stream)) => {
                                 let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                             }
-                            Ok(Err(e)) => tracing::debug!(error = %e, "JWKS server: TLS handshake failed"),
+                            Ok(Err(e)) => tracing::debug!(error = %Report(&e), "JWKS server: TLS handshake failed"),
                             Err(_) => tracing::debug!("JWKS server: TLS handshake timed out"),
                         }
                     }

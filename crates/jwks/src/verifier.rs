@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::fetch::{FetchError, Fetcher, MAX_KID_LEN, truncate_kid};
-use tls_config::{ClientTls, TlsError, error_chain};
+use error_report::Report;
+use tls_config::{ClientTls, TlsError};
 
 /// Longest token accepted, in bytes. The seed caps Partner tokens at 4 KiB; twice that leaves room
 /// for other issuers while keeping base64/JSON work on junk input bounded.
@@ -471,7 +472,7 @@ impl JwksVerifier {
                 if matches!(e, FetchError::Tls(_)) {
                     self.inner.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
                 }
-                tracing::warn!(url = %self.inner.url, error = %error_chain(&e), "JWKS fetch failed");
+                tracing::warn!(url = %self.inner.url, error = %Report(&e), "JWKS fetch failed");
                 let e = Arc::new(e);
                 state.last_error = Some(e.clone());
                 Err(e)

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use error_report::Report;
 use jwks::{
     Expectations, FetchError, JwksServer, JwksVerifier, PartnerClaims, SigningKeys, VerifierConfig, VerifyError,
 };
-use tls_config::error_chain;
 use tls_config::{ClientTls, IssuedCert, LocalCa, ReloadableCert};
 
 const ISS: &str = "https://partner.test";
@@ -116,7 +116,7 @@ async fn wrong_name_untrusted_and_expired_certificates_are_refused_and_counted()
             let server = JwksServer::start_tls(loopback(), PATH, keys.clone(), &cert).await.expect("server");
             let verifier = pki.verifier(&server.url());
             let cause = refused(&verifier, &keys).await;
-            let chain = error_chain(cause.as_ref());
+            let chain = Report(cause.as_ref()).to_string();
             assert!(matches!(*cause, FetchError::Tls(_)), "{what}: {chain}");
             assert!(chain.contains(says), "{what}: the error should say {says:?}: {chain}");
             let stats = verifier.stats();
@@ -136,7 +136,7 @@ async fn plain_http_server_behind_an_https_url_is_a_tls_error() {
         let server = JwksServer::start(loopback(), PATH, keys.clone()).await.expect("server");
         let verifier = pki.verifier(&server.url().replace("http://", "https://"));
         let cause = refused(&verifier, &keys).await;
-        assert!(matches!(*cause, FetchError::Tls(_)), "{}", error_chain(cause.as_ref()));
+        assert!(matches!(*cause, FetchError::Tls(_)), "{}", Report(cause.as_ref()));
         assert_eq!(verifier.stats().tls_failures, 1);
         server.shutdown().await;
     })
@@ -235,7 +235,7 @@ async fn tls12_is_accepted_unless_tls13_is_required() {
         };
         let strict = JwksVerifier::new(&url, cfg).expect("verifier");
         let cause = refused(&strict, &keys).await;
-        assert!(matches!(*cause, FetchError::Tls(_)), "{}", error_chain(cause.as_ref()));
+        assert!(matches!(*cause, FetchError::Tls(_)), "{}", Report(cause.as_ref()));
         assert_eq!(strict.stats().tls_failures, 1);
         task.abort();
     })

@@ -41,13 +41,23 @@ impl DemoTargets {
     }
 }
 
-/// What went wrong, in words for the console.
+/// Which step of the demo went wrong, and why (the source, when a call failed).
 #[derive(Debug, thiserror::Error)]
-#[error("demo: {0}")]
-pub struct DemoError(String);
+#[error("demo: {step}")]
+pub struct DemoError {
+    step: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
 
-fn err(context: &str, e: impl std::fmt::Display) -> DemoError {
-    DemoError(format!("{context}: {e}"))
+impl DemoError {
+    fn new(step: String) -> DemoError {
+        DemoError { step, source: None }
+    }
+}
+
+fn err(step: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DemoError {
+    DemoError { step: step.to_owned(), source: Some(e.into()) }
 }
 
 /// A Partner user's device (the client SDK's store), with its private keys at hand for tests
@@ -88,7 +98,7 @@ pub fn login_frame(user: &User, jid: &Jid, token: &str) -> Result<Vec<u8>, DemoE
     Ok(wire::login::build(jid, &user.noise, &payload.encode_to_vec()))
 }
 
-fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, DemoError> {
+fn step<T, E: Into<Box<dyn std::error::Error + Send + Sync>>>(what: &str, r: Result<T, E>) -> Result<T, DemoError> {
     r.map_err(|e| err(what, e))
 }
 
@@ -104,7 +114,7 @@ async fn until(who: &str, c: &mut Client, want: impl Fn(&Event) -> bool) -> Resu
                     return Ok(e);
                 }
             }
-            None => return Err(DemoError(format!("{who}: nothing arrived within {WAIT:?}"))),
+            None => return Err(DemoError::new(format!("{who}: nothing arrived within {WAIT:?}"))),
         }
     }
 }
@@ -170,7 +180,7 @@ async fn media_exchange(
             downloaded == bytes
         );
         if downloaded != bytes {
-            return Err(DemoError(format!("{to_name}: the downloaded file differs from what {from_name} sent")));
+            return Err(DemoError::new(format!("{to_name}: the downloaded file differs from what {from_name} sent")));
         }
     }
     until(from_name, from, |e| matches!(e, Event::Delivered { .. })).await?;
@@ -202,8 +212,8 @@ pub async fn run(targets: &DemoTargets, chat_addr: SocketAddr, show_metrics: &dy
     println!("demo: alice and bob log in through the proxy at {}; wa connects to chatd directly", targets.edge_addr);
     let edge = Route::Edge { addr: targets.edge_addr, tls: None };
     let root = step("chatd root key", targets.services()?.chatd_root(chatd).await)?;
-    let bob_store = devices.pop().ok_or_else(|| DemoError("no device".into()))?;
-    let alice_store = devices.pop().ok_or_else(|| DemoError("no device".into()))?;
+    let bob_store = devices.pop().ok_or_else(|| DemoError::new("no device".into()))?;
+    let alice_store = devices.pop().ok_or_else(|| DemoError::new("no device".into()))?;
     let mut alice = Client::login(alice_store, &edge).await.map_err(|f| err("alice login", f.error))?;
     let mut bob = Client::login(bob_store, &edge).await.map_err(|f| err("bob login", f.error))?;
     let mut wa = Client::login(wa_store, &Route::Direct { addr: chat_addr, root })

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use error_report::Report;
+use local_world::LocalWorld;
 use local_world::demo::{DemoTargets, run as run_demo};
-use local_world::{LocalWorld, StartError};
 use proxy::config::Config;
 use proxy::process::{ConfigArgs, Signals, print_banner};
 
@@ -48,14 +49,13 @@ enum Command {
 }
 
 fn gen_local_ca(out: &std::path::Path, certs: &[String]) -> Result<(), String> {
-    use tls_config::error_chain;
-    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let ca = tls_config::LocalCa::generate("interop-proxy local CA").map_err(|e| error_chain(&e))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {}", out.display(), Report(&e)))?;
+    let ca = tls_config::LocalCa::generate("interop-proxy local CA").map_err(|e| Report(&e).to_string())?;
     let ca_file = out.join("ca.pem");
-    ca.write_cert(&ca_file).map_err(|e| error_chain(&e))?;
+    ca.write_cert(&ca_file).map_err(|e| Report(&e).to_string())?;
     println!("ca: {}", ca_file.display());
     for name in certs {
-        let (cert, key) = ca.issue_loopback().and_then(|c| c.write(out, name)).map_err(|e| error_chain(&e))?;
+        let (cert, key) = ca.issue_loopback().and_then(|c| c.write(out, name)).map_err(|e| Report(&e).to_string())?;
         println!("{name}: {} {}", cert.display(), key.display());
     }
     Ok(())
@@ -63,20 +63,11 @@ fn gen_local_ca(out: &std::path::Path, certs: &[String]) -> Result<(), String> {
 
 fn load(cli: &Cli) -> Result<Config, String> {
     let mut config = match &cli.args.config {
-        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        Some(path) => Config::from_file(path).map_err(|e| Report(&e).to_string())?,
         None => Config::local(),
     };
     cli.args.apply(&mut config);
     Ok(config)
-}
-
-/// The proxy's start errors name their cause in their text; the local world's keep it as a
-/// source.
-fn describe(e: &StartError) -> String {
-    match e {
-        StartError::Proxy(e) => e.to_string(),
-        e => tls_config::error_chain(e),
-    }
 }
 
 #[tokio::main]
@@ -92,7 +83,7 @@ async fn main() -> ExitCode {
         // Everything start does short of binding sockets (the embedded servers are planned with
         // placeholders).
         Some(Command::CheckConfig) => {
-            load(&cli).and_then(|c| proxy::Plan::new(c).map_err(|e| e.to_string())).map(|p| {
+            load(&cli).and_then(|c| proxy::Plan::new(c).map_err(|e| Report(&e).to_string())).map(|p| {
                 println!("configuration OK (embedded: {})", p.config.embedded);
             })
         }
@@ -141,7 +132,7 @@ fn demo_targets(world: &LocalWorld) -> Option<(DemoTargets, SocketAddr)> {
 async fn run(cli: &Cli) -> Result<(), String> {
     let config = load(cli)?;
     let mut signals = Signals::install()?;
-    let world = local_world::start(config).await.map_err(|e| describe(&e))?;
+    let world = local_world::start(config).await.map_err(|e| Report(&e).to_string())?;
     banner(&world);
     if let Some((targets, chat_addr)) = demo_targets(&world)
         && let Err(e) = run_demo(&targets, chat_addr, &|| print_metrics(&world)).await
@@ -168,12 +159,12 @@ async fn demo(cli: &Cli) -> Result<(), String> {
     if cli.args.admin_listen.is_none() {
         config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     }
-    let world = local_world::start(config).await.map_err(|e| describe(&e))?;
+    let world = local_world::start(config).await.map_err(|e| Report(&e).to_string())?;
     banner(&world);
     let Some((targets, chat_addr)) = demo_targets(&world) else {
         return Err("no embedded servers".into());
     };
-    let outcome = run_demo(&targets, chat_addr, &|| print_metrics(&world)).await.map_err(|e| e.to_string());
+    let outcome = run_demo(&targets, chat_addr, &|| print_metrics(&world)).await.map_err(|e| Report(&e).to_string());
     world.shutdown().await;
     outcome
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use error_report::Report;
 use serde::Deserialize;
 
 /// The longest accepted `token_ttl_secs` (30 days).
@@ -271,7 +272,7 @@ impl Config {
         let push = &self.push;
         if let Some(url) = &push.jwks_url {
             jwks::JwksVerifier::new(url, push.verifier_config())
-                .map_err(|e| invalid("push.jwks_url", e.to_string()))?;
+                .map_err(|e| invalid("push.jwks_url", Report(&e).to_string()))?;
         }
         if push.issuer.trim().is_empty() {
             return Err(invalid("push.issuer", "must not be empty"));
@@ -350,7 +351,7 @@ impl PushConfig {
 
 fn validate_base_url(url: &str) -> Result<(), ConfigError> {
     let key = "public_base_url";
-    let uri: hyper::Uri = url.parse().map_err(|e| invalid(key, format!("not a URL: {e}")))?;
+    let uri: hyper::Uri = url.parse().map_err(|e| invalid(key, format!("not a URL: {}", Report(&e))))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(invalid(key, "scheme must be http or https"));
     }

@@ -5,6 +5,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use error_report::Report;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
@@ -161,7 +162,13 @@ async fn token(state: &AppState, req: Request<Incoming>) -> Resp {
     };
     let request: TokenRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{\"user_identifier\"}}: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("expected {{\"user_identifier\"}}: {}", Report(&e)),
+            );
+        }
     };
     if !valid_user_identifier(&request.user_identifier) {
         return error(StatusCode::BAD_REQUEST, "bad_user_identifier", "user_identifier must be 1-40 UTF-8 characters");
@@ -194,7 +201,7 @@ async fn token(state: &AppState, req: Request<Incoming>) -> Resp {
             r
         }
         Err(e) => {
-            tracing::error!(error = %e, "signing a token failed");
+            tracing::error!(error = %Report(&e), "signing a token failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "signing_failed", "could not sign the token")
         }
     }
@@ -212,8 +219,8 @@ async fn rotate_keys(state: &AppState, req: &Request<Incoming>) -> Resp {
             json(StatusCode::OK, &json!({"kid": kid}))
         }
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "key rotation failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "rotation_failed", e.to_string())
+            tracing::error!(error = %Report(&e), "key rotation failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "rotation_failed", Report(&e).to_string())
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "rotation_failed", "key generation task failed"),
     }
@@ -249,12 +256,12 @@ async fn push(state: &AppState, req: Request<Incoming>) -> Resp {
         Ok(c) => c,
         Err(e @ jwks::VerifyError::JwksUnavailable { .. }) => {
             // Not the pusher's fault: 503 so it retries, rather than 401 which says "your token is bad".
-            tracing::warn!(error = %e, "push refused: JWKS unavailable");
+            tracing::warn!(error = %Report(&e), "push refused: JWKS unavailable");
             return error(StatusCode::SERVICE_UNAVAILABLE, "jwks_unavailable", "cannot verify push tokens right now");
         }
         Err(e) => {
             tracing::info!(reason = e.code(), "push refused");
-            return unauthorized(e.code(), e.to_string());
+            return unauthorized(e.code(), Report(&e).to_string());
         }
     };
     let body = match read_body(req, state.config.limits.max_json_body_bytes as u64, state).await {
@@ -263,7 +270,7 @@ async fn push(state: &AppState, req: Request<Incoming>) -> Resp {
     };
     let request: PushRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{\"to\"}}: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", format!("expected {{\"to\"}}: {}", Report(&e))),
     };
     if !valid_user_identifier(&request.to) {
         return error(StatusCode::BAD_REQUEST, "bad_user_identifier", "to must be 1-40 UTF-8 characters");
@@ -347,7 +354,7 @@ fn media_download(state: &AppState, req: &Request<Incoming>) -> Resp {
 fn storage_error(e: &MediaError) -> Resp {
     match e {
         MediaError::FullBytes { .. } | MediaError::FullObjects { .. } => {
-            error(StatusCode::INSUFFICIENT_STORAGE, "storage_full", e.to_string())
+            error(StatusCode::INSUFFICIENT_STORAGE, "storage_full", Report(e).to_string())
         }
         MediaError::Random => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not store the media"),
     }

@@ -31,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use error_report::Report;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -141,7 +142,7 @@ impl PartnerServer {
             // Already validated, so this does not fail; map it anyway instead of unwrapping.
             Some(url) => Some(
                 JwksVerifier::new(url, config.push.verifier_config())
-                    .map_err(|e| ConfigError::Invalid { key: "push.jwks_url", reason: e.to_string() })?,
+                    .map_err(|e| ConfigError::Invalid { key: "push.jwks_url", reason: Report(&e).to_string() })?,
             ),
             None => None,
         };
@@ -212,7 +213,7 @@ impl RunningPartnerServer {
     /// server before the simulator whose URL it needs. Replaces any previous URL (and its cache).
     pub fn set_push_jwks_url(&self, url: &str) -> Result<(), ConfigError> {
         let verifier = JwksVerifier::new(url, self.state.config.push.verifier_config())
-            .map_err(|e| ConfigError::Invalid { key: "push.jwks_url", reason: e.to_string() })?;
+            .map_err(|e| ConfigError::Invalid { key: "push.jwks_url", reason: Report(&e).to_string() })?;
         *self.state.push_verifier.write().unwrap_or_else(PoisonError::into_inner) = Some(verifier);
         Ok(())
     }
@@ -289,7 +290,7 @@ async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, st
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Usually fd exhaustion: pause rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %Report(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -312,7 +313,7 @@ async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, st
                         watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
                     }
                     Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
+                        tracing::debug!(error = %Report(&e), "TLS handshake failed");
                         Ok(())
                     }
                     Err(_) => {
@@ -322,7 +323,7 @@ async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, st
                 },
             };
             if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
+                tracing::debug!(error = %Report(e.as_ref()), "connection ended with an error");
             }
             drop(permit);
         });

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use error_report::Report;
 use partner_server::{Config, PartnerServer};
-use tls_config::error_chain;
 
 /// The reference Partner-side HTTP server for WhatsApp DMA interop (JWKS, tokens, push, media).
 #[derive(Parser, Debug)]
@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("partner-server: {}", error_chain(e.as_ref()));
+            eprintln!("partner-server: {}", Report(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -62,7 +62,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             _ = hup.recv() => match server.reload_tls(None) {
                 Ok(()) => tracing::info!(tls = server.is_tls(), "TLS certificate reloaded"),
-                Err(e) => tracing::error!(error = %error_chain(&e), "TLS reload failed; keeping the old certificate"),
+                Err(e) => tracing::error!(error = %Report(&e), "TLS reload failed; keeping the old certificate"),
             },
         }
     }

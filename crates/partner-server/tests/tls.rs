@@ -151,7 +151,7 @@ async fn missing_or_mismatched_tls_files_stop_the_start() {
         for (what, tls, says) in [("mismatched", mismatched, "does not match"), ("missing", missing, "nope.pem")] {
             match partner_server::PartnerServer::start(tls_config(tls)).await {
                 Err(e) => {
-                    let chain = tls_config::error_chain(&e);
+                    let chain = error_report::Report(&e).to_string();
                     assert!(chain.contains(says), "{what}: {chain}");
                 }
                 Ok(_) => panic!("{what}: started"),

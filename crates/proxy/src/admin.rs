@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use error_report::Report;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -83,7 +84,7 @@ fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>, peer: Socket
             let mut out = Vec::new();
             match TextEncoder::new().encode(&state.registry.gather(), &mut out) {
                 Ok(()) => text(StatusCode::OK, out, "text/plain; version=0.0.4"),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "text/plain"),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, Report(&e).to_string(), "text/plain"),
             }
         }
         (&Method::GET, "/livez") => text(StatusCode::OK, "ok\n", "text/plain"),
@@ -125,7 +126,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, limits: AdminL
             builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
             let io = WriteStallGuard { inner: stream, limit: limits.header_timeout, stalled: None };
             if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
-                debug!(%peer, error = %e, "admin connection ended");
+                debug!(%peer, error = %Report(&e), "admin connection ended");
             }
         });
     }

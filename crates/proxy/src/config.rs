@@ -6,6 +6,7 @@ use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use error_report::Report;
 use serde::Deserialize;
 use session::RelayConfig;
 use session::relay::MAX_TIMER;
@@ -267,7 +268,7 @@ mod defaults {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read { path: String, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
@@ -278,7 +279,7 @@ pub enum ConfigError {
 /// A session-layer range error, named by the key of this file that set the value.
 fn session_key(e: session::SessionError, part: &str) -> ConfigError {
     let session::SessionError::Config { key, message } = e else {
-        return ConfigError::Invalid { key: "session", message: e.to_string() };
+        return ConfigError::Invalid { key: "session", message: Report(&e).to_string() };
     };
     let key = match (part, key) {
         (_, "max_frame_len") => "edge.max_frame_size",
@@ -299,8 +300,8 @@ impl Config {
     }
 
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.into(), message: Report(&e).to_string() })?;
         config.validate()?;
         Ok(config)
     }
@@ -327,7 +328,7 @@ impl Config {
                 return invalid("edge.websocket.trusted_forwarded_cidrs", &e);
             }
             if let Err(e) = edge::ws::ForwardedHeader::parse(&ws.forwarded_header) {
-                return invalid("edge.websocket.forwarded_header", &e.to_string());
+                return invalid("edge.websocket.forwarded_header", &Report(&e).to_string());
             }
         }
         if !(1..=60).contains(&self.edge.fin_timeout_secs) {
@@ -360,10 +361,7 @@ impl Config {
                 if let Some(ca) = &a.jwks_ca_file
                     && let Err(e) = tls_config::load_certs(ca)
                 {
-                    return Err(ConfigError::Invalid {
-                        key: "auth.jwks_ca_file",
-                        message: tls_config::error_chain(&e),
-                    });
+                    return Err(ConfigError::Invalid { key: "auth.jwks_ca_file", message: Report(&e).to_string() });
                 }
                 if a.account_claim.is_empty() {
                     return invalid("auth.account_claim", "must name a claim");

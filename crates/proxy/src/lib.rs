@@ -35,6 +35,7 @@ use edge::conn::EdgeContext;
 use edge::limits::{Limiter, RateLimiter};
 use edge::metrics::EdgeMetrics;
 use edge::tls::ReloadableCert;
+use error_report::Report;
 use session::{ProxyProtocol, RelayConfig, SessionContext, SessionMetrics, UpstreamConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -47,15 +48,15 @@ use crate::config::{Config, ProxyProtocolVersion};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    #[error("config: {0}")]
+    #[error("config")]
     Config(#[from] config::ConfigError),
-    #[error("binding {what} on {addr}: {source}")]
+    #[error("binding {what} on {addr}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Tls(#[from] edge::tls::TlsError),
-    #[error("auth: {0}")]
+    #[error("auth")]
     Auth(#[from] jwks::ConfigError),
-    #[error("metrics: {0}")]
+    #[error("metrics")]
     Metrics(#[from] prometheus::Error),
     /// `embedded = true` left `[upstream]` or `[auth]` out, and nothing filled them in: only the
     /// local world (`interop-local`) runs the embedded servers.
@@ -165,11 +166,11 @@ pub struct PreparedReload {
 /// `[edge.tls]`, else the files in use). Blocking: run it off the async runtime.
 pub fn prepare_reload(config: Result<Config, String>, tls: Option<&ReloadableCert>) -> Result<PreparedReload, String> {
     let config = config?;
-    config.validate().map_err(|e| e.to_string())?;
+    config.validate().map_err(|e| Report(&e).to_string())?;
     let cert = match tls {
         Some(current) => {
             let paths = config.edge.tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()));
-            Some(current.read(paths).map_err(|e| e.to_string())?)
+            Some(current.read(paths).map_err(|e| Report(&e).to_string())?)
         }
         None => None,
     };
@@ -261,7 +262,10 @@ impl Plan {
                 path: ws.path.clone(),
                 trusted_forwarded: trusted(&ws.trusted_forwarded_cidrs, "edge.websocket.trusted_forwarded_cidrs")?,
                 forwarded_header: edge::ws::ForwardedHeader::parse(&ws.forwarded_header).map_err(|e| {
-                    config::ConfigError::Invalid { key: "edge.websocket.forwarded_header", message: e.to_string() }
+                    config::ConfigError::Invalid {
+                        key: "edge.websocket.forwarded_header",
+                        message: Report(&e).to_string(),
+                    }
                 })?,
             }),
             None => None,

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use error_report::Report;
 use proxy::config::Config;
 use proxy::process::{ConfigArgs, Signals, print_banner};
 
@@ -41,7 +42,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
                     (chatd simulator, partner server and demo in-process) run interop-local"
             .into());
     };
-    let mut config = Config::from_file(path).map_err(|e| e.to_string())?;
+    let mut config = Config::from_file(path).map_err(|e| Report(&e).to_string())?;
     if config.embedded {
         return Err(format!(
             "{path}: embedded = true is the local world's (chatd simulator and partner server in-process): run \
@@ -65,7 +66,7 @@ async fn main() -> ExitCode {
         // Everything start does short of binding sockets: the file, every component's checks, the
         // token checker, the TLS certificate and key.
         Some(Command::CheckConfig) => load(&cli)
-            .and_then(|c| proxy::Plan::new(c).map_err(|e| e.to_string()))
+            .and_then(|c| proxy::Plan::new(c).map_err(|e| Report(&e).to_string()))
             .map(|_| println!("configuration OK")),
         Some(Command::Run) | None => run(&cli).await,
     };
@@ -81,7 +82,7 @@ async fn main() -> ExitCode {
 async fn run(cli: &Cli) -> Result<(), String> {
     let config = load(cli)?;
     let mut signals = Signals::install()?;
-    let proxy = proxy::start(config).await.map_err(|e| e.to_string())?;
+    let proxy = proxy::start(config).await.map_err(|e| Report(&e).to_string())?;
     print_banner(&proxy);
     // The last line on stdout: whoever reads the banner can stop here.
     println!("serving");

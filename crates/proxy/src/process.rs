@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use error_report::Report;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
 
@@ -67,8 +68,8 @@ pub struct Signals {
 
 impl Signals {
     pub fn install() -> Result<Signals, String> {
-        let term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-        let hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+        let term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {}", Report(&e)))?;
+        let hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {}", Report(&e)))?;
         Ok(Signals { term, hup })
     }
 
@@ -105,7 +106,7 @@ impl Signals {
                         Ok(_) => pending = Some((rx, Instant::now() + RELOAD_TIMEOUT)),
                         Err(e) => {
                             reload_running.store(false, Ordering::Release);
-                            let _ = proxy.apply_reload(Err(format!("cannot start the reload thread: {e}")));
+                            let _ = proxy.apply_reload(Err(format!("cannot start the reload thread: {}", Report(&e))));
                         }
                     }
                 }

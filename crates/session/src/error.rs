@@ -130,19 +130,19 @@ pub enum SessionError {
         source: io::Error,
     },
     /// The TCP connection to chatd failed.
-    #[error("connecting to chatd at {addr}: {source}")]
+    #[error("connecting to chatd at {addr}")]
     Connect { addr: SocketAddr, source: io::Error },
     /// The dial (resolution and TCP connect) did not complete in time.
     #[error("connecting to chatd at {addr} took longer than {after:?}")]
     ConnectTimeout { addr: UpstreamAddr, after: Duration },
     /// The PROXY header could not be built.
-    #[error("building the PROXY header: {0}")]
-    ProxyHeader(io::Error),
+    #[error("building the PROXY header")]
+    ProxyHeader(#[source] io::Error),
     /// The handshake (header, Noise XX, login, first stanza) did not complete in time.
     #[error("upstream handshake took longer than {0:?}")]
     HandshakeTimeout(Duration),
     /// The Noise handshake failed, the certificate chain included.
-    #[error("upstream handshake: {0}")]
+    #[error("upstream handshake")]
     Handshake(#[source] NoiseError),
     /// chatd closed the connection before its first stanza.
     #[error("chatd closed the connection during the handshake")]
@@ -151,19 +151,19 @@ pub enum SessionError {
     #[error("chatd sent a frame of {len} bytes, above the {max}-byte limit")]
     UpstreamFrameTooLarge { len: usize, max: usize },
     /// chatd's first stanza is not a stanza.
-    #[error("chatd's first stanza does not decode: {0}")]
+    #[error("chatd's first stanza does not decode")]
     FirstStanza(#[source] DecodeError),
     /// A chatd frame failed authentication (or was shorter than its tag).
-    #[error("opening a chatd frame: {0}")]
+    #[error("opening a chatd frame")]
     Open(#[source] NoiseError),
     /// Sealing a client stanza failed (nonce exhaustion after 2^32 frames).
-    #[error("sealing a client stanza: {0}")]
+    #[error("sealing a client stanza")]
     Seal(#[source] NoiseError),
     /// The chatd socket failed.
-    #[error("upstream i/o: {0}")]
+    #[error("upstream i/o")]
     UpstreamIo(#[source] io::Error),
     /// The client socket failed.
-    #[error("client i/o: {0}")]
+    #[error("client i/o")]
     ClientIo(#[source] io::Error),
     /// The client announced a frame above the limit.
     #[error("the client sent a frame of {len} bytes, above the {max}-byte limit")]

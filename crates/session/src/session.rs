@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
+use error_report::Report;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::{debug, info};
 use wire::refusal::Refusal;
@@ -196,7 +197,7 @@ where
         Some(p) => close_with(client, p, linger).await,
         None => close(client, linger).await,
     }
-    debug!(session = session_id, %reason, %error, "session refused");
+    debug!(session = session_id, %reason, error = %Report(&error), "session refused");
     SessionOutcome { first: FirstReply::ProxyFailure { payload, error }, relay: None, reason, session_id }
 }
 

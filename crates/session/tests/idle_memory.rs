@@ -6,8 +6,8 @@
 //! measured in `sessions.rs` (`idle_sessions_hold_no_relay_buffers`); this adds the parts that
 //! live on the heap outside it.
 
-use wire::cert::{CertIssuer, ChainParams};
-use wire::noise::{Flavour, Initiator, RecvCipher, Responder, SendCipher, StaticKeypair};
+use wire::noise::{RecvCipher, SendCipher};
+use wire::testing::TestServer;
 
 /// Resident bytes of this process now (`VmRSS`).
 fn live() -> isize {
@@ -20,26 +20,19 @@ fn live() -> isize {
     kib * 1024
 }
 
-fn ciphers(issuer: &CertIssuer) -> (SendCipher, RecvCipher) {
-    let server = StaticKeypair::generate().unwrap();
-    let chain = issuer.issue(&server.public(), &ChainParams::new(1, 2, 0, u64::MAX)).unwrap();
-    let mut i = Initiator::new(StaticKeypair::generate().unwrap(), Flavour::WhatsApp).unwrap();
-    let mut r = Responder::new(server, chain, Flavour::WhatsApp).unwrap();
-    r.read_client_hello(&i.client_hello().unwrap()).unwrap();
-    i.read_server_hello(&r.server_hello().unwrap()).unwrap();
-    let (finish, transport) = i.client_finish(b"payload").unwrap();
-    drop(r.read_client_finish(&finish).unwrap());
-    transport.split()
+/// The proxy's half of a finished handshake.
+fn ciphers(server: &TestServer) -> (SendCipher, RecvCipher) {
+    server.transports().0.split()
 }
 
 #[cfg(target_os = "linux")]
 #[test]
 fn an_idle_sessions_heap_beyond_the_relay_state() {
-    let issuer = CertIssuer::generate().unwrap();
-    drop(ciphers(&issuer));
+    let server = TestServer::generate(0);
+    drop(ciphers(&server));
     let n = 4000;
     let before = live();
-    let held: Vec<_> = (0..n).map(|_| ciphers(&issuer)).collect();
+    let held: Vec<_> = (0..n).map(|_| ciphers(&server)).collect();
     let inline_size = std::mem::size_of::<(SendCipher, RecvCipher)>();
     let per_pair = (live() - before) as usize / n - inline_size;
 

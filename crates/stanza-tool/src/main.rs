@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use error_report::Report;
 use wire::decode::Decoder;
 use wire::dict::Dictionary;
 use wire::encode::{EncodeOptions, Encoder};
@@ -76,7 +77,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), String> {
     let mut input = Vec::new();
-    io::stdin().read_to_end(&mut input).map_err(|e| format!("reading stdin: {e}"))?;
+    io::stdin().read_to_end(&mut input).map_err(|e| format!("reading stdin: {}", Report(&e)))?;
     let output = match command {
         Command::Encode { from, to, zlib, bare } => {
             let text = std::str::from_utf8(&input).map_err(|_| "input is not UTF-8 text".to_owned())?;
@@ -84,11 +85,11 @@ fn run(command: Command) -> Result<(), String> {
                 TextForm::Xml => from_xml(text),
                 TextForm::Json => from_json(text),
             }
-            .map_err(|e| format!("parse: {e}"))?;
+            .map_err(|e| format!("parse: {}", Report(&e)))?;
             let encoder = Encoder::new(&Dictionary::V3, EncodeOptions { compress: zlib });
             let mut bytes = Vec::new();
             if bare { encoder.encode_node(&node, &mut bytes) } else { encoder.encode_payload(&node, &mut bytes) }
-                .map_err(|e| format!("encode: {e}"))?;
+                .map_err(|e| format!("encode: {}", Report(&e)))?;
             match to {
                 BinaryForm::Hex => format!("{}\n", hex::encode(bytes)).into_bytes(),
                 BinaryForm::Bin => bytes,
@@ -100,12 +101,12 @@ fn run(command: Command) -> Result<(), String> {
                 BinaryForm::Hex => {
                     let text: String = String::from_utf8_lossy(&input).split_whitespace().collect();
                     let text = text.strip_prefix("0x").unwrap_or(&text);
-                    hex::decode(text).map_err(|e| format!("input is not hex: {e}"))?
+                    hex::decode(text).map_err(|e| format!("input is not hex: {}", Report(&e)))?
                 }
             };
             let mut decoder = Decoder::default();
             let node = if bare { decoder.decode_node(&bytes) } else { decoder.decode_payload(&bytes) }
-                .map_err(|e| format!("decode: {e}"))?
+                .map_err(|e| format!("decode: {}", Report(&e)))?
                 .to_owned();
             let mut text = match to {
                 TextForm::Xml => to_xml(&node, if compact { XmlStyle::Compact } else { XmlStyle::Pretty }),
@@ -115,5 +116,5 @@ fn run(command: Command) -> Result<(), String> {
             text.into_bytes()
         }
     };
-    io::stdout().write_all(&output).map_err(|e| format!("writing stdout: {e}"))
+    io::stdout().write_all(&output).map_err(|e| format!("writing stdout: {}", Report(&e)))
 }

@@ -12,13 +12,13 @@
 //! without a restart (new handshakes get the new pair, open connections keep theirs), served
 //! TLS 1.3 only with the ALPN protocols the server asks for.
 //!
-//! For test setups, [`LocalCa`]: a throwaway CA that issues loopback certificates. And
-//! [`error_chain`], which puts an error and its sources on one line, for logs.
+//! For test setups, [`LocalCa`]: a throwaway CA that issues loopback certificates.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use error_report::Report;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -134,7 +134,7 @@ impl ClientTls {
             // file in /etc/ssl/certs must not stop the process.
             let found = rustls_native_certs::load_native_certs();
             for e in &found.errors {
-                tracing::debug!(error = %e, "skipping part of the platform trust store");
+                tracing::debug!(error = %Report(&e), "skipping part of the platform trust store");
             }
             let (added, ignored) = roots.add_parsable_certificates(found.certs);
             tracing::debug!(added, ignored, "platform trust store loaded");
@@ -145,7 +145,7 @@ impl ClientTls {
             for cert in load_certs(path)? {
                 roots.add(cert).map_err(|e| TlsError::Cert {
                     path: path.display().to_string(),
-                    message: format!("not a usable CA certificate: {e}"),
+                    message: format!("not a usable CA certificate: {}", Report(&e)),
                 })?;
             }
         }
@@ -223,18 +223,6 @@ pub fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'
     None
 }
 
-/// `error: cause: cause` on one line, for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// Loads and checks a certificate chain and its key (the key must match the leaf).
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs = load_certs(cert)?;
@@ -242,7 +230,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(e.to_string()))?;
     let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| key_err(e.to_string()))?;
     let certified = CertifiedKey::new(certs, signing);
-    certified.keys_match().map_err(|e| key_err(format!("does not match the certificate: {e}")))?;
+    certified.keys_match().map_err(|e| key_err(format!("does not match the certificate: {}", Report(&e))))?;
     Ok(Arc::new(certified))
 }
 

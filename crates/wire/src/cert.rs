@@ -43,7 +43,7 @@ impl fmt::Display for CertRole {
 #[non_exhaustive]
 pub enum CertError {
     /// The chain (or a certificate's details) is not valid protobuf.
-    #[error("{what} is not a valid protobuf: {source}")]
+    #[error("{what} is not a valid protobuf")]
     Decode { what: &'static str, source: prost::DecodeError },
     /// Check 1: a certificate, its details, its signature or a details field is absent.
     #[error("{cert} certificate: field `{field}` is missing")]

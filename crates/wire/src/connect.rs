@@ -334,36 +334,16 @@ fn frame_into(body: &[u8], out: &mut Vec<u8>) -> Result<(), ConnectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert::{CertError, CertIssuer, ChainParams};
+    use crate::cert::CertError;
     use crate::noise::{Responder, ServerStart, accept_client_hello};
     use crate::proto::HandshakeMessage;
+    use crate::testing::TestServer;
     use prost::Message as _;
 
     const NOW: u64 = 1_700_000_000;
 
-    struct Server {
-        key: StaticKeypair,
-        root: [u8; 32],
-        chain: Vec<u8>,
-        issuer: std::sync::Arc<CertIssuer>,
-    }
-
-    fn server() -> Server {
-        let key = StaticKeypair::generate().unwrap();
-        let issuer = CertIssuer::generate().unwrap();
-        let chain = issuer.issue(&key.public(), &ChainParams::new(1, 2, NOW - 60, NOW + 3600)).unwrap();
-        Server { key, root: issuer.public_key(), chain, issuer: issuer.into() }
-    }
-
-    /// The same root with a new static key (chatd rotated its key).
-    fn rotated(srv: &Server) -> Server {
-        let key = StaticKeypair::generate().unwrap();
-        let chain = srv.issuer.issue(&key.public(), &ChainParams::new(3, 4, NOW - 60, NOW + 3600)).unwrap();
-        Server { key, root: srv.root, chain, issuer: srv.issuer.clone() }
-    }
-
     /// Answers the client's first transmit with any pattern, as the simulator does.
-    fn answer(srv: &Server, first: &[u8]) -> (ServerStart, Vec<u8>) {
+    fn answer(srv: &TestServer, first: &[u8]) -> (ServerStart, Vec<u8>) {
         assert_eq!(&first[..4], &WA_CONN_HEADER);
         let (hello, tail) = decode_frame(&first[4..], MAX_FRAME_LEN).unwrap().unwrap();
         assert!(tail.is_empty());
@@ -380,7 +360,7 @@ mod tests {
     }
 
     /// One connection by `resume`, to its end; the server's transport is checked against ours.
-    fn resume_once(srv: &Server, config: &ConnectConfig) -> Connected {
+    fn resume_once(srv: &TestServer, config: &ConnectConfig) -> Connected {
         let mut c = ClientConnect::resume(StaticKeypair::generate().unwrap(), b"payload", config, b"", NOW).unwrap();
         let first = c.transmit().unwrap();
         let (start, reply) = answer(srv, &first);
@@ -413,13 +393,13 @@ mod tests {
     }
 
     /// Reads the client's first transmit as the server does: header, then the ClientHello frame.
-    fn server_hello_for(srv: &Server, first: &[u8], preamble: &[u8]) -> (Responder, Vec<u8>) {
+    fn server_hello_for(srv: &TestServer, first: &[u8], preamble: &[u8]) -> (Responder, Vec<u8>) {
         assert_eq!(&first[..preamble.len()], preamble);
         let rest = &first[preamble.len()..];
         assert_eq!(&rest[..4], &WA_CONN_HEADER);
         let (hello, tail) = decode_frame(&rest[4..], MAX_FRAME_LEN).unwrap().unwrap();
         assert!(tail.is_empty());
-        let mut r = Responder::new(srv.key.clone(), srv.chain.clone(), Flavour::WhatsApp).unwrap();
+        let mut r = srv.responder();
         r.read_client_hello(hello).unwrap();
         let reply = framed(&r.server_hello().unwrap());
         (r, reply)
@@ -431,7 +411,7 @@ mod tests {
 
     #[test]
     fn handshake_byte_by_byte_then_transport_both_ways() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         let mut c = client(&config, b"PROXY x\r\n");
         let (r, mut reply) = server_hello_for(&srv, &c.transmit().unwrap(), b"PROXY x\r\n");
@@ -464,7 +444,7 @@ mod tests {
 
     #[test]
     fn a_second_connection_is_answered_from_the_cache() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         for expected in [CacheOutcome::Miss, CacheOutcome::Hit] {
             let mut c = client(&config, b"");
@@ -479,7 +459,7 @@ mod tests {
 
     #[test]
     fn resume_is_xx_first_then_ik_while_the_cached_chain_is_valid() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         let first = resume_once(&srv, &config);
         assert_eq!((first.pattern, first.cert_cache), (HandshakePattern::Xx, CacheOutcome::Miss));
@@ -505,10 +485,10 @@ mod tests {
 
     #[test]
     fn a_rotated_server_key_is_learnt_through_xxfallback() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         resume_once(&srv, &config);
-        let new = rotated(&srv);
+        let new = srv.rotated(NOW);
         let fallback = resume_once(&new, &config);
         assert_eq!((fallback.pattern, fallback.cert_cache), (HandshakePattern::XxFallback, CacheOutcome::Miss));
         assert_eq!(fallback.server_static, new.key.public());
@@ -518,7 +498,7 @@ mod tests {
 
     #[test]
     fn a_failed_ik_answer_suspends_resumption_until_the_next_full_handshake() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         resume_once(&srv, &config);
         let mut c = ClientConnect::resume(StaticKeypair::generate().unwrap(), b"payload", &config, b"", NOW).unwrap();
@@ -535,7 +515,7 @@ mod tests {
 
     #[test]
     fn an_untrusted_or_expired_chain_fails_before_the_client_finish() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         for (config, now) in [(ConnectConfig::new([9; 32]), NOW), (ConnectConfig::new(srv.root), NOW + 7200)] {
             let mut c = client(&config, b"");
             let (_, reply) = server_hello_for(&srv, &c.transmit().unwrap(), b"");
@@ -571,7 +551,7 @@ mod tests {
 
     #[test]
     fn garbage_and_tampered_hellos_are_typed_errors() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         let mut c = client(&config, b"");
         c.transmit().unwrap();
@@ -589,7 +569,7 @@ mod tests {
 
     #[test]
     fn finish_is_refused_until_the_client_finish_is_taken() {
-        let srv = server();
+        let srv = TestServer::generate(NOW);
         let config = ConnectConfig::new(srv.root);
         let mut c = client(&config, b"");
         let (_, reply) = server_hello_for(&srv, &c.transmit().unwrap(), b"");

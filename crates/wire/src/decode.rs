@@ -66,7 +66,7 @@ impl Limits {
 }
 
 /// Why bytes are not a stanza.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeError {
     #[error(transparent)]

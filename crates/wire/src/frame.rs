@@ -29,7 +29,7 @@ pub enum FrameError {
     #[error("connection closed inside a frame ({buffered} bytes of a partial frame buffered)")]
     Truncated { buffered: usize },
     /// The transport failed.
-    #[error("i/o: {0}")]
+    #[error("i/o")]
     Io(#[from] std::io::Error),
 }
 

@@ -12,6 +12,9 @@
 //! the verified certificate-chain cache ([`cert_cache`]) and the client's side of a chat
 //! connection's start, WhatsApp's Noise XX (or IK resumption) over frames ([`connect`]). The `wire-io` crate drives
 //! them over tokio sockets.
+//!
+//! With the `test-util` feature (tests only), `testing` holds a simulated chatd identity and a
+//! finished in-memory handshake for other crates' tests.
 
 pub mod cert;
 pub mod cert_cache;
@@ -30,6 +33,8 @@ pub mod payload;
 pub mod proto;
 pub mod proxy_header;
 pub mod refusal;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod text;
 pub mod xeddsa;
 

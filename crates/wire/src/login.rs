@@ -58,8 +58,8 @@ impl std::fmt::Debug for Login {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoginError {
-    #[error("login frame is not a stanza: {0}")]
-    Decode(String),
+    #[error("login frame is not a stanza")]
+    Decode(#[source] crate::decode::DecodeError),
     /// A zlib login would make the proxy inflate before it knows who is asking (16 MiB from 17 KB),
     /// and inflating leaves copies of the key and token in buffers it does not own. Clients send
     /// the login uncompressed (it is a key, a token and a few hundred bytes).
@@ -69,14 +69,14 @@ pub enum LoginError {
     NotLogin(String),
     #[error("login jid is missing or not an interop JID")]
     BadJid,
-    #[error("login jid does not name an interop account: {0}")]
+    #[error("login jid does not name an interop account")]
     NotAnAccount(#[from] crate::jid::AccountError),
     #[error("<static> must hold the 32-byte Noise private key")]
     BadStatic,
     #[error("<payload> is missing, empty or over {MAX_PAYLOAD_LEN} bytes")]
     BadPayloadSize,
-    #[error("<payload> is not a ClientPayload: {0}")]
-    BadPayload(String),
+    #[error("<payload> is not a ClientPayload")]
+    BadPayload(#[source] prost::DecodeError),
     #[error("ClientPayload is not an interop login (product INTEROP with interopData)")]
     NotInterop,
     #[error("interopData.accountID does not match the login jid")]
@@ -91,7 +91,7 @@ pub fn parse(frame: &[u8]) -> Result<Login, LoginError> {
         return Err(LoginError::Compressed);
     }
     let mut decoder = Decoder::new(&Dictionary::V3, LOGIN_LIMITS);
-    let node = decoder.decode_payload(frame).map_err(|e| LoginError::Decode(e.to_string()))?;
+    let node = decoder.decode_payload(frame).map_err(LoginError::Decode)?;
     if node.tag() != "login" {
         return Err(LoginError::NotLogin(node.tag().chars().take(32).collect()));
     }
@@ -107,7 +107,7 @@ pub fn parse(frame: &[u8]) -> Result<Login, LoginError> {
         return Err(LoginError::BadPayloadSize);
     }
     let client_payload = Zeroizing::new(payload.to_vec());
-    let parsed = ClientPayload::decode(&client_payload[..]).map_err(|e| LoginError::BadPayload(e.to_string()))?;
+    let parsed = ClientPayload::decode(&client_payload[..]).map_err(LoginError::BadPayload)?;
     let interop = parsed.interop_data.as_ref().filter(|_| parsed.product == Some(Product::Interop as i32));
     let interop = interop.ok_or(LoginError::NotInterop)?;
     if interop.account_id != Some(account.number) {
@@ -211,7 +211,7 @@ mod tests {
             node = node.attr(format!("a{i}"), "v");
         }
         let err = parse(&crate::encode::encode(&node).unwrap()).unwrap_err();
-        assert!(matches!(&err, LoginError::Decode(m) if m.contains("attributes")), "{err}");
+        assert!(matches!(&err, LoginError::Decode(crate::decode::DecodeError::TooManyAttributes { .. })), "{err:?}");
         // Deep nesting and many children are refused the same way.
         let mut deep = crate::Node::new("x");
         for _ in 0..10 {

@@ -216,7 +216,7 @@ pub enum NoiseError {
     #[error("`{call}` called out of order: the handshake {state}")]
     OutOfOrder { call: &'static str, state: &'static str },
     /// A handshake frame is not a valid `HandshakeMessage`.
-    #[error("{message} is not a valid HandshakeMessage protobuf: {source}")]
+    #[error("{message} is not a valid HandshakeMessage protobuf")]
     Protobuf { message: &'static str, source: prost::DecodeError },
     /// A required handshake field is absent.
     #[error("{message}: field `{field}` is missing")]
@@ -238,7 +238,7 @@ pub enum NoiseError {
     #[error("{which} public key rejected by X25519 (small-order point)")]
     InvalidPublicKey { which: &'static str },
     /// The server's certificate chain failed verification.
-    #[error("server certificate chain rejected: {0}")]
+    #[error("server certificate chain rejected")]
     Cert(#[from] CertError),
     /// A transport frame failed authentication; the receive counter did not advance.
     #[error("transport frame #{counter} failed authentication (tampered, replayed, reordered or wrong key)")]

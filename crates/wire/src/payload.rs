@@ -15,7 +15,7 @@ pub const FLAG_SEGMENTED: u8 = 0x01;
 pub const MAX_PAYLOAD_LEN: usize = MAX_FRAME_LEN;
 
 /// A payload whose body cannot be had.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PayloadError {
     #[error("empty payload: no flags byte")]

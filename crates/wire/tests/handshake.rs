@@ -16,24 +16,15 @@ use wire::noise::{
     SendCipher, StaticKeypair, TAG_LEN, Transport, WA_CONN_HEADER,
 };
 use wire::proto::{AppVersion, ClientPayload, HandshakeMessage, Product};
+use wire::testing::TestServer;
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
 }
 
-/// A simulated chatd identity: its static key, the issuer's root and a chain for the key.
-struct Server {
-    key: StaticKeypair,
-    root: [u8; 32],
-    chain: Vec<u8>,
-}
-
-fn server() -> Server {
-    let key = StaticKeypair::generate().unwrap();
-    let issuer = CertIssuer::generate().unwrap();
-    let t = now();
-    let chain = issuer.issue(&key.public(), &ChainParams::new(1, 2, t - 60, t + 3600)).unwrap();
-    Server { key, root: issuer.public_key(), chain }
+/// A simulated chatd identity, valid now.
+fn server() -> TestServer {
+    TestServer::generate(now())
 }
 
 fn login() -> Vec<u8> {
@@ -45,22 +36,18 @@ fn initiator() -> Initiator {
     Initiator::new(StaticKeypair::generate().unwrap(), Flavour::WhatsApp).unwrap()
 }
 
-fn responder(srv: &Server) -> Responder {
-    Responder::new(srv.key.clone(), srv.chain.clone(), Flavour::WhatsApp).unwrap()
-}
-
 /// Runs messages 1 and 2: returns the initiator (waiting for the ServerHello), the ServerHello
 /// bytes and the responder (waiting for the ClientFinish).
-fn up_to_server_hello(srv: &Server) -> (Initiator, Vec<u8>, Responder) {
+fn up_to_server_hello(srv: &TestServer) -> (Initiator, Vec<u8>, Responder) {
     let mut i = initiator();
-    let mut r = responder(srv);
+    let mut r = srv.responder();
     r.read_client_hello(&i.client_hello().unwrap()).unwrap();
     let hello = r.server_hello().unwrap();
     (i, hello, r)
 }
 
 /// The whole handshake without I/O: the client's transport and what the server got.
-fn handshake(srv: &Server, payload: &[u8]) -> (Transport, ClientFinished) {
+fn handshake(srv: &TestServer, payload: &[u8]) -> (Transport, ClientFinished) {
     let (mut i, hello, r) = up_to_server_hello(srv);
     i.read_server_hello_verified(&hello, &CertVerifier::new(srv.root), now()).unwrap();
     let (finish, transport) = i.client_finish(payload).unwrap();
@@ -101,12 +88,12 @@ async fn client_side(
     (transport, chain, framed)
 }
 
-async fn server_side(mut io: DuplexStream, srv: &Server) -> (ClientFinished, Framed<DuplexStream, FrameCodec>) {
+async fn server_side(mut io: DuplexStream, srv: &TestServer) -> (ClientFinished, Framed<DuplexStream, FrameCodec>) {
     let mut header = [0u8; 4];
     io.read_exact(&mut header).await.unwrap();
     assert_eq!(header, WA_CONN_HEADER, "the client must open with the WA header");
     let mut framed = Framed::new(io, FrameCodec::new());
-    let mut r = responder(srv);
+    let mut r = srv.responder();
     r.read_client_hello(&framed.next().await.unwrap().unwrap()).unwrap();
     framed.send(r.server_hello().unwrap()).await.unwrap();
     let finish = framed.next().await.unwrap().unwrap();
@@ -366,10 +353,10 @@ fn out_of_order_calls_are_typed_errors() {
     assert!(matches!(i.client_hello(), Err(NoiseError::OutOfOrder { call: "client_hello", .. })));
     assert!(matches!(i.client_hello_raw(), Err(NoiseError::OutOfOrder { .. })));
 
-    let mut r = responder(&srv);
+    let mut r = srv.responder();
     assert!(matches!(r.server_hello(), Err(NoiseError::OutOfOrder { call: "server_hello", .. })));
     assert!(matches!(
-        responder(&srv).read_client_finish(b""),
+        srv.responder().read_client_finish(b""),
         Err(NoiseError::OutOfOrder { call: "read_client_finish", .. })
     ));
     r.read_client_hello(&hello).unwrap();

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use error_report::Report;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -35,19 +36,19 @@ use crate::sim::{Control, LiveConn, ObservedGuard, Sim};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnError {
-    #[error("intro: {0}")]
+    #[error("intro")]
     Intro(#[from] IntroError),
-    #[error("frame: {0}")]
+    #[error("frame")]
     Frame(#[from] wire::frame::FrameError),
-    #[error("noise: {0}")]
+    #[error("noise")]
     Noise(#[from] wire::noise::NoiseError),
     #[error("handshake took longer than {0:?}")]
     HandshakeTimeout(Duration),
     #[error("peer closed during the handshake")]
     ClosedInHandshake,
-    #[error("login payload is not a ClientPayload: {0}")]
+    #[error("login payload is not a ClientPayload")]
     Payload(#[from] prost::DecodeError),
-    #[error("encoding a reply: {0}")]
+    #[error("encoding a reply")]
     Encode(#[from] wire::encode::EncodeError),
 }
 
@@ -61,7 +62,7 @@ where
     sim.totals.connections_accepted.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = serve_inner(&sim, verifier.as_ref(), stream, peer).await {
         sim.totals.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-        debug!(%peer, error = %e, "connection ended");
+        debug!(%peer, error = %Report(&e), "connection ended");
     }
 }
 
@@ -205,7 +206,7 @@ where
                     let node = match decoder.decode_payload(plain) {
                         Ok(node) => node,
                         Err(e) => {
-                            debug!(account = %jid, error = %e, "undecodable stanza dropped");
+                            debug!(account = %jid, error = %Report(&e), "undecodable stanza dropped");
                             continue;
                         }
                     };

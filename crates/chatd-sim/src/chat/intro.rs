@@ -28,7 +28,7 @@ pub struct Intro {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IntroError {
-    #[error("i/o: {0}")]
+    #[error("i/o")]
     Io(#[from] std::io::Error),
     #[error("bad PROXY header: {0}")]
     Proxy(String),

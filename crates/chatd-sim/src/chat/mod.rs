@@ -8,6 +8,7 @@ pub mod login;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use error_report::Report;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +28,7 @@ pub async fn serve_tcp(listener: TcpListener, sim: Arc<Sim>, verifier: Arc<dyn T
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off rather than spin.
-                warn!(error = %e, "accept failed");
+                warn!(error = %Report(&e), "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -61,7 +62,7 @@ pub async fn serve_ws(listener: TcpListener, sim: Arc<Sim>, verifier: Arc<dyn To
         let (sim, verifier) = (Arc::clone(&sim), Arc::clone(&verifier));
         tokio::spawn(async move {
             if let Err(e) = serve_ws_conn(stream, peer, sim, verifier).await {
-                debug!(%peer, error = %e, "websocket connection ended");
+                debug!(%peer, error = %Report(&e), "websocket connection ended");
             }
             drop(permit);
         });

@@ -115,9 +115,9 @@ impl Http {
         let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
             .await
             .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| tls_config::error_chain(&e))?;
+            .map_err(|e| error_report::Report(&e).to_string())?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| tls_config::error_chain(&e))?.to_bytes();
+        let body = body.collect().await.map_err(|e| error_report::Report(&e).to_string())?.to_bytes();
         Ok(Reply { status: parts.status, version: parts.version, headers: parts.headers, body })
     }
 

@@ -60,9 +60,6 @@ mod pipe;
 mod state;
 mod timers;
 
-#[cfg(test)]
-mod test_support;
-
 use driver::{UpstreamParts, relay_io};
 
 /// Bytes asked of a source per read when frames are small (HAProxy's `tune.bufsize` in

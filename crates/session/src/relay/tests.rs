@@ -12,10 +12,10 @@ use wire::Node;
 use wire::frame::FrameCodec;
 use wire::noise::Transport;
 
-use super::test_support::transports;
 use super::*;
 use crate::metrics::Direction;
 use wire::refusal::Refusal;
+use wire::testing::transports;
 
 struct Chatd {
     framed: Framed<DuplexStream, FrameCodec>,

@@ -35,7 +35,7 @@ pub enum TextError {
     Xml(String),
     #[error("JSON: {0}")]
     Json(String),
-    #[error("base64 content: {0}")]
+    #[error("base64 content")]
     Base64(#[from] base64::DecodeError),
     #[error("no root element")]
     NoRoot,

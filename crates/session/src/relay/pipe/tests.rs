@@ -6,8 +6,8 @@ use wire::frame::{HEADER_LEN, encode_frame};
 use wire::noise::Transport;
 
 use super::*;
-use crate::relay::test_support::transports;
 use wire::refusal::Refusal;
+use wire::testing::transports;
 
 fn cfg() -> RelayConfig {
     RelayConfig { max_frame_len: 64 * 1024, max_buffered_bytes: 16 * 1024, ..RelayConfig::default() }
