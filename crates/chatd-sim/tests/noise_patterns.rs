@@ -21,13 +21,27 @@ async fn sim(partner: &Partner) -> chatd_sim::RunningSim {
     sim_with(partner, |c| c.keys.root_private_key = Some(hex::encode(ROOT_PRIVATE))).await
 }
 
-#[tokio::test]
-async fn a_client_resumes_with_ik_after_xx_and_logs_in_the_same() {
+/// A partner server, the simulator, and alice enlisted with her login payload.
+struct World {
+    partner: Partner,
+    sim: chatd_sim::RunningSim,
+    alice: Device,
+    id: u64,
+    payload: wire::proto::ClientPayload,
+}
+
+async fn world() -> World {
     let partner = Partner::start(1).await;
     let sim = sim(&partner).await;
     let alice = Device::new();
     let (_, id) = enlist(&sim, &partner, &alice, "alice").await;
     let payload = interop_payload(id, &partner.token("alice"));
+    World { partner, sim, alice, id, payload }
+}
+
+#[tokio::test]
+async fn a_client_resumes_with_ik_after_xx_and_logs_in_the_same() {
+    let World { partner, sim, alice, id, payload } = world().await;
     let config = ConnectConfig::new(sim.root_public_key());
 
     let (client, first, pattern) = ChatClient::resume(Dial::to(&sim), &alice.noise, &payload, &config).await;
@@ -60,11 +74,7 @@ async fn a_client_resumes_with_ik_after_xx_and_logs_in_the_same() {
 
 #[tokio::test]
 async fn a_stale_server_key_falls_back_to_xx_then_resumes_with_the_new_one() {
-    let partner = Partner::start(1).await;
-    let sim = sim(&partner).await;
-    let alice = Device::new();
-    let (_, id) = enlist(&sim, &partner, &alice, "alice").await;
-    let payload = interop_payload(id, &partner.token("alice"));
+    let World { partner: _partner, sim, alice, payload, .. } = world().await;
 
     // The client cached a chain, under the simulator's root, for a key the simulator no longer has.
     let config = ConnectConfig::new(sim.root_public_key());
@@ -109,11 +119,7 @@ async fn raw(sim: &chatd_sim::RunningSim) -> tokio::net::TcpStream {
 
 #[tokio::test]
 async fn hostile_ik_hellos_are_closed_cleanly() {
-    let partner = Partner::start(1).await;
-    let sim = sim(&partner).await;
-    let alice = Device::new();
-    let (_, id) = enlist(&sim, &partner, &alice, "alice").await;
-    let payload = interop_payload(id, &partner.token("alice"));
+    let World { partner: _partner, sim, alice, payload, .. } = world().await;
     let config = ConnectConfig::new(sim.root_public_key());
     ChatClient::resume(Dial::to(&sim), &alice.noise, &payload, &config).await;
 
