@@ -30,6 +30,10 @@ pub enum Delivery {
     /// Baileys' `decodeMessageNode` reads as a message one's own other device sent (`fromMe`,
     /// chat = `recipient`).
     SendersOtherDevice,
+    /// The sending device itself: nothing to deliver. Web clients exclude it when they build
+    /// the list, but a client that addresses its own devices by LID can miss that it is itself
+    /// (Baileys 7 compares the LID's user part with the whole LID JID); it is skipped, not refused.
+    Sender,
 }
 
 /// Why a device list is refused: the sender's view of the devices is out of date (or wrong).
@@ -68,6 +72,10 @@ pub fn plan(
     let mut seen = BTreeSet::new();
     let mut copies = Vec::with_capacity(listed.len());
     for addr in listed {
+        if addr == sender {
+            copies.push(Delivery::Sender);
+            continue;
+        }
         let Some((_, copy)) = expected.iter().find(|(e, _)| e == addr) else {
             return Err(StaleDevices::Unknown(addr.clone()));
         };
@@ -114,9 +122,15 @@ mod tests {
         // A third account is never a target of a 1:1 message.
         let err = plan(&dev(ME, 2), &[2], PEER, &[0], &[dev(PEER, 0), dev("9@s.whatsapp.net", 0)]).unwrap_err();
         assert_eq!(err, StaleDevices::Unknown(dev("9@s.whatsapp.net", 0)));
-        // The sending device itself is not a target.
-        let err = plan(&dev(ME, 2), &[2], PEER, &[0], &[dev(PEER, 0), dev(ME, 2)]).unwrap_err();
-        assert_eq!(err, StaleDevices::Unknown(dev(ME, 2)));
+    }
+
+    #[test]
+    fn the_sending_device_itself_is_skipped_not_refused() {
+        let copies = plan(&dev(ME, 2), &[2], PEER, &[0], &[dev(PEER, 0), dev(ME, 2)]).unwrap();
+        assert_eq!(copies, [Delivery::Recipient, Delivery::Sender]);
+        // It does not stand in for a device that is missing.
+        let err = plan(&dev(ME, 2), &[2], PEER, &[0], &[dev(ME, 2)]).unwrap_err();
+        assert_eq!(err, StaleDevices::Missing(dev(PEER, 0)));
     }
 
     #[test]

@@ -322,6 +322,7 @@ impl Handler<'_> {
                     let mut copy = forward.clone();
                     copy.content = wire::Content::Nodes(enc.into_iter().chain(siblings.iter().cloned()).collect());
                     match delivery {
+                        Delivery::Sender => {}
                         Delivery::Recipient => recipient.push((addr.device, encode(&copy)?)),
                         Delivery::SendersOtherDevice => {
                             copy.attrs.retain(|(k, _)| k != "recipient");
