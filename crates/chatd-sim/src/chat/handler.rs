@@ -188,7 +188,7 @@ impl Handler<'_> {
 
     /// A receipt from the recipient (delivered, `inactive`, `read`, `retry`, any type) is how
     /// WhatsApp clients acknowledge a message (Baileys sends no `<ack class="message">`): the
-    /// messages it names (`id` and `<list><item id>`) leave this account's mailbox.
+    /// messages it names (`id` and `<list><item id>`) leave the receipting device's mailbox.
     fn clear_receipted(&self, node: &NodeRef<'_>, sender: &str) {
         let mut ids: Vec<String> = node.attr_str("id").into_iter().map(str::to_owned).collect();
         if let Some(list) = node.child("list") {
