@@ -1,7 +1,7 @@
-//! Accounts as chatd keeps them: identity, Signal key material (public halves only), the offline
-//! mailbox, blocklist and contacts.
+//! Accounts as chatd keeps them: per account the blocklist, contacts, privacy and LID; per device
+//! the Noise key, Signal key material (public halves only) and the offline mailbox.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -10,8 +10,8 @@ use bytes::Bytes;
 pub enum AccountKind {
     /// A Partner user, enlisted through the interop registration API.
     Interop { integrator: u16, user_identifier: String },
-    /// A WhatsApp-side user, provisioned through the admin API.
-    WhatsApp { phone: u64, device: u32 },
+    /// A WhatsApp-side user, provisioned device by device through the admin API.
+    WhatsApp { phone: u64 },
 }
 
 /// A signed prekey: id, public key, signature by the identity key.
@@ -59,15 +59,29 @@ impl AckClass {
     }
 }
 
+/// A stanza to queue: what identifies it for the ack that removes it, and its bytes.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub class: AckClass,
+    pub id: String,
+    /// The sending account: the recipient's ack names it in `to`.
+    pub from: String,
+    /// The sending device of that account (a retry receipt goes back to it).
+    pub from_device: u16,
+    /// The encoded stanza payload, ready to seal.
+    pub payload: Bytes,
+}
+
 /// One stanza waiting for its recipient's ack.
 #[derive(Debug, Clone)]
 pub struct MailboxEntry {
-    /// Position in the account's stream, so a connection knows what it has already sent.
+    /// Position in the device's stream, so a connection knows what it has already sent.
     pub seq: u64,
     pub class: AckClass,
     pub id: String,
-    /// The `from` of the stanza: the recipient's ack names it in `to`.
+    /// The sending account: the recipient's ack names it in `to`.
     pub from: String,
+    pub from_device: u16,
     /// The encoded stanza payload, ready to seal.
     pub payload: Bytes,
     pub stored_at: u64,
@@ -93,24 +107,23 @@ pub struct MailboxFull {
 
 impl Mailbox {
     /// Queues a stanza; returns its sequence number.
-    pub fn push(
-        &mut self,
-        class: AckClass,
-        id: String,
-        from: String,
-        payload: Bytes,
-        now: u64,
-        limits: (usize, usize),
-    ) -> Result<u64, MailboxFull> {
-        let (max_entries, max_bytes) = limits;
-        if self.entries.len() >= max_entries || self.bytes + payload.len() > max_bytes {
-            return Err(MailboxFull { entries: self.entries.len(), bytes: self.bytes });
-        }
+    pub fn push(&mut self, stanza: Queued, now: u64, limits: (usize, usize)) -> Result<u64, MailboxFull> {
+        self.room_for(stanza.payload.len(), limits)?;
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.bytes += payload.len();
-        self.entries.push_back(MailboxEntry { seq, class, id, from, payload, stored_at: now });
+        self.bytes += stanza.payload.len();
+        let Queued { class, id, from, from_device, payload } = stanza;
+        self.entries.push_back(MailboxEntry { seq, class, id, from, from_device, payload, stored_at: now });
         Ok(seq)
+    }
+
+    /// Whether a stanza of `len` bytes fits under `limits` (entries, bytes).
+    pub fn room_for(&self, len: usize, limits: (usize, usize)) -> Result<(), MailboxFull> {
+        let (max_entries, max_bytes) = limits;
+        if self.entries.len() >= max_entries || self.bytes + len > max_bytes {
+            return Err(MailboxFull { entries: self.entries.len(), bytes: self.bytes });
+        }
+        Ok(())
     }
 
     /// Entries after `seq` (exclusive), in order; `None` means from the start.
@@ -148,6 +161,29 @@ impl Mailbox {
     }
 }
 
+/// Most devices an account may have: the phone and four companions, WhatsApp's public limit for
+/// linked devices.
+pub const MAX_DEVICES: usize = 5;
+
+/// One device of an account: it logs in with its own Noise static key, publishes its own Signal
+/// keys, and has its own mailbox (delivery is per device).
+#[derive(Debug)]
+pub struct Device {
+    /// The Noise static public key the device must log in with (a Partner user's `authkey`).
+    pub noise_public: [u8; 32],
+    pub keys: KeyBundle,
+    pub mailbox: Mailbox,
+    /// The device's `ADVSignedDeviceIdentity` as registered (WhatsApp-side companions), sent in the
+    /// `<keys>` of a retry receipt on its behalf.
+    pub device_identity: Option<Vec<u8>>,
+}
+
+impl Device {
+    pub fn new(noise_public: [u8; 32], keys: KeyBundle) -> Device {
+        Device { noise_public, keys, mailbox: Mailbox::default(), device_identity: None }
+    }
+}
+
 /// An account.
 #[derive(Debug)]
 pub struct Account {
@@ -156,10 +192,9 @@ pub struct Account {
     /// `interopData.accountID` for Partner users; the phone number for WhatsApp-side users.
     pub account_id: u64,
     pub kind: AccountKind,
-    /// The Noise static public key the account must log in with (the enlistment's `authkey`).
-    pub noise_public: [u8; 32],
-    pub keys: KeyBundle,
-    pub mailbox: Mailbox,
+    /// The account's devices by id, never empty. Partner users have exactly one, 0; a WhatsApp-side
+    /// user has those registered for its phone (0 for the phone itself, companions 1 and up).
+    pub devices: BTreeMap<u16, Device>,
     pub blocklist: BTreeSet<String>,
     /// Accounts this one has exchanged stanzas with: they hear about its identity changes.
     pub contacts: BTreeSet<String>,
@@ -170,19 +205,56 @@ pub struct Account {
 }
 
 impl Account {
+    /// A new account with one device.
+    pub fn new(jid: String, account_id: u64, kind: AccountKind, device_id: u16, device: Device, now: u64) -> Account {
+        Account {
+            jid,
+            account_id,
+            kind,
+            devices: BTreeMap::from([(device_id, device)]),
+            blocklist: BTreeSet::new(),
+            contacts: BTreeSet::new(),
+            last_active: now,
+            privacy: Default::default(),
+        }
+    }
+
     /// The account's LID (`N@lid`), a pure function of its JID: see [`lid_user_for`].
     pub fn lid(&self) -> String {
         format!("{}@lid", lid_user_for(&self.jid))
     }
 
-    /// The devices the account has. The simulator keeps one live connection per account, so an
-    /// account has one device: the one it logs in as (0 for Partner users, the provisioned
-    /// device for WhatsApp-side users).
-    pub fn devices(&self) -> Vec<u16> {
-        match self.kind {
-            AccountKind::WhatsApp { device, .. } => vec![u16::try_from(device).unwrap_or(0)],
-            AccountKind::Interop { .. } => vec![0],
+    /// The ids of the devices the account has, in order.
+    pub fn device_ids(&self) -> Vec<u16> {
+        self.devices.keys().copied().collect()
+    }
+
+    /// The device a JID naming this account reaches: the device it names, if the account has it;
+    /// for device 0 (a JID with no device says the same) the phone, or, when the phone is not
+    /// registered, the account's first device (a WhatsApp-side user known only by a companion).
+    /// A key fetch and a direct `<enc>` message for the bare account so reach the one device that
+    /// can use them.
+    pub fn resolve_device(&self, named: u16) -> Option<u16> {
+        match named {
+            0 => self.devices.keys().next().copied(),
+            d => self.devices.contains_key(&d).then_some(d),
         }
+    }
+
+    /// The account's primary device: its phone (0), or its first device without one.
+    pub fn primary(&self) -> u16 {
+        self.resolve_device(0).unwrap_or(0)
+    }
+
+    /// The primary device, for accounts that have exactly one (Partner users).
+    pub fn primary_mut(&mut self) -> Option<&mut Device> {
+        let id = self.primary();
+        self.devices.get_mut(&id)
+    }
+
+    /// Queued stanzas across the account's devices.
+    pub fn mailbox_entries(&self) -> usize {
+        self.devices.values().map(|d| d.mailbox.len()).sum()
     }
 }
 

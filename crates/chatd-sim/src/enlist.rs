@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use error_report::Report;
 use serde::Serialize;
 
-use crate::account::{Account, AccountKind, KeyBundle, Mailbox, SignedPreKey};
+use crate::account::{Account, AccountKind, Device, KeyBundle, SignedPreKey};
 use crate::auth::TokenVerifier;
 use crate::chat::handler::{Handler, signed_prekey_valid};
 use crate::config::parse_version;
@@ -148,40 +148,32 @@ pub async fn enlist(sim: &Sim, verifier: &dyn TokenVerifier, body: &[u8]) -> Ans
         // Re-enlisting is idempotent: same login, keys replaced (rotation).
         let mut identity_changed = false;
         sim.store.with(&jid, &mut |a| {
-            identity_changed = a.keys.identity != req.identity;
-            a.noise_public = req.authkey;
-            a.keys.registration_id = req.registration_id;
-            a.keys.identity = req.identity;
-            a.keys.signed_prekey = req.signed_prekey.clone();
-            if identity_changed {
-                a.keys.one_time.clear();
-            }
             a.last_active = now;
+            let Some(device) = a.primary_mut() else { return };
+            identity_changed = device.keys.identity != req.identity;
+            device.noise_public = req.authkey;
+            device.keys.registration_id = req.registration_id;
+            device.keys.identity = req.identity;
+            device.keys.signed_prekey = req.signed_prekey.clone();
+            if identity_changed {
+                device.keys.one_time.clear();
+            }
         });
         if identity_changed {
-            Handler { sim, jid: &jid }.announce_identity_change();
+            Handler { sim, jid: &jid, device: 0 }.announce_identity_change();
         }
         return Answer::Ok { login: jid, status: "ok" };
     }
     let account_id = sim.next_account_id();
     let jid = format!("{}-{}@interop", req.integrator, account_id);
-    let account = Account {
-        jid: jid.clone(),
-        account_id,
-        kind: AccountKind::Interop { integrator: req.integrator, user_identifier: req.user_identifier },
-        noise_public: req.authkey,
-        keys: KeyBundle {
-            registration_id: req.registration_id,
-            identity: req.identity,
-            signed_prekey: req.signed_prekey,
-            one_time: Default::default(),
-        },
-        mailbox: Mailbox::default(),
-        blocklist: Default::default(),
-        contacts: Default::default(),
-        last_active: now,
-        privacy: Default::default(),
+    let keys = KeyBundle {
+        registration_id: req.registration_id,
+        identity: req.identity,
+        signed_prekey: req.signed_prekey,
+        one_time: Default::default(),
     };
+    let kind = AccountKind::Interop { integrator: req.integrator, user_identifier: req.user_identifier };
+    let account = Account::new(jid.clone(), account_id, kind, 0, Device::new(req.authkey, keys), now);
     if sim.store.put(account).is_err() {
         return Answer::fail(Reason::Overloaded);
     }

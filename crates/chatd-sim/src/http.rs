@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use crate::account::{Account, AccountKind, KeyBundle, Mailbox, SignedPreKey};
+use crate::account::{Account, AccountKind, Device, KeyBundle, MAX_DEVICES, SignedPreKey};
 use crate::auth::TokenVerifier;
 use crate::chat::handler::signed_prekey_valid;
 use crate::clock::ShiftedClock;
@@ -176,7 +176,7 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Resp {
         }
         (Method::GET, ["admin", "accounts", jid, "mailbox"]) => {
             let mut entries = None;
-            state.sim.store.with(&percent_decode(jid), &mut |a| entries = Some(a.mailbox.len()));
+            state.sim.store.with(&percent_decode(jid), &mut |a| entries = Some(a.mailbox_entries()));
             match entries {
                 Some(n) => respond(StatusCode::OK, json!({ "entries": n })),
                 None => error(StatusCode::NOT_FOUND, "no such account"),
@@ -310,6 +310,9 @@ struct WaUser {
     signed_prekey: WaSignedPreKey,
     #[serde(default)]
     prekeys: Vec<WaPreKey>,
+    /// The device's `ADVSignedDeviceIdentity` (optional), carried in retry receipts' `<keys>`.
+    #[serde(default)]
+    device_identity: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,11 +334,20 @@ fn b64<const N: usize>(s: &str) -> Option<[u8; N]> {
     URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()?.try_into().ok()
 }
 
-/// Provisions a WhatsApp-side user (what registration on a phone would do).
+/// Largest `device_identity` accepted (an `ADVSignedDeviceIdentity` is a few hundred bytes).
+const MAX_DEVICE_IDENTITY: usize = 4096;
+
+/// Registers a device of a WhatsApp-side user (what registration on a phone, or linking a
+/// companion, would do). The first device creates the account; another device id for the same
+/// phone adds a companion; a device id already registered is registered anew (new keys, empty
+/// mailbox, and its connection, if any, is closed).
 fn provision_wa_user(sim: &Sim, body: &[u8]) -> Resp {
     let user: WaUser = match serde_json::from_slice(body) {
         Ok(u) => u,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad user: {}", Report(&e))),
+    };
+    let Ok(device_id) = u16::try_from(user.device) else {
+        return error(StatusCode::BAD_REQUEST, "device must be 0-65535");
     };
     let (Some(noise_public), Some(identity), Some(public), Some(signature)) = (
         b64::<32>(&user.noise_public),
@@ -348,32 +360,54 @@ fn provision_wa_user(sim: &Sim, body: &[u8]) -> Resp {
     if !signed_prekey_valid(&identity, &public, &signature) {
         return error(StatusCode::BAD_REQUEST, "bad_signature");
     }
+    let device_identity = match user.device_identity.as_deref().map(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')))
+    {
+        None => None,
+        Some(Ok(b)) if b.len() <= MAX_DEVICE_IDENTITY => Some(b),
+        Some(_) => return error(StatusCode::BAD_REQUEST, "device_identity must be base64url, at most 4 KiB"),
+    };
     let mut one_time = std::collections::VecDeque::new();
     for p in user.prekeys.iter().take(sim.config.limits.max_prekeys) {
         let Some(k) = b64::<32>(&p.public) else { return error(StatusCode::BAD_REQUEST, "bad prekey") };
         one_time.push_back((p.id, k));
     }
-    let jid = format!("{}@s.whatsapp.net", user.phone);
-    let account = Account {
-        jid: jid.clone(),
-        account_id: user.phone,
-        kind: AccountKind::WhatsApp { phone: user.phone, device: user.device },
-        noise_public,
-        keys: KeyBundle {
-            registration_id: user.registration_id,
-            identity,
-            signed_prekey: SignedPreKey { id: user.signed_prekey.id, public, signature },
-            one_time,
-        },
-        mailbox: Mailbox::default(),
-        blocklist: Default::default(),
-        contacts: Default::default(),
-        last_active: sim.clock.now(),
-        privacy: Default::default(),
+    let keys = KeyBundle {
+        registration_id: user.registration_id,
+        identity,
+        signed_prekey: SignedPreKey { id: user.signed_prekey.id, public, signature },
+        one_time,
     };
-    match sim.store.put(account) {
-        Ok(()) => respond(StatusCode::OK, json!({ "jid": jid })),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &Report(&e).to_string()),
+    let device = Device { device_identity, ..Device::new(noise_public, keys) };
+    let jid = format!("{}@s.whatsapp.net", user.phone);
+    let device_jid = sim.device_jid(&jid, device_id).to_string();
+    let answer = json!({ "jid": jid, "device": device_jid });
+    let mut device = Some(device);
+    let mut outcome = None;
+    sim.store.with(&jid, &mut |a| {
+        outcome = Some(if a.devices.contains_key(&device_id) || a.devices.len() < MAX_DEVICES {
+            let replaced = a.devices.insert(device_id, device.take().expect("taken once")).is_some();
+            Ok(replaced)
+        } else {
+            Err(())
+        });
+    });
+    match outcome {
+        Some(Ok(replaced)) => {
+            if replaced {
+                sim.close_device(&jid, device_id);
+            }
+            respond(StatusCode::OK, answer)
+        }
+        Some(Err(())) => error(StatusCode::CONFLICT, &format!("at most {MAX_DEVICES} devices per account")),
+        None => {
+            let Some(device) = device.take() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "device lost") };
+            let kind = AccountKind::WhatsApp { phone: user.phone };
+            let account = Account::new(jid.clone(), user.phone, kind, device_id, device, sim.clock.now());
+            match sim.store.put(account) {
+                Ok(()) => respond(StatusCode::OK, answer),
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &Report(&e).to_string()),
+            }
+        }
     }
 }
 
@@ -439,31 +473,24 @@ fn enlist_interop_users(sim: &Sim, body: &[u8]) -> Resp {
     for (user_identifier, noise_public) in users {
         if let Some(jid) = sim.store.jid_by_user(batch.integrator, user_identifier) {
             sim.store.with(&jid, &mut |a| {
-                a.noise_public = noise_public;
                 a.last_active = now;
+                if let Some(device) = a.primary_mut() {
+                    device.noise_public = noise_public;
+                }
             });
             logins.push(jid);
             continue;
         }
         let account_id = sim.next_account_id();
         let jid = format!("{}-{}@interop", batch.integrator, account_id);
-        let account = Account {
-            jid: jid.clone(),
-            account_id,
-            kind: AccountKind::Interop { integrator: batch.integrator, user_identifier: user_identifier.to_owned() },
-            noise_public,
-            keys: KeyBundle {
-                registration_id: batch.registration_id,
-                identity,
-                signed_prekey: signed_prekey.clone(),
-                one_time: Default::default(),
-            },
-            mailbox: Mailbox::default(),
-            blocklist: Default::default(),
-            contacts: Default::default(),
-            last_active: now,
-            privacy: Default::default(),
+        let keys = KeyBundle {
+            registration_id: batch.registration_id,
+            identity,
+            signed_prekey: signed_prekey.clone(),
+            one_time: Default::default(),
         };
+        let kind = AccountKind::Interop { integrator: batch.integrator, user_identifier: user_identifier.to_owned() };
+        let account = Account::new(jid.clone(), account_id, kind, 0, Device::new(noise_public, keys), now);
         if let Err(e) = sim.store.put(account) {
             return respond(
                 StatusCode::SERVICE_UNAVAILABLE,

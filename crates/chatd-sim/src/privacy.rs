@@ -1,7 +1,9 @@
 //! Privacy settings as the `privacy` IQ carries them: `<privacy><category name=".." value=".."/>
 //! ...</privacy>`, the shape WhatsApp Web clients read (Baileys' `fetchPrivacySettings`) and write
-//! one category at a time. The simulator stores them per account and answers with every category;
-//! it does not yet act on them (who sees last-seen, read receipts), as no test observes that.
+//! one category at a time. The simulator stores them per account and answers with every category.
+//! Of them it enforces `readreceipts` (a `read` receipt between two accounts is not relayed while
+//! either has it `none`: see the chat handler); the others (who sees last-seen, profile, status)
+//! concern stanzas the simulator does not relay.
 
 use std::collections::BTreeMap;
 

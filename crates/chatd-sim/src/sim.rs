@@ -11,7 +11,7 @@ use tokio::sync::{Notify, mpsc};
 use wire::cert::{CertIssuer, ChainParams};
 use wire::noise::StaticKeypair;
 
-use crate::account::{Account, AccountKind, AckClass, MailboxFull};
+use crate::account::{Account, AccountKind, AckClass, MailboxFull, Queued};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::Store;
@@ -25,11 +25,11 @@ pub enum Control {
     Removed,
 }
 
-/// The live connection of an account.
+/// The live connection of one device of an account.
 #[derive(Debug, Clone)]
 pub struct LiveConn {
     pub conn_id: u64,
-    /// Woken when the account's mailbox has something new.
+    /// Woken when the device's mailbox has something new.
     pub notify: Arc<Notify>,
     pub control: mpsc::Sender<Control>,
 }
@@ -96,7 +96,8 @@ pub struct Sim {
     pub server_static_public: [u8; 32],
     pub root_public: [u8; 32],
     pub cert_chain: Vec<u8>,
-    live: Mutex<HashMap<String, LiveConn>>,
+    /// Live connections by account and device: each device of an account may be online at once.
+    live: Mutex<HashMap<(String, u16), LiveConn>>,
     observed: Mutex<HashMap<String, Observed>>,
     pub totals: Totals,
     next_conn_id: AtomicU64,
@@ -206,32 +207,55 @@ impl Sim {
         lock(&self.observed).get(jid).cloned().unwrap_or_default()
     }
 
-    /// Makes `conn` the account's live connection; returns the one it replaces.
-    pub fn register_live(&self, jid: &str, conn: LiveConn) -> Option<LiveConn> {
+    /// Makes `conn` the live connection of the account's `device`; returns the one it replaces.
+    pub fn register_live(&self, jid: &str, device: u16, conn: LiveConn) -> Option<LiveConn> {
         lock(&self.push_pending).remove(jid);
-        lock(&self.live).insert(jid.to_owned(), conn)
+        lock(&self.live).insert((jid.to_owned(), device), conn)
     }
 
-    /// Forgets the live connection if it is still `conn_id`.
-    pub fn unregister_live(&self, jid: &str, conn_id: u64) {
+    /// Forgets the device's live connection if it is still `conn_id`.
+    pub fn unregister_live(&self, jid: &str, device: u16, conn_id: u64) {
         let mut live = lock(&self.live);
-        if live.get(jid).is_some_and(|c| c.conn_id == conn_id) {
-            live.remove(jid);
+        let key = (jid.to_owned(), device);
+        if live.get(&key).is_some_and(|c| c.conn_id == conn_id) {
+            live.remove(&key);
         }
     }
 
-    pub fn live(&self, jid: &str) -> Option<LiveConn> {
-        lock(&self.live).get(jid).cloned()
+    /// The live connection of one device of an account.
+    pub fn live(&self, jid: &str, device: u16) -> Option<LiveConn> {
+        lock(&self.live).get(&(jid.to_owned(), device)).cloned()
+    }
+
+    /// Whether any device of the account is connected.
+    pub fn account_live(&self, jid: &str) -> bool {
+        lock(&self.live).keys().any(|(account, _)| account == jid)
     }
 
     pub fn live_count(&self) -> usize {
         lock(&self.live).len()
     }
 
-    /// Queues a stanza for `to` and wakes its connection, or asks for a push when a Partner user
-    /// has no connection. `from` must be an account too (server-originated stanzas pass the
-    /// server JID and skip the block and contact checks).
+    /// Queues a stanza for every device of `to` (a notification, a receipt for the account).
     pub fn deliver(&self, to: &str, class: AckClass, id: &str, from: &str, payload: Bytes) -> Result<(), DeliverError> {
+        self.deliver_each(to, class, id, (from, 0), &mut |a| a.devices.keys().map(|d| (*d, payload.clone())).collect())
+    }
+
+    /// Queues copies of a stanza for devices of `to`: `copies` picks, from the account as it is
+    /// stored, which device gets which bytes (a fan-out gives each device its own `<enc>`).
+    /// Then wakes each device's connection, or asks for a push when a Partner user has none.
+    /// `from` is the sending account and device; it must be an account too (server-originated
+    /// stanzas pass the server JID and skip the block and contact checks). All copies are queued or
+    /// none: a full mailbox on any device refuses the stanza.
+    pub fn deliver_each(
+        &self,
+        to: &str,
+        class: AckClass,
+        id: &str,
+        from: (&str, u16),
+        copies: &mut dyn FnMut(&Account) -> Vec<(u16, Bytes)>,
+    ) -> Result<(), DeliverError> {
+        let (from, from_device) = from;
         let now = self.clock.now();
         let limits = (self.config.limits.mailbox_max_entries, self.config.limits.mailbox_max_bytes);
         let from_account = from != "s.whatsapp.net";
@@ -244,17 +268,30 @@ impl Sim {
         }
         let mut result = Err(DeliverError::UnknownRecipient);
         let mut push = None;
+        let mut delivered = Vec::new();
         self.store.with(to, &mut |a| {
             if from_account && a.blocklist.contains(from) {
                 result = Err(DeliverError::Blocked);
                 return;
             }
-            result = a
-                .mailbox
-                .push(class, id.to_owned(), from.to_owned(), payload.clone(), now, limits)
-                .map(|_| ())
+            let picked: Vec<(u16, Bytes)> = copies(a).into_iter().filter(|(d, _)| a.devices.contains_key(d)).collect();
+            result = picked
+                .iter()
+                .try_for_each(|(d, payload)| {
+                    a.devices.get(d).map_or(Ok(()), |dev| dev.mailbox.room_for(payload.len(), limits))
+                })
                 .map_err(Into::into);
-            if result.is_ok() && from_account {
+            if result.is_err() {
+                return;
+            }
+            for (d, payload) in picked {
+                let Some(device) = a.devices.get_mut(&d) else { continue };
+                let stanza = Queued { class, id: id.to_owned(), from: from.to_owned(), from_device, payload };
+                if device.mailbox.push(stanza, now, limits).is_ok() {
+                    delivered.push(d);
+                }
+            }
+            if from_account {
                 a.contacts.insert(from.to_owned());
             }
             if let AccountKind::Interop { integrator, user_identifier } = &a.kind {
@@ -266,21 +303,23 @@ impl Sim {
             }
         });
         result.clone()?;
-        if from_account {
+        if from_account && from != to {
             self.store.with(from, &mut |a| {
                 a.contacts.insert(to.to_owned());
             });
         }
         self.totals.stanzas_routed.fetch_add(1, Ordering::Relaxed);
-        match self.live(to) {
-            Some(conn) => conn.notify.notify_one(),
-            None => {
-                if let Some(p) = push
-                    && lock(&self.push_pending).insert(p.account_jid.clone())
-                    && self.push_tx.try_send(p).is_err()
-                {
-                    // The push queue is full: forget the pending mark so a later stanza retries.
-                    lock(&self.push_pending).remove(to);
+        for device in delivered {
+            match self.live(to, device) {
+                Some(conn) => conn.notify.notify_one(),
+                None => {
+                    if let Some(p) = push.take()
+                        && lock(&self.push_pending).insert(p.account_jid.clone())
+                        && self.push_tx.try_send(p).is_err()
+                    {
+                        // The push queue is full: forget the pending mark so a later stanza retries.
+                        lock(&self.push_pending).remove(to);
+                    }
                 }
             }
         }
@@ -309,15 +348,11 @@ impl Sim {
         jid.to_account().to_string()
     }
 
-    /// The device JID an account sends from: `PHONE:DEVICE@s.whatsapp.net` for a WhatsApp-side
-    /// user logged in as a companion, the account JID otherwise.
-    pub fn device_jid_of(&self, account: &str) -> wire::Jid {
+    /// The JID of one device of an account: `PHONE:D@s.whatsapp.net` for a WhatsApp-side
+    /// companion, the account JID for device 0.
+    pub fn device_jid(&self, account: &str, device: u16) -> wire::Jid {
         let mut jid = wire::Jid::parse(account).unwrap_or_else(|_| wire::Jid::server(wire::Server::Whatsapp));
-        self.store.with(account, &mut |a| {
-            if let AccountKind::WhatsApp { device, .. } = a.kind {
-                jid.device = u16::try_from(device).unwrap_or(0);
-            }
-        });
+        jid.device = device;
         jid
     }
 
@@ -329,11 +364,21 @@ impl Sim {
     /// Removes an account everywhere and closes its connection.
     pub fn remove_account(&self, jid: &str) -> Option<Account> {
         let account = self.store.remove(jid)?;
-        if let Some(conn) = lock(&self.live).remove(jid) {
-            let _ = conn.control.try_send(Control::Removed);
-        }
+        lock(&self.live).retain(|(account, _), conn| {
+            if account == jid {
+                let _ = conn.control.try_send(Control::Removed);
+            }
+            account != jid
+        });
         lock(&self.push_pending).remove(jid);
         Some(account)
+    }
+
+    /// Closes one device's connection (the device was registered anew).
+    pub fn close_device(&self, jid: &str, device: u16) {
+        if let Some(conn) = lock(&self.live).remove(&(jid.to_owned(), device)) {
+            let _ = conn.control.try_send(Control::Replaced);
+        }
     }
 
     /// Un-enlists accounts idle past the configured days and expires old mailbox entries.
@@ -344,13 +389,15 @@ impl Sim {
         let mail_cutoff = now.saturating_sub(self.config.limits.mailbox_retention_days * 86_400);
         let mut removed = Vec::new();
         for jid in self.store.jids() {
-            if self.live(&jid).is_some() {
+            if self.account_live(&jid) {
                 continue;
             }
             let mut idle = false;
             self.store.with(&jid, &mut |a| {
                 idle = a.last_active < idle_cutoff;
-                a.mailbox.expire(mail_cutoff);
+                for device in a.devices.values_mut() {
+                    device.mailbox.expire(mail_cutoff);
+                }
             });
             if idle && self.remove_account(&jid).is_some() {
                 removed.push(jid);

@@ -243,16 +243,14 @@ async fn participants_are_fanned_out_per_device_in_the_incoming_shape() {
     let (mut a, _) = w.alice().await;
     let (mut b, _) = w.wa().await;
     let enc = |kind: &str, body: &[u8]| Node::new("enc").attr("v", "2").attr("type", kind).bytes(body.to_vec());
-    // As Baileys writes it: the Partner device as JID_PAIR-decoded interop, the sender's phone
-    // (device 0, which the simulator does not have), and the device identity.
+    // As Baileys writes it: the Partner device as JID_PAIR-decoded interop, and the device
+    // identity. The sender's phone (device 0) is not registered, so it is not listed.
     let alice_device = Jid::parse(&w.alice_jid).unwrap();
     let phone0 = Jid::with_device(PHONE.to_string(), Server::Whatsapp, 0);
+    let to_alice = Node::new("to").attr("jid", Value::Jid(alice_device)).children(vec![enc("pkmsg", b"for alice")]);
     let msg =
         Node::new("message").attr("to", jid(&w.alice_jid)).attr("id", "3EB0F1").attr("type", "text").children(vec![
-            Node::new("participants").children(vec![
-                Node::new("to").attr("jid", Value::Jid(alice_device)).children(vec![enc("pkmsg", b"for alice")]),
-                Node::new("to").attr("jid", Value::Jid(phone0.clone())).children(vec![enc("msg", b"for my phone")]),
-            ]),
+            Node::new("participants").children(vec![to_alice.clone()]),
             Node::new("device-identity").bytes(b"adv".to_vec()),
         ]);
     b.send(&msg).await;
@@ -279,8 +277,21 @@ async fn participants_are_fanned_out_per_device_in_the_incoming_shape() {
     b.send(&stale).await;
     let (ack, _) = b.recv_tag("ack").await;
     assert_eq!((ack.get_str("id"), ack.get_str("error")), (Some("3EB0F2"), Some("406")));
+    // So is a list naming a device that does not exist (the sender's unregistered phone), and
+    // nothing of it is delivered.
+    let stale =
+        Node::new("message").attr("to", jid(&w.alice_jid)).attr("id", "3EB0F4").attr("type", "text").children(vec![
+            Node::new("participants").children(vec![
+                to_alice,
+                Node::new("to").attr("jid", Value::Jid(phone0)).children(vec![enc("msg", b"for my phone")]),
+            ]),
+        ]);
+    b.send(&stale).await;
+    let (ack, _) = b.recv_tag("ack").await;
+    assert_eq!((ack.get_str("id"), ack.get_str("error")), (Some("3EB0F4"), Some("406")));
     // The direct `<enc>` shape keeps working.
     b.send(&message(&w.alice_jid, "3EB0F3", b"direct")).await;
     let (got, _) = a.recv_tag("message").await;
+    assert_eq!(got.get_str("id"), Some("3EB0F3"), "the refused lists delivered nothing");
     assert_eq!(got.child("enc").unwrap().content, Content::Bytes(b"direct".to_vec()));
 }

@@ -113,8 +113,11 @@ where
         }
         Ok(ok) => {
             sim.totals.logins_ok.fetch_add(1, Ordering::Relaxed);
-            info!(%peer, %ip, account = %ok.jid, proxied = intro.proxy_version.is_some(), %pattern, "logged in");
-            session(sim, framed, transport, &ok.jid, observed).await
+            info!(
+                %peer, %ip, account = %ok.jid, device = ok.device, proxied = intro.proxy_version.is_some(), %pattern,
+                "logged in"
+            );
+            session(sim, framed, transport, (&ok.jid, ok.device), observed).await
         }
     }
 }
@@ -160,12 +163,13 @@ where
     Ok(())
 }
 
-/// A logged-in connection: live registration, offline delivery, then the stanza loop.
+/// A logged-in device: live registration, offline delivery from its own mailbox, then the stanza
+/// loop.
 async fn session<S>(
     sim: &Arc<Sim>,
     mut framed: Conn<S>,
     mut transport: Transport,
-    jid: &str,
+    (jid, device): (&str, u16),
     observed: Option<ObservedGuard>,
 ) -> Result<(), ConnError>
 where
@@ -174,7 +178,8 @@ where
     let conn_id = sim.next_conn_id();
     let notify = Arc::new(Notify::new());
     let (control_tx, mut control_rx) = mpsc::channel(4);
-    if let Some(old) = sim.register_live(jid, LiveConn { conn_id, notify: Arc::clone(&notify), control: control_tx }) {
+    let conn = LiveConn { conn_id, notify: Arc::clone(&notify), control: control_tx };
+    if let Some(old) = sim.register_live(jid, device, conn) {
         let _ = old.control.try_send(Control::Replaced);
     }
     let now = sim.clock.now();
@@ -183,8 +188,10 @@ where
     let mut lid = String::new();
     sim.store.with(jid, &mut |a| {
         a.last_active = now;
-        queued = a.mailbox.len();
-        offline_below = a.mailbox.next_seq();
+        if let Some(d) = a.devices.get(&device) {
+            queued = d.mailbox.len();
+            offline_below = d.mailbox.next_seq();
+        }
         lid = a.lid();
     });
     let result = async {
@@ -197,7 +204,8 @@ where
         let mut decoder = Decoder::default();
         let idle = Duration::from_secs(sim.config.chat.idle_timeout_secs);
         loop {
-            sent_upto = deliver_pending(sim, jid, &mut framed, &mut transport, sent_upto, offline_below).await?;
+            sent_upto =
+                deliver_pending(sim, (jid, device), &mut framed, &mut transport, sent_upto, offline_below).await?;
             tokio::select! {
                 frame = tokio::time::timeout(idle, framed.next()) => {
                     let Ok(Some(frame)) = frame else { return Ok(()) };
@@ -210,7 +218,7 @@ where
                             continue;
                         }
                     };
-                    let outcome = Handler { sim, jid }.handle(node);
+                    let outcome = Handler { sim, jid, device }.handle(node);
                     for reply in &outcome.replies {
                         send(&mut framed, &mut transport, reply).await?;
                     }
@@ -232,7 +240,7 @@ where
         }
     }
     .await;
-    sim.unregister_live(jid, conn_id);
+    sim.unregister_live(jid, device, conn_id);
     // Count the connection out before the socket closes: the peer may act on our close at once.
     drop(observed);
     close(framed).await;
@@ -248,13 +256,13 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut framed: Conn<S>) {
     wire_io::close::close(framed.get_mut(), CLOSE_LINGER).await;
 }
 
-/// Sends mailbox entries newer than `sent_upto`; returns the new high-water mark. Entries stay in
+/// Sends the device's mailbox entries newer than `sent_upto`; returns the new high-water mark. Entries stay in
 /// the mailbox until the client acks them (or sends a receipt for a message). Entries queued
 /// before this login (`seq < offline_below`) carry `offline="1"`, as WhatsApp marks stanzas
 /// delivered from the offline queue (§3.7).
 async fn deliver_pending<S>(
     sim: &Sim,
-    jid: &str,
+    (jid, device): (&str, u16),
     framed: &mut Conn<S>,
     transport: &mut Transport,
     sent_upto: Option<u64>,
@@ -264,7 +272,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut pending = Vec::new();
-    sim.store.with(jid, &mut |a| pending = a.mailbox.after(sent_upto).map(|e| (e.seq, e.payload.clone())).collect());
+    sim.store.with(jid, &mut |a| {
+        if let Some(d) = a.devices.get(&device) {
+            pending = d.mailbox.after(sent_upto).map(|e| (e.seq, e.payload.clone())).collect();
+        }
+    });
     let mut upto = sent_upto;
     for (seq, payload) in pending {
         match (seq < offline_below).then(|| mark_offline(&payload)).flatten() {

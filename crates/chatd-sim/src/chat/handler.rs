@@ -8,7 +8,8 @@ use bytes::Bytes;
 use wire::decode::NodeRef;
 use wire::{Jid, Node, Server, Value};
 
-use crate::account::{AckClass, KeyBundle, SignedPreKey};
+use super::fanout::{self, Delivery, DeviceAddr};
+use crate::account::{Account, AckClass, Device, KeyBundle, SignedPreKey};
 use crate::sim::{DeliverError, Sim};
 
 /// What the connection must do after a stanza.
@@ -20,10 +21,15 @@ pub struct Outcome {
     pub close: bool,
 }
 
-/// Handles stanzas for one logged-in account.
+/// Bytes per device id: what one delivery queues.
+type Copies = Vec<(u16, Bytes)>;
+
+/// Handles stanzas for one logged-in device of an account.
 pub struct Handler<'s> {
     pub sim: &'s Sim,
     pub jid: &'s str,
+    /// The device logged in (0 for Partner users).
+    pub device: u16,
 }
 
 fn server_jid() -> Value {
@@ -42,12 +48,33 @@ fn identity_nodes(keys: &KeyBundle) -> Vec<Node> {
         Node::new("registration").bytes(keys.registration_id.to_be_bytes().to_vec()),
         Node::new("type").bytes(vec![5]),
         Node::new("identity").bytes(keys.identity.to_vec()),
-        Node::new("skey").children(vec![
-            Node::new("id").bytes(wire::node::be_bytes(keys.signed_prekey.id, 3)),
-            Node::new("value").bytes(keys.signed_prekey.public.to_vec()),
-            Node::new("signature").bytes(keys.signed_prekey.signature.to_vec()),
-        ]),
+        signed_prekey_node(&keys.signed_prekey),
     ]
+}
+
+/// `<key><id/><value/></key>`: a one-time prekey (§3.12).
+fn one_time_prekey((id, value): (u32, [u8; 32])) -> Node {
+    Node::new("key")
+        .children(vec![Node::new("id").bytes(wire::node::be_bytes(id, 3)), Node::new("value").bytes(value.to_vec())])
+}
+
+/// The `<keys>` of a retry receipt (§3.10), in the order Baileys' `sendRetryRequest` writes them:
+/// `<type>`, `<identity>`, `<key>` (when a one-time prekey is left), `<skey>`, `<device-identity>`
+/// (when the device has one).
+fn retry_keys(keys: &KeyBundle, one_time: Option<(u32, [u8; 32])>, device_identity: Option<Vec<u8>>) -> Node {
+    let mut children = vec![Node::new("type").bytes(vec![5]), Node::new("identity").bytes(keys.identity.to_vec())];
+    children.extend(one_time.map(one_time_prekey));
+    children.push(signed_prekey_node(&keys.signed_prekey));
+    children.extend(device_identity.map(|b| Node::new("device-identity").bytes(b)));
+    Node::new("keys").children(children)
+}
+
+fn signed_prekey_node(skey: &SignedPreKey) -> Node {
+    Node::new("skey").children(vec![
+        Node::new("id").bytes(wire::node::be_bytes(skey.id, 3)),
+        Node::new("value").bytes(skey.public.to_vec()),
+        Node::new("signature").bytes(skey.signature.to_vec()),
+    ])
 }
 
 fn iq_result(id: &str) -> Node {
@@ -108,24 +135,38 @@ impl Handler<'_> {
         let peer = node.attr("to").and_then(|v| v.as_jid()).map(|j| self.sim.account_of(&j.to_owned()));
         let peer = peer.or_else(|| attr_text(&node, "to"));
         let mut removed = None;
-        self.sim.store.with(self.jid, &mut |a| {
-            removed = a.mailbox.ack(class, id, peer.as_deref());
-        });
+        self.with_device(&mut |d| removed = d.mailbox.ack(class, id, peer.as_deref()));
         let Some(error) = node.attr_str("error") else { return };
         let code: u16 = error.parse().unwrap_or(0);
         tracing::info!(account = %self.jid, class = class.as_str(), id, code, "nack: entry dropped, not redelivered");
         if let Some(entry) = removed.filter(|e| e.class == AckClass::Message && NACK_CODES_ASKING_RETRY.contains(&code))
         {
-            self.send_retry_receipt(&entry.from, id, entry.stored_at);
+            self.send_retry_receipt(&DeviceAddr::new(entry.from, entry.from_device), id, entry.stored_at);
         }
     }
 
-    /// `<receipt type="retry">` from this account to `sender` for message `id`, the shape WhatsApp
-    /// clients send (wa-protocol-notes.md §3.10), so the sender re-encrypts as it would for a
-    /// recipient's own retry request.
-    fn send_retry_receipt(&self, sender: &str, id: &str, original_t: u64) {
-        let mut registration = 0;
-        self.sim.store.with(self.jid, &mut |a| registration = a.keys.registration_id);
+    /// Runs `f` on this connection's device.
+    fn with_device(&self, f: &mut dyn FnMut(&mut Device)) {
+        self.sim.store.with(self.jid, &mut |a| {
+            if let Some(d) = a.devices.get_mut(&self.device) {
+                f(d);
+            }
+        });
+    }
+
+    /// `<receipt type="retry">` from this device to the device that sent message `id`, the shape
+    /// WhatsApp clients send (wa-protocol-notes.md §3.10; Baileys' `sendRetryRequest`), so the
+    /// sender re-encrypts as it would for a recipient's own retry request. It carries `<keys>`
+    /// (identity, one one-time prekey used up from this device's store if any is left, signed
+    /// prekey, `<device-identity>` if the device registered one), which Baileys'
+    /// `extractE2ESessionFromRetryReceipt` reads to start a fresh session without a key fetch.
+    fn send_retry_receipt(&self, sender: &DeviceAddr, id: &str, original_t: u64) {
+        let mut found = None;
+        self.with_device(&mut |d| {
+            let one_time = d.keys.one_time.pop_front();
+            found = Some((d.keys.clone(), one_time, d.device_identity.clone()));
+        });
+        let Some((keys, one_time, device_identity)) = found else { return };
         let from = Jid::parse(self.jid).map(Value::Jid).unwrap_or_else(|_| Value::Str(self.jid.into()));
         let receipt = Node::new("receipt")
             .attr("from", from)
@@ -134,44 +175,54 @@ impl Handler<'_> {
             .attr("type", "retry")
             .children(vec![
                 Node::new("retry").attr("count", "1").attr("id", id).attr("t", original_t.to_string()).attr("v", "1"),
-                Node::new("registration").bytes(registration.to_be_bytes().to_vec()),
+                Node::new("registration").bytes(keys.registration_id.to_be_bytes().to_vec()),
+                retry_keys(&keys, one_time, device_identity),
             ]);
         if let Ok(p) = wire::encode::encode(&receipt) {
-            let _ = self.sim.deliver(sender, AckClass::Receipt, id, self.jid, Bytes::from(p));
+            let payload = Bytes::from(p);
+            let _ = self.sim.deliver_each(&sender.account, AckClass::Receipt, id, (self.jid, self.device), &mut |_| {
+                vec![(sender.device, payload.clone())]
+            });
         }
     }
 
     /// A receipt from the recipient (delivered, `inactive`, `read`, `retry`, any type) is how
     /// WhatsApp clients acknowledge a message (Baileys sends no `<ack class="message">`): the
-    /// messages it names (`id` and `<list><item id>`) leave this account's mailbox.
+    /// messages it names (`id` and `<list><item id>`) leave the receipting device's mailbox.
     fn clear_receipted(&self, node: &NodeRef<'_>, sender: &str) {
         let mut ids: Vec<String> = node.attr_str("id").into_iter().map(str::to_owned).collect();
         if let Some(list) = node.child("list") {
             ids.extend(list.children().filter_map(|i| i.attr_str("id").map(str::to_owned)).take(256));
         }
-        self.sim.store.with(self.jid, &mut |a| {
+        self.with_device(&mut |d| {
             for id in &ids {
-                a.mailbox.ack(AckClass::Message, id, Some(sender));
+                d.mailbox.ack(AckClass::Message, id, Some(sender));
             }
         });
     }
 
     /// Relays a message or receipt to its `to`, as `from` this account (a `from` the client wrote
-    /// is dropped), and acks the sender.
+    /// is dropped), and acks the sender. Which devices get which bytes: see [`Handler::copies`].
     fn route(&self, node: NodeRef<'_>, class: AckClass) -> Outcome {
         let id = node.attr_str("id").unwrap_or_default().to_owned();
-        let to = node.attr("to").and_then(|v| v.as_jid()).map(|j| self.sim.account_of(&j.to_owned()));
+        let to_jid = node.attr("to").and_then(|v| v.as_jid()).map(|j| j.to_owned());
         let mut ack = Node::new("ack").attr("class", class.as_str()).attr("id", id.as_str());
-        if let Some(t) = node.attr_str("type").filter(|_| class == AckClass::Receipt) {
+        let kind = node.attr_str("type");
+        if let Some(t) = kind.filter(|_| class == AckClass::Receipt) {
             ack = ack.attr("type", t);
         }
-        let Some(to) = to else {
+        let Some(to_jid) = to_jid else {
             return Outcome { replies: vec![ack.attr("error", "400")], close: false };
         };
+        let to = self.sim.account_of(&to_jid);
         if class == AckClass::Receipt {
             self.clear_receipted(&node, &to);
         }
         ack = ack.attr("from", Value::from_text(&to));
+        if class == AckClass::Receipt && kind == Some("read") && to != self.jid && self.read_receipts_off(&to) {
+            // Cleared above like any receipt; not relayed (see `read_receipts_off`).
+            return Outcome { replies: vec![ack], close: false };
+        }
         let now = self.sim.clock.now().to_string();
         let mut forward = Node::new(node.tag());
         // `from` and `t` are the server's to set, as WhatsApp's chatd does: whatever the client
@@ -182,61 +233,147 @@ impl Handler<'_> {
             }
         }
         // A message keeps the sending device in `from` (§3.7); a receipt names the account.
-        let from = if class == AckClass::Message {
-            self.sim.device_jid_of(self.jid)
-        } else {
-            Jid::parse(self.jid).unwrap_or_else(|_| Jid::server(Server::Whatsapp))
+        let from = match class {
+            AckClass::Message => self.sim.device_jid(self.jid, self.device),
+            _ => Jid::parse(self.jid).unwrap_or_else(|_| Jid::server(Server::Whatsapp)),
         };
         forward.attrs.insert(0, ("from".into(), Value::Jid(from)));
         forward.attrs.push(("t".into(), Value::Str(now)));
         forward.content = node.to_owned().content;
-        if class == AckClass::Message
-            && let Some(participants) = node.child("participants")
-        {
-            match self.fan_out(&node, &participants, &to) {
-                Some(content) => forward.content = content,
-                // No `<enc>` for any device the recipient has: a stale or wrong device list.
-                None => return Outcome { replies: vec![ack.attr("error", STALE_DEVICES_CODE)], close: false },
-            }
-        }
-        let payload = match wire::encode::encode(&forward) {
-            Ok(p) => Bytes::from(p),
-            Err(_) => return Outcome { replies: vec![ack.attr("error", "400")], close: false },
+        let (recipient_copies, own_copies) = match self.copies(&node, class, &forward, &to_jid, &to) {
+            Ok(c) => c,
+            Err(code) => return Outcome { replies: vec![ack.attr("error", code)], close: false },
         };
-        let error = match self.sim.deliver(&to, class, &id, self.jid, payload) {
+        let mut recipient_copies = Some(recipient_copies);
+        let error = match self.sim.deliver_each(&to, class, &id, (self.jid, self.device), &mut |_| {
+            recipient_copies.take().unwrap_or_default()
+        }) {
             Ok(()) => None,
             Err(DeliverError::UnknownRecipient) => Some("404"),
             Err(DeliverError::Blocked) => Some("403"),
             Err(DeliverError::MailboxFull(_)) => Some("503"),
         };
         if let Some(code) = error {
-            ack = ack.attr("error", code);
+            return Outcome { replies: vec![ack.attr("error", code)], close: false };
+        }
+        if !own_copies.is_empty() {
+            let mut own_copies = Some(own_copies);
+            let delivered = self.sim.deliver_each(self.jid, class, &id, (self.jid, self.device), &mut |_| {
+                own_copies.take().unwrap_or_default()
+            });
+            if let Err(e) = delivered {
+                tracing::info!(account = %self.jid, id, error = %e, "copy for the sender's other devices not queued");
+            }
         }
         Outcome { replies: vec![ack], close: false }
     }
 
-    /// The multi-device shape (§3.8): `<participants><to jid=DEVICE><enc/></to>…</participants>`
-    /// plus siblings such as `<device-identity>`. The recipient's device gets only the `<enc>`
-    /// addressed to it, in the incoming shape (§3.7: `<enc>` children of `<message>`); the other
-    /// siblings are kept. `<to>` entries for the sender's own account are copies for its other
-    /// devices, which the simulator does not have (one device per account). `None` when no `<to>`
-    /// names a device the recipient has.
-    fn fan_out(&self, node: &NodeRef<'_>, participants: &NodeRef<'_>, to: &str) -> Option<wire::Content> {
-        let mut devices = Vec::new();
-        self.sim.store.with(to, &mut |a| devices = a.devices());
-        let mut children = Vec::new();
-        for target in participants.children().filter(|c| c.tag() == "to") {
-            let Some(jid) = target.attr("jid").and_then(|v| v.as_jid()).map(|j| j.to_owned()) else { continue };
-            if self.sim.account_of(&jid) == to && devices.contains(&jid.device) {
-                children.extend(target.children().filter(|c| c.tag() == "enc").map(|c| c.to_owned()));
+    /// The bytes each device gets: for the recipient account `to`, and for the sender's other
+    /// devices. `Err` is the nack code.
+    ///
+    /// - A message in the multi-device shape (§3.8) is fanned out by [`fanout::plan`]: each device
+    ///   gets only the `<enc>` addressed to it, as direct children (§3.7), with the other siblings
+    ///   (`<device-identity>`); the sender's other devices' copies also carry `recipient=PEER`. A
+    ///   list that is not exactly the devices that exist gets [`STALE_DEVICES_CODE`].
+    /// - A message with a direct `<enc>` carries one ciphertext, for one Signal session: it goes to
+    ///   the device `to` names, or for a bare account JID to its primary device (the phone, else
+    ///   its first companion), the same device a bare key fetch returns the bundle of. A device
+    ///   that does not exist gets [`STALE_DEVICES_CODE`].
+    /// - A receipt goes to the device `to` names if it has it, else to every device of the
+    ///   account (but never back to the sending device).
+    fn copies(
+        &self,
+        node: &NodeRef<'_>,
+        class: AckClass,
+        forward: &Node,
+        to_jid: &Jid,
+        to: &str,
+    ) -> Result<(Copies, Copies), &'static str> {
+        let encode = |n: &Node| wire::encode::encode(n).map(Bytes::from).map_err(|_| "400");
+        let Some(recipient_devices) = self.devices_of(to) else { return Err("404") };
+        let sender = DeviceAddr::new(self.jid, self.device);
+        match (class, node.child("participants")) {
+            (AckClass::Message, Some(participants)) => {
+                let mut listed = Vec::new();
+                let mut encs = Vec::new();
+                for target in participants.children().filter(|c| c.tag() == "to") {
+                    let Some(jid) = target.attr("jid").and_then(|v| v.as_jid()).map(|j| j.to_owned()) else {
+                        return Err("400");
+                    };
+                    listed.push(DeviceAddr::new(self.sim.account_of(&jid), jid.device));
+                    encs.push(target.children().filter(|c| c.tag() == "enc").map(|c| c.to_owned()).collect::<Vec<_>>());
+                }
+                let sender_devices = if to == self.jid {
+                    recipient_devices.clone()
+                } else {
+                    self.devices_of(self.jid).unwrap_or_default()
+                };
+                let plan = fanout::plan(&sender, &sender_devices, to, &recipient_devices, &listed).map_err(|e| {
+                    tracing::debug!(account = %self.jid, error = %e, "stale device list");
+                    STALE_DEVICES_CODE
+                })?;
+                let siblings: Vec<Node> = node
+                    .children()
+                    .filter(|c| c.tag() != "participants" && c.tag() != "enc")
+                    .map(|c| c.to_owned())
+                    .collect();
+                let (mut recipient, mut own) = (Vec::new(), Vec::new());
+                for ((addr, enc), delivery) in listed.into_iter().zip(encs).zip(plan) {
+                    let mut copy = forward.clone();
+                    copy.content = wire::Content::Nodes(enc.into_iter().chain(siblings.iter().cloned()).collect());
+                    match delivery {
+                        Delivery::Sender => {}
+                        Delivery::Recipient => recipient.push((addr.device, encode(&copy)?)),
+                        Delivery::SendersOtherDevice => {
+                            copy.attrs.retain(|(k, _)| k != "recipient");
+                            copy.attrs.push(("recipient".into(), Value::from_text(to)));
+                            own.push((addr.device, encode(&copy)?));
+                        }
+                    }
+                }
+                Ok((recipient, own))
+            }
+            (AckClass::Message, None) => {
+                let device = self.resolve_device(to, to_jid.device).ok_or(STALE_DEVICES_CODE)?;
+                Ok((vec![(device, encode(forward)?)], Vec::new()))
+            }
+            _ => {
+                let payload = encode(forward)?;
+                let named = Some(to_jid.device).filter(|d| *d != 0 && recipient_devices.contains(d));
+                let devices = match named {
+                    Some(d) => vec![d],
+                    None => recipient_devices.into_iter().filter(|d| to != self.jid || *d != self.device).collect(),
+                };
+                Ok((devices.into_iter().map(|d| (d, payload.clone())).collect(), Vec::new()))
             }
         }
-        if children.is_empty() {
-            return None;
-        }
-        children
-            .extend(node.children().filter(|c| c.tag() != "participants" && c.tag() != "enc").map(|c| c.to_owned()));
-        Some(wire::Content::Nodes(children))
+    }
+
+    /// The device ids of an account; `None` if there is no such account.
+    fn devices_of(&self, account: &str) -> Option<Vec<u16>> {
+        let mut devices = None;
+        self.sim.store.with(account, &mut |a| devices = Some(a.device_ids()));
+        devices
+    }
+
+    /// The device of `account` a JID naming `named` reaches (see [`Account::resolve_device`]).
+    fn resolve_device(&self, account: &str, named: u16) -> Option<u16> {
+        let mut device = None;
+        self.sim.store.with(account, &mut |a| device = a.resolve_device(named));
+        device
+    }
+
+    /// WhatsApp's rule for 1:1 chats (its help centre; what the public clients' settings do): a
+    /// user with read receipts off neither sends nor receives them. So a `read` receipt between
+    /// two accounts is not relayed when either has `readreceipts` = `none`. `read-self` (one's own
+    /// devices syncing what was read) and `played` (voice notes, which WhatsApp says the setting
+    /// does not cover) are relayed as always.
+    fn read_receipts_off(&self, peer: &str) -> bool {
+        let off = |a: &Account| a.privacy.get("readreceipts") == Some("none");
+        let mut result = false;
+        self.sim.store.with(self.jid, &mut |a| result |= off(a));
+        self.sim.store.with(peer, &mut |a| result |= off(a));
+        result
     }
 
     fn iq(&self, node: NodeRef<'_>) -> Outcome {
@@ -254,7 +391,7 @@ impl Handler<'_> {
             ("encrypt", "set") => self.upload_keys(id, node),
             ("encrypt", "get") if node.child("count").is_some() => {
                 let mut count = 0;
-                self.sim.store.with(self.jid, &mut |a| count = a.keys.one_time.len());
+                self.with_device(&mut |d| count = d.keys.one_time.len());
                 iq_result(id).children(vec![Node::new("count").attr("value", count.to_string())])
             }
             ("encrypt", "get") if node.child("key").is_some() => self.fetch_keys(id, node),
@@ -306,7 +443,7 @@ impl Handler<'_> {
         let max = self.sim.config.limits.max_prekeys;
         let mut changed_identity = false;
         let mut bad = false;
-        self.sim.store.with(self.jid, &mut |a| {
+        self.with_device(&mut |a| {
             let identity = identity.unwrap_or(a.keys.identity);
             if let Some(skey) = skey {
                 match skey {
@@ -367,7 +504,8 @@ impl Handler<'_> {
         }
     }
 
-    /// Key bundles for the users asked for, each using up one one-time prekey.
+    /// Key bundles for the devices asked for (`PHONE:D@…`; a bare account JID names its primary
+    /// device, see [`Account::resolve_device`]), each using up one one-time prekey of that device.
     fn fetch_keys(&self, id: &str, node: NodeRef<'_>) -> Node {
         let mut users = Vec::new();
         for user in node.child("key").into_iter().flat_map(|k| k.children()) {
@@ -375,19 +513,16 @@ impl Handler<'_> {
             let account = self.sim.account_of(&jid);
             let mut bundle = None;
             self.sim.store.with(&account, &mut |a| {
-                let one_time = a.keys.one_time.pop_front();
-                bundle = Some((a.keys.clone(), one_time));
+                let Some(device) = a.resolve_device(jid.device).and_then(|d| a.devices.get_mut(&d)) else { return };
+                let one_time = device.keys.one_time.pop_front();
+                bundle = Some((device.keys.clone(), one_time, device.device_identity.clone()));
             });
             let user_node = Node::new("user").attr("jid", jid);
             users.push(match bundle {
-                Some((keys, one_time)) => {
+                Some((keys, one_time, device_identity)) => {
                     let mut children = identity_nodes(&keys);
-                    if let Some((kid, value)) = one_time {
-                        children.push(Node::new("key").children(vec![
-                            Node::new("id").bytes(wire::node::be_bytes(kid, 3)),
-                            Node::new("value").bytes(value.to_vec()),
-                        ]));
-                    }
+                    children.extend(one_time.map(one_time_prekey));
+                    children.extend(device_identity.map(|b| Node::new("device-identity").bytes(b)));
                     user_node.children(children)
                 }
                 None => user_node.children(vec![Node::new("error").attr("code", "404").attr("text", "item-not-found")]),
@@ -402,7 +537,7 @@ impl Handler<'_> {
     /// prekey's public key in order. Baileys reads only that a `<digest>` came back.
     fn digest(&self, id: &str) -> Node {
         let mut keys = None;
-        self.sim.store.with(self.jid, &mut |a| keys = Some(a.keys.clone()));
+        self.with_device(&mut |d| keys = Some(d.keys.clone()));
         let Some(keys) = keys else { return iq_error(id, 404, "item-not-found") };
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
         ctx.update(&keys.identity);
@@ -491,7 +626,7 @@ impl Handler<'_> {
             let Some(jid) = user.attr("jid").and_then(|v| v.as_jid()).map(|j| j.to_owned()) else { continue };
             let account = self.sim.account_of(&jid);
             let mut found = None;
-            self.sim.store.with(&account, &mut |a| found = Some((a.devices(), Some(a.lid()))));
+            self.sim.store.with(&account, &mut |a| found = Some((a.device_ids(), Some(a.lid()))));
             let mut children = Vec::new();
             for protocol in &asked {
                 children.push(match (protocol.as_str(), &found) {

@@ -11,6 +11,9 @@ use crate::sim::Sim;
 #[derive(Debug, Clone)]
 pub struct LoginOk {
     pub jid: String,
+    /// The device that logged in: 0 for Partner users, the payload's `device` for WhatsApp-side
+    /// users.
+    pub device: u16,
 }
 
 /// A refused login: the `<failure reason>` code, and the account it named, if any, so the
@@ -35,8 +38,9 @@ pub fn claimed_account(sim: &Sim, payload: &ClientPayload) -> Option<String> {
     }
 }
 
-/// Checks a login: protocol version (405), then the account, its static key and, for Partner
-/// users, the token (401).
+/// Checks a login: protocol version (405), then the account, the device, its static key and, for
+/// Partner users, the token (401). Each device of a WhatsApp-side account logs in with its own
+/// static key; a Partner account has one device, 0.
 pub async fn check(
     sim: &Sim,
     verifier: &dyn TokenVerifier,
@@ -57,10 +61,26 @@ pub async fn check(
     let Some(jid) = account.clone() else {
         return Err(fail(401, None, "no such account"));
     };
+    let device = match payload.product {
+        Some(p) if p == Product::Interop as i32 => 0,
+        _ => payload.device.unwrap_or(0),
+    };
+    let Ok(device) = u16::try_from(device) else {
+        return Err(fail(401, account, "no such device"));
+    };
     let mut found = None;
-    sim.store.with(&jid, &mut |a| found = Some((a.kind.clone(), a.noise_public)));
+    sim.store.with(&jid, &mut |a| {
+        let device = match a.kind {
+            AccountKind::Interop { .. } => a.devices.get(&a.primary()),
+            AccountKind::WhatsApp { .. } => a.devices.get(&device),
+        };
+        found = Some((a.kind.clone(), device.map(|d| d.noise_public)));
+    });
     let Some((kind, noise_public)) = found else {
         return Err(fail(401, account, "no such account"));
+    };
+    let Some(noise_public) = noise_public else {
+        return Err(fail(401, account, format!("the account has no device {device}")));
     };
     if &noise_public != client_static {
         return Err(fail(401, account, "static key is not the account's"));
@@ -86,5 +106,5 @@ pub async fn check(
             }
         }
     }
-    Ok(LoginOk { jid })
+    Ok(LoginOk { jid, device })
 }

@@ -1,6 +1,7 @@
 //! The chat listeners: raw TCP (optionally behind a PROXY header) and WebSocket at `/ws/chat`.
 
 pub mod conn;
+pub mod fanout;
 pub mod handler;
 pub mod intro;
 pub mod login;
