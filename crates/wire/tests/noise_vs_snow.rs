@@ -210,7 +210,8 @@ fn snow_ik_initiator_is_accepted_by_our_responder() {
         let (i_priv, r_priv) = (random_key(), random_key());
         let i_pub = StaticKeypair::from_private(&i_priv).unwrap().public();
         let r_key = StaticKeypair::from_private(&r_priv).unwrap();
-        let mut snow_i = snow_builder(IK, &i_priv).remote_public_key(&r_key.public()).unwrap().build_initiator().unwrap();
+        let mut snow_i =
+            snow_builder(IK, &i_priv).remote_public_key(&r_key.public()).unwrap().build_initiator().unwrap();
         let mut buf = vec![0u8; 65535];
 
         let len = snow_i.write_message(LOGIN, &mut buf).unwrap();
