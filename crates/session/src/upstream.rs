@@ -249,7 +249,7 @@ pub async fn connect(cfg: &UpstreamConfig, req: LoginRequest) -> Result<Upstream
     let started = Instant::now();
     let stream = dial_upstream(cfg).await?;
     let connected = Instant::now();
-    let login = tokio::time::timeout(cfg.handshake_timeout, handshake(cfg, stream, &req, started, connected))
+    let login = tokio::time::timeout(cfg.handshake_timeout, Box::pin(handshake(cfg, stream, &req, started, connected)))
         .await
         .map_err(|_| SessionError::HandshakeTimeout(cfg.handshake_timeout))?;
     // `req` (key and payload) is dropped and wiped here, whatever the outcome.
@@ -283,7 +283,7 @@ pub async fn connect_cancellable(
     let outcome = tokio::select! {
         biased;
         _ = cancel.cancelled() => None,
-        r = tokio::time::timeout(cfg.handshake_timeout, handshake(cfg, stream, &req, started, connected)) => Some(r),
+        r = tokio::time::timeout(cfg.handshake_timeout, Box::pin(handshake(cfg, stream, &req, started, connected))) => Some(r),
     };
     // `req` (key and payload) is wiped here, whatever the outcome.
     drop(req);
@@ -321,6 +321,9 @@ async fn dial(addr: SocketAddr) -> Result<TcpStream, SessionError> {
         .map_err(|source| SessionError::Connect { addr, source })
 }
 
+/// Boxed at both call sites: its state (the Noise initiator, the ClientHello and chain buffers)
+/// is the largest await of a session's life, and inline it would size the session's future for
+/// as long as the session is idle; on the heap it is freed once the login is answered.
 async fn handshake(
     cfg: &UpstreamConfig,
     mut stream: TcpStream,

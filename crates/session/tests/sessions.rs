@@ -640,8 +640,11 @@ async fn idle_sessions_hold_no_relay_buffers() {
     let ctx = context(&sim, relay_config());
     let (side, _client) = duplex_client(64);
     let whole = run_session(&ctx, login_request(&jid, &dev, &interop_payload(id, "t")), side, BytesMut::new());
-    println!("run_session future: {} bytes", std::mem::size_of_val(&whole));
-    assert!(std::mem::size_of_val(&whole) < 8 * 1024);
+    let size = std::mem::size_of_val(&whole);
+    println!("run_session future: {size} bytes");
+    // 3,664 bytes with the upstream handshake inline (IK's initiator made it the largest await);
+    // 2,920 with it boxed, so its state is freed once the login is answered.
+    assert!(size <= 3_000, "the session future grew to {size} bytes: is the handshake still boxed?");
     drop(whole);
     assert!(matches!(end.reason, EndReason::Cancelled(CancelReason::Shutdown)));
     wait_current(&sim, &jid, 0).await;
