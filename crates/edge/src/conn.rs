@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use error_report::Report;
-use session::{CloseReason, EndReason, FirstReply, SessionContext, run_session_with};
+use session::{CloseReason, EndReason, Established, FirstReply, SessionContext, SessionOutcome, establish};
+use wire::InteropAccount;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +78,7 @@ pub fn overloaded(retry_after_secs: u32) -> Bytes {
 /// or a PROXY header shares that one timeout with the login frame.
 pub async fn serve_client<S>(ctx: Arc<EdgeContext>, stream: S, peer: SocketAddr, local: SocketAddr, deadline: Instant)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     serve_client_with(ctx, stream, peer, local, BytesMut::with_capacity(1024), deadline, |_| {}).await
 }
@@ -96,7 +97,7 @@ pub async fn serve_client_with<S, F>(
     deadline: Instant,
     login_read: F,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnOnce(&mut S) + Send,
 {
     let started = Instant::now();
@@ -116,14 +117,28 @@ pub async fn serve_client_with<S, F>(
     ctx.metrics.login_check_duration.observe(started.elapsed().as_secs_f64());
 
     // The token proved the account: the session layer claims it (closing any older session of
-    // the account and waiting for its upstream to be gone), dials chatd and relays. The handshake
-    // slot is held until chatd's answer (or the proxy's own) is known.
+    // the account and waiting for its upstream to be gone) and dials chatd. The handshake slot is
+    // held until chatd's answer (or the proxy's own) is known.
     let account = admitted.account();
-    let (request, _session_slot, handshake_slot) = admitted.into_session(peer, local);
+    let (request, session_slot, handshake_slot) = admitted.into_session(peer, local);
     ctx.metrics.login(LoginDecision::Forwarded);
-    let outcome = run_session_with(&ctx.session, request, stream, buf, move || drop(handshake_slot)).await;
+    let live = match establish(&ctx.session, request, stream, buf, move || drop(handshake_slot)).await {
+        Established::Live(live) => live,
+        Established::Ended(outcome) => return report_end(&outcome, peer, account),
+    };
+    // The live session runs as its own task, so this one (the login stage's state, its buffers)
+    // is freed now: an idle session holds only its relay, its claim and its session slot.
+    tokio::spawn(async move {
+        let outcome = live.relay(&ctx.session).await;
+        drop(session_slot);
+        report_end(&outcome, peer, account);
+    });
+}
+
+/// Logs how a session ended, with the login's result and the close reason.
+fn report_end(outcome: &SessionOutcome, peer: SocketAddr, account: InteropAccount) {
     let first = match &outcome.first {
-        FirstReply::Accepted(_) => "accepted",
+        FirstReply::Accepted => "accepted",
         FirstReply::Rejected(_) => "rejected by chatd",
         FirstReply::ProxyFailure { .. } => "failed before chatd answered",
     };

@@ -14,7 +14,9 @@
 //!   the client, bytes untouched (invariant 4), bounded buffers with backpressure (invariant 5),
 //!   and the lifecycle mirrored (invariant 2): client gone or idle → upstream closed at once;
 //!   chatd closed or `<stream:error>` → relayed, then the client closed;
-//! - [`run_session`] does all of it in one call; [`run_session_with`] also says when the login
+//! - [`establish`] claims and logs in; its [`LiveSession`] relays on its own (the edge spawns it
+//!   as the session's task, so nothing of the login stage stays with an idle session);
+//!   [`run_session`] does both in one call, and [`run_session_with`] also says when the login
 //!   has its answer (the edge's handshake slot ends there).
 //!
 //! Sans-IO where it can be: [`proxy_header`] and [`stanza`] are pure functions, and the relay is
@@ -39,8 +41,11 @@ pub use error::{CloseReason, SessionError};
 pub use metrics::{Direction, SessionMetrics};
 pub use proxy_header::ProxyProtocol;
 pub use registry::{Claim, Registry};
-pub use relay::{DirectionStats, EndReason, RelayConfig, RelayEnd, relay};
-pub use session::{FirstReply, SessionContext, SessionOutcome, run_session, run_session_with};
+pub use relay::{DirectionStats, EndReason, RelayConfig, RelayEnd, Relaying, relay};
+pub use session::{
+    Established, FirstReply, LiveSession, SessionContext, SessionOutcome, SessionRelay, establish, run_session,
+    run_session_with,
+};
 pub use upstream::{LoginInfo, LoginRequest, Upstream, UpstreamAddr, UpstreamConfig, UpstreamLogin, connect};
 /// The verified certificate-chain cache lives in the wire crate, which clients share.
 pub use wire::cert_cache::{CacheOutcome, CertCache};

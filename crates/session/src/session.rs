@@ -1,20 +1,24 @@
-//! `run_session`: claim → connect → relay (or the refusal), for the edge in one call.
+//! A client's session: [`establish`] (claim → connect, or the refusal), then
+//! [`LiveSession::relay`]; [`run_session`] does both in one call.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use error_report::Report;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
 use tracing::{debug, info};
 use wire::refusal::Refusal;
 use wire_io::close::{close, close_with};
 
-use crate::cancel::CancelHandle;
 use crate::error::{CloseReason, SessionError};
 use crate::metrics::{SessionMetrics, UpstreamLoginResult};
-use crate::registry::Registry;
-use crate::relay::{RelayConfig, RelayEnd, relay};
-use crate::upstream::{LoginInfo, LoginRequest, UpstreamConfig, UpstreamLogin, connect_cancellable};
+use crate::registry::{Claim, Registry};
+use crate::relay::{RelayConfig, RelayEnd, Relaying, relay};
+use crate::upstream::{LoginInfo, LoginRequest, Upstream, UpstreamConfig, UpstreamLogin, connect_cancellable};
 use wire::cert_cache::CacheOutcome;
 
 /// What every session of a proxy shares. Cheap to clone.
@@ -42,8 +46,9 @@ impl SessionContext {
 /// The first stanza the client got.
 #[derive(Debug)]
 pub enum FirstReply {
-    /// chatd's `<success>`; the relay ran after it.
-    Accepted(Bytes),
+    /// chatd's `<success>`; the relay ran after it. Its bytes are not kept: they went to the
+    /// client, and a copy would live as long as the session.
+    Accepted,
     /// chatd's own refusal (`<failure reason="401">`, ...), sent as is.
     Rejected(Bytes),
     /// The proxy's own answer when no login answer came: `<failure reason="503"/>` (chatd
@@ -64,37 +69,84 @@ pub struct SessionOutcome {
     pub session_id: u64,
 }
 
-/// Runs one client's session to its end: claims the account (replacing an older session, see
-/// [`Registry::claim`]), logs in upstream, writes chatd's first stanza to the client and relays,
-/// or writes the refusal and closes. The client's EOF during the login aborts it (no upstream
-/// outlives its client). Call only after the edge verified the client's token for
-/// `login.account`.
+/// Runs one client's session to its end: [`establish`], then [`LiveSession::relay`] when chatd
+/// accepted the login. Call only after the edge verified the client's token for `login.account`.
 ///
 /// `client` is the edge's plaintext frame stream past the login frame, and `client_leftover` any
 /// bytes the edge read past the login frame. The upstream is closed and the claim released before
 /// this returns.
-pub async fn run_session<C>(
-    ctx: &SessionContext,
+pub async fn run_session<'a, C>(
+    ctx: &'a SessionContext,
     login: LoginRequest,
     client: C,
     client_leftover: BytesMut,
 ) -> SessionOutcome
 where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
     run_session_with(ctx, login, client, client_leftover, || {}).await
 }
 
-/// [`run_session`], calling `login_answered` once the login has its answer, before that answer is
-/// written to the client: chatd's first stanza arrived, or the proxy decided its own refusal (the
-/// claim or the dial failed, the client left). The edge holds a handshake slot until then.
-pub async fn run_session_with<C, A>(
+/// [`run_session`], calling `login_answered` once the login has its answer (see [`establish`]).
+pub async fn run_session_with<'a, C, A>(
+    ctx: &'a SessionContext,
+    login: LoginRequest,
+    client: C,
+    client_leftover: BytesMut,
+    login_answered: A,
+) -> SessionOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'a,
+    A: FnOnce() + Send,
+{
+    match establish(ctx, login, client, client_leftover, login_answered).await {
+        Established::Live(live) => live.relay(ctx).await,
+        Established::Ended(outcome) => outcome,
+    }
+}
+
+/// What [`establish`] ended with.
+#[derive(Debug)]
+pub enum Established<C> {
+    /// chatd accepted the login and its `<success>` is queued for the client: relay next.
+    Live(LiveSession<C>),
+    /// The session ended before relaying (chatd's refusal or the proxy's); the client was
+    /// answered and closed, the claim released.
+    Ended(SessionOutcome),
+}
+
+/// A session whose login chatd accepted: the client, its chatd connection and the account's
+/// claim, and nothing of the login stage. [`LiveSession::relay`] runs it to its end; the edge
+/// spawns that as the session's own task, so the login's state is freed once it is answered.
+pub struct LiveSession<C> {
+    client: C,
+    client_leftover: BytesMut,
+    upstream: Upstream,
+    claim: Claim,
+}
+
+impl<C> std::fmt::Debug for LiveSession<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSession").field("claim", &self.claim).field("upstream", &self.upstream).finish()
+    }
+}
+
+/// Logs in one client: claims the account (replacing an older session, see [`Registry::claim`])
+/// and logs in upstream, both while watching the client (its EOF aborts the attempt: no upstream
+/// outlives its client). `login_answered` is called once the login has its answer, before that
+/// answer is written to the client: chatd's first stanza arrived, or the proxy decided its own
+/// refusal (the claim or the dial failed, the client left). The edge holds a handshake slot until
+/// then.
+///
+/// On chatd's `<success>` the session is [`Established::Live`], with the stanza queued for the
+/// client; otherwise the refusal was written, the client closed and the claim released.
+pub async fn establish<C, A>(
     ctx: &SessionContext,
     login: LoginRequest,
     mut client: C,
     mut client_leftover: BytesMut,
     login_answered: A,
-) -> SessionOutcome
+) -> Established<C>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     A: FnOnce() + Send,
@@ -113,33 +165,32 @@ where
         Ok(c) => c,
         Err(error) => {
             login_answered();
-            return refuse(&mut client, None, error, metrics, linger, 0).await;
+            return Established::Ended(refuse(&mut client, None, error, metrics, linger, 0).await);
         }
     };
     let session_id = claim.generation();
-    let cancel: &CancelHandle = claim.cancel_handle();
     // A cancel mid-login closes the upstream gracefully before the claim is released; a client
     // gone mid-login drops the attempt (and its socket) at once.
     let attempt = tokio::select! {
         biased;
         gone = watch_client(&mut client, &mut client_leftover, watch_limit) => Err(gone),
-        r = connect_cancellable(&ctx.upstream, login, cancel, linger) => r,
+        r = connect_cancellable(&ctx.upstream, login, claim.cancel_handle(), linger) => r,
     };
     login_answered();
 
-    match attempt {
+    let ended = match attempt {
         Ok(UpstreamLogin::Accepted { first_payload, mut upstream, info }) => {
             count_login(metrics, UpstreamLoginResult::Accepted, &info);
-            if let Err(error) = upstream.queue_to_client(&first_payload) {
-                drop(upstream);
-                return refuse(&mut client, Some(&claim), error, metrics, linger, session_id).await;
+            match upstream.queue_to_client(&first_payload) {
+                Ok(()) => {
+                    info!(session = session_id, %account, "session relaying");
+                    return Established::Live(LiveSession { client, client_leftover, upstream, claim });
+                }
+                Err(error) => {
+                    drop(upstream);
+                    refuse(&mut client, Some(&claim), error, metrics, linger, session_id).await
+                }
             }
-            info!(session = session_id, %account, "session relaying");
-            let end = relay(client, client_leftover, upstream, &ctx.relay, cancel, metrics).await;
-            let reason = end.reason.close_reason();
-            info!(session = session_id, %account, %reason, ?end.duration, "session ended");
-            drop(claim);
-            SessionOutcome { first: FirstReply::Accepted(first_payload), relay: Some(end), reason, session_id }
         }
         Ok(UpstreamLogin::Rejected { first_payload, info }) => {
             count_login(metrics, UpstreamLoginResult::Rejected, &info);
@@ -160,6 +211,57 @@ where
             }
             refuse(&mut client, Some(&claim), error, metrics, linger, session_id).await
         }
+    };
+    Established::Ended(ended)
+}
+
+impl<C> LiveSession<C>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// The claim's generation, the session's id in logs.
+    pub fn session_id(&self) -> u64 {
+        self.claim.generation()
+    }
+
+    /// Relays until the session ends, then closes both sides and releases the claim. The
+    /// returned future is the session's whole state while it lives.
+    pub fn relay<'a>(self, ctx: &'a SessionContext) -> SessionRelay<'a, C>
+    where
+        C: 'a,
+    {
+        let LiveSession { client, client_leftover, upstream, claim } = self;
+        let relaying = relay(client, client_leftover, upstream, &ctx.relay, claim.cancel_handle(), &ctx.metrics);
+        SessionRelay { relaying, claim: Some(claim) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A live session's relay holding the account's claim: the future [`LiveSession::relay`]
+    /// returns. The claim is released once the relay has closed both sides.
+    #[must_use = "a session does nothing unless polled"]
+    pub struct SessionRelay<'a, C> {
+        #[pin]
+        relaying: Relaying<'a, C, TcpStream>,
+        claim: Option<Claim>,
+    }
+}
+
+impl<'a, C> Future for SessionRelay<'a, C>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'a,
+{
+    type Output = SessionOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SessionOutcome> {
+        let this = self.project();
+        let end = ready!(this.relaying.poll(cx));
+        let reason = end.reason.close_reason();
+        let session_id = this.claim.take().map_or(0, |claim| {
+            info!(session = claim.generation(), account = claim.account(), %reason, ?end.duration, "session ended");
+            claim.generation()
+        });
+        Poll::Ready(SessionOutcome { first: FirstReply::Accepted, relay: Some(end), reason, session_id })
     }
 }
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -50,7 +50,7 @@ struct OwnedUpstream<'a, U> {
 /// Marks the upstream released (and counts it out) when dropped.
 struct ReleaseOnDrop<'a> {
     metrics: &'a SessionMetrics,
-    cancel: &'a CancelHandle,
+    cancel: CancelHandle,
 }
 
 impl Drop for ReleaseOnDrop<'_> {
@@ -60,65 +60,140 @@ impl Drop for ReleaseOnDrop<'_> {
     }
 }
 
-pub(crate) async fn relay_io<C, U>(
+/// Sealed and boxed: the close sequence's state (timers, two futures) exists only while closing,
+/// and would otherwise enlarge every session for its whole life.
+type Finish<'a> = Pin<Box<dyn Future<Output = (DirectionStats, DirectionStats)> + Send + 'a>>;
+
+// The large variant is the one a session lives in; boxing it would add an allocation per session.
+#[allow(clippy::large_enum_variant)]
+enum Phase<'a, C, U> {
+    Relaying(Driver<'a, C, U>),
+    Closing {
+        reason: EndReason,
+        plan: ClosePlan,
+        finish: Finish<'a>,
+    },
+    /// Refused before relaying anything (an invalid configuration); both sides are already gone.
+    Refused(EndReason),
+    Done,
+}
+
+pin_project_lite::pin_project! {
+    /// A relay in progress, the future [`super::relay`] returns; it completes with the
+    /// [`RelayEnd`] once both sides are closed.
+    ///
+    /// Written out rather than an `async fn`, so a session's relay state is exactly this struct:
+    /// an `async fn` keeps its arguments and each moved-from local in their own slots across
+    /// every await, so the sockets and buffers would be stored two or three times. The timer and
+    /// the cancel watch live inline, pinned with the rest, not in boxes of their own.
+    #[must_use = "a relay does nothing unless polled"]
+    pub struct Relaying<'a, C, U> {
+        phase: Phase<'a, C, U>,
+        // One lazy timer per session: re-armed only when it fires early or must fire sooner.
+        #[pin]
+        sleep: Sleep,
+        #[pin]
+        cancelled: WaitForCancellationFutureOwned,
+        cancel: CancelHandle,
+        metrics: &'a SessionMetrics,
+        started: Instant,
+    }
+}
+
+/// Starts relaying between `client` and `upstream` (see [`super::relay`]).
+pub(crate) fn relay_io<'a, C, U>(
     client: C,
     client_leftover: BytesMut,
     upstream: UpstreamParts<U>,
-    cfg: &RelayConfig,
+    cfg: &'a RelayConfig,
     cancel: &CancelHandle,
-    metrics: &SessionMetrics,
-) -> RelayEnd
+    metrics: &'a SessionMetrics,
+) -> Relaying<'a, C, U>
 where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
-    U: AsyncRead + AsyncWrite + Unpin + Send,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'a,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
     let started = Instant::now();
     metrics.upstream_connections.inc();
-    let io = OwnedUpstream { io: upstream.io, _release: ReleaseOnDrop { metrics, cancel } };
-    if let Err(e) = cfg.validate() {
-        // Refused before relaying anything: both sides are dropped.
-        drop(io);
-        metrics.closed(e.close_reason());
-        return RelayEnd {
-            reason: EndReason::Error(e),
-            to_upstream: DirectionStats::default(),
-            to_client: DirectionStats::default(),
-            duration: started.elapsed(),
-        };
-    }
-    // Built in a block: a `let` binding that is later moved keeps its own slot in the future
-    // across every await of this function, which would double the relay's state.
-    let mut driver = {
-        let c2u = Pipe::new(Cipher::Seal(upstream.send), Buf::from(client_leftover), Buf::default(), cfg, metrics);
-        let u2c = Pipe::new(
-            Cipher::Open(upstream.recv),
-            Buf::from(upstream.sealed_leftover),
-            Buf::from(upstream.to_client),
-            cfg,
-            metrics,
-        );
-        let state = RelayState::new(c2u, u2c, cfg, started);
-        Driver { client, upstream: io, sleep: Box::pin(tokio::time::sleep_until(state.poll_timeout())), state }
+    let io = OwnedUpstream { io: upstream.io, _release: ReleaseOnDrop { metrics, cancel: cancel.clone() } };
+    let (phase, deadline) = match cfg.validate() {
+        Err(e) => {
+            // Refused before relaying anything: both sides are dropped.
+            drop(io);
+            drop(client);
+            metrics.closed(e.close_reason());
+            (Phase::Refused(EndReason::Error(e)), started)
+        }
+        Ok(()) => {
+            let c2u = Pipe::new(Cipher::Seal(upstream.send), Buf::from(client_leftover), Buf::default(), cfg, metrics);
+            let u2c = Pipe::new(
+                Cipher::Open(upstream.recv),
+                Buf::from(upstream.sealed_leftover),
+                Buf::from(upstream.to_client),
+                cfg,
+                metrics,
+            );
+            let state = RelayState::new(c2u, u2c, cfg, started);
+            let deadline = state.poll_timeout();
+            (Phase::Relaying(Driver { client, upstream: io, state }), deadline)
+        }
     };
-    let mut cancelled = Box::pin(cancel.token().clone().cancelled_owned());
-    let reason = std::future::poll_fn(|cx| driver.poll_run(cx, cancelled.as_mut(), cancel)).await;
-    drop(cancelled);
-    let plan = ClosePlan::for_end(&reason);
-    // Boxed: the close sequence's state (timers, two futures) exists only while closing, and
-    // would otherwise enlarge every session's task for its whole life.
-    let (to_upstream, to_client) = Box::pin(driver.finish(plan, cancel)).await;
-    let end = RelayEnd { reason, to_upstream, to_client, duration: started.elapsed() };
-    metrics.closed(plan.reason);
-    debug!(reason = %plan.reason, ?end.to_upstream, ?end.to_client, "relay ended");
-    end
+    Relaying {
+        phase,
+        sleep: tokio::time::sleep_until(deadline),
+        cancelled: cancel.token().clone().cancelled_owned(),
+        cancel: cancel.clone(),
+        metrics,
+        started,
+    }
+}
+
+impl<'a, C, U> Future for Relaying<'a, C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'a,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'a,
+{
+    type Output = RelayEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let mut this = self.project();
+        loop {
+            match this.phase {
+                Phase::Relaying(driver) => {
+                    let reason = ready!(driver.poll_run(cx, this.sleep.as_mut(), this.cancelled.as_mut(), this.cancel));
+                    let Phase::Relaying(driver) = std::mem::replace(this.phase, Phase::Done) else { break };
+                    let plan = ClosePlan::for_end(&reason);
+                    let finish = Box::pin(driver.finish(plan, this.cancel.clone()));
+                    *this.phase = Phase::Closing { reason, plan, finish };
+                }
+                Phase::Closing { finish, .. } => {
+                    let (to_upstream, to_client) = ready!(finish.as_mut().poll(cx));
+                    let Phase::Closing { reason, plan, .. } = std::mem::replace(this.phase, Phase::Done) else { break };
+                    let end = RelayEnd { reason, to_upstream, to_client, duration: this.started.elapsed() };
+                    this.metrics.closed(plan.reason);
+                    debug!(reason = %plan.reason, ?end.to_upstream, ?end.to_client, "relay ended");
+                    return Poll::Ready(end);
+                }
+                Phase::Refused(_) => {
+                    let Phase::Refused(reason) = std::mem::replace(this.phase, Phase::Done) else { break };
+                    return Poll::Ready(RelayEnd {
+                        reason,
+                        to_upstream: DirectionStats::default(),
+                        to_client: DirectionStats::default(),
+                        duration: this.started.elapsed(),
+                    });
+                }
+                Phase::Done => break,
+            }
+        }
+        panic!("a relay was polled after it completed")
+    }
 }
 
 struct Driver<'a, C, U> {
     client: C,
     upstream: OwnedUpstream<'a, U>,
     state: RelayState<'a>,
-    /// One lazy timer per session: re-armed only when it fires early or must fire sooner.
-    sleep: Pin<Box<Sleep>>,
 }
 
 impl<C, U> Driver<'_, C, U>
@@ -129,6 +204,7 @@ where
     fn poll_run(
         &mut self,
         cx: &mut Context<'_>,
+        mut sleep: Pin<&mut Sleep>,
         mut cancelled: Pin<&mut WaitForCancellationFutureOwned>,
         cancel: &CancelHandle,
     ) -> Poll<EndReason> {
@@ -152,10 +228,10 @@ where
                 return Poll::Ready(end);
             }
             let next = state.poll_timeout();
-            if self.sleep.deadline() > next || self.sleep.is_elapsed() {
-                self.sleep.as_mut().reset(next);
+            if sleep.deadline() > next || sleep.is_elapsed() {
+                sleep.as_mut().reset(next);
             }
-            if self.sleep.as_mut().poll(cx).is_pending() {
+            if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             // The timer fired: go round once more to act on it.
@@ -164,7 +240,7 @@ where
 
     /// Carries out `plan`; returns the final counts. The upstream half and the client half run
     /// concurrently, so a slow client never delays releasing the upstream.
-    async fn finish(self, plan: ClosePlan, cancel: &CancelHandle) -> (DirectionStats, DirectionStats) {
+    async fn finish(self, plan: ClosePlan, cancel: CancelHandle) -> (DirectionStats, DirectionStats) {
         let Driver { mut client, mut upstream, state, .. } = self;
         let linger = state.timers.cfg().close_linger;
         let RelayState { mut c2u, mut u2c, .. } = state;

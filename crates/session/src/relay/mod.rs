@@ -39,13 +39,14 @@
 //! and only takes heap memory when bytes actually arrive. An idle session then holds no relay
 //! buffers at all: what remains is the task's state (ciphers, timer, sockets).
 //!
-//! Timers are lazy: one `Sleep` per session, re-armed only when it fires early or must fire
-//! sooner, never per frame.
+//! Timers are lazy: one `Sleep` per session, inline in the [`Relaying`] future, re-armed only when
+//! it fires early or must fire sooner, never per frame.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use wire::frame::MAX_FRAME_LEN;
 
 use crate::cancel::{CancelHandle, CancelReason};
@@ -60,6 +61,7 @@ mod pipe;
 mod state;
 mod timers;
 
+pub use driver::Relaying;
 use driver::{UpstreamParts, relay_io};
 
 /// Bytes asked of a source per read when frames are small (HAProxy's `tune.bufsize` in
@@ -182,25 +184,26 @@ pub struct RelayEnd {
 
 /// Relays between `client` (the edge's plaintext frame stream, past the login frame) and
 /// `upstream` until one side ends, `cancel` fires or a fault occurs; then closes both (see the
-/// module docs and `docs/session.md` for the close sequence of each reason).
+/// module docs and `docs/session.md` for the close sequence of each reason). The returned
+/// [`Relaying`] future is the relay's whole state.
 ///
 /// `client_leftover` holds client bytes the edge already read past the login frame; frames queued
-/// with [`Upstream::queue_to_client`] go to the client first. On return the upstream socket is
-/// closed and [`CancelHandle::mark_upstream_released`] has been called.
-pub async fn relay<C>(
+/// with [`Upstream::queue_to_client`] go to the client first. When it completes the upstream
+/// socket is closed and [`CancelHandle::mark_upstream_released`] has been called.
+pub fn relay<'a, C>(
     client: C,
     client_leftover: BytesMut,
     upstream: Upstream,
-    cfg: &RelayConfig,
+    cfg: &'a RelayConfig,
     cancel: &CancelHandle,
-    metrics: &SessionMetrics,
-) -> RelayEnd
+    metrics: &'a SessionMetrics,
+) -> Relaying<'a, C, TcpStream>
 where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
     let Upstream { stream, send, recv, sealed_leftover, to_client, .. } = upstream;
     let parts = UpstreamParts { io: stream, send, recv, sealed_leftover, to_client };
-    relay_io(client, client_leftover, parts, cfg, cancel, metrics).await
+    relay_io(client, client_leftover, parts, cfg, cancel, metrics)
 }
 
 #[cfg(test)]

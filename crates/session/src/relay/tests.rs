@@ -453,6 +453,8 @@ async fn the_relay_state_does_not_grow() {
     let fut = relay_io(client, BytesMut::new(), parts, &cfg, &cancel, &metrics);
     let size = std::mem::size_of_val(&fut);
     println!("relay future over in-memory pipes: {size} bytes");
-    // 1,112 bytes before the relay was split into a sans-IO core and a driver, 1,048 after.
-    assert!(size <= 1112, "the relay state grew to {size} bytes");
+    // 1,112 bytes before the relay was split into a sans-IO core and a driver, 1,048 after, and
+    // 736 as a written-out future (no argument copies; the timer and the cancel watch inline,
+    // where they were boxed beside it).
+    assert!(size <= 800, "the relay state grew to {size} bytes");
 }
