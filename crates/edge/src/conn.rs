@@ -12,11 +12,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use error_report::Report;
 use session::{CloseReason, EndReason, Established, FirstReply, SessionContext, SessionOutcome, establish};
-use wire::InteropAccount;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use wire::InteropAccount;
 use wire::refusal::Refusal as Stanza;
 use wire_io::close::close_with;
 
@@ -123,7 +123,9 @@ pub async fn serve_client_with<S, F>(
     let (request, session_slot, handshake_slot) = admitted.into_session(peer, local);
     ctx.metrics.login(LoginDecision::Forwarded);
     let live = match establish(&ctx.session, request, stream, buf, move || drop(handshake_slot)).await {
-        Established::Live(live) => live,
+        // Boxed until the relay takes it apart: a task keeps a slot for everything it captured,
+        // so the new task would hold a second, dead copy of the sockets and ciphers' handles.
+        Established::Live(live) => Box::new(live),
         Established::Ended(outcome) => return report_end(&outcome, peer, account),
     };
     // The live session runs as its own task, so this one (the login stage's state, its buffers)

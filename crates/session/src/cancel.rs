@@ -2,10 +2,11 @@
 //! "upstream released" signal the registry waits on before a replacement may dial.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
 /// Why a session was cancelled from outside.
@@ -40,7 +41,10 @@ struct Inner {
     /// The first cancel's reason and farewell (later cancels do not overwrite them).
     why: OnceLock<Cancellation>,
     /// Fires once this session holds no upstream connection any more (and never will again).
-    released: CancellationToken,
+    released: AtomicBool,
+    /// Wakes [`CancelHandle::upstream_released`] waiters; a flag and a `Notify` inline rather
+    /// than a second cancellation token, which is an allocation of its own per session.
+    on_release: Notify,
     /// The registry's per-account upstream slot, held while the session may hold an upstream.
     slot: Mutex<Option<OwnedMutexGuard<()>>>,
 }
@@ -89,7 +93,8 @@ impl CancelHandle {
             inner: Arc::new(Inner {
                 token,
                 why: OnceLock::new(),
-                released: CancellationToken::new(),
+                released: AtomicBool::new(false),
+                on_release: Notify::new(),
                 slot: Mutex::new(None),
             }),
         }
@@ -138,17 +143,28 @@ impl CancelHandle {
     /// Idempotent. The relay calls it; so does dropping a [`crate::Claim`].
     pub fn mark_upstream_released(&self) {
         drop(self.take_slot());
-        self.inner.released.cancel();
+        self.inner.released.store(true, Ordering::Release);
+        self.inner.on_release.notify_waiters();
     }
 
     /// Whether [`mark_upstream_released`](Self::mark_upstream_released) was called.
     pub fn is_upstream_released(&self) -> bool {
-        self.inner.released.is_cancelled()
+        self.inner.released.load(Ordering::Acquire)
     }
 
     /// Completes once the session's upstream is released.
     pub async fn upstream_released(&self) {
-        self.inner.released.cancelled().await
+        let notified = self.inner.on_release.notified();
+        tokio::pin!(notified);
+        loop {
+            // Registered before the check, so a release between the two is not missed.
+            notified.as_mut().enable();
+            if self.is_upstream_released() {
+                return;
+            }
+            notified.as_mut().await;
+            notified.set(self.inner.on_release.notified());
+        }
     }
 
     pub(crate) fn hold_slot(&self, guard: OwnedMutexGuard<()>) {

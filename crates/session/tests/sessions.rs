@@ -618,6 +618,7 @@ async fn idle_sessions_hold_no_relay_buffers() {
     let login_state = std::mem::size_of_val(&establish);
     let Established::Live(live) = establish.await else { panic!("chatd refused the login") };
     let session_id = live.session_id();
+    let handed_over = std::mem::size_of_val(&live);
     let fut = live.relay(&ctx);
     // What the edge spawns per live session is this future and a few words around it.
     let state = std::mem::size_of_val(&fut);
@@ -631,8 +632,8 @@ async fn idle_sessions_hold_no_relay_buffers() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let idle = metrics.relay_buffer_capacity.get();
         println!(
-            "live session state: {state} bytes (the login stage's, freed when it is answered: {login_state} bytes); \
-             relay buffers: {busy} bytes while active, {idle} bytes idle"
+            "live session state: {state} bytes (the login stage's, freed when it is answered: {login_state} bytes; \
+             the LiveSession handed over: {handed_over} bytes); relay buffers: {busy} bytes while active, {idle} bytes idle"
         );
         assert!(busy > 0);
         assert_eq!(idle, 0);
