@@ -45,12 +45,25 @@ fn an_idle_sessions_heap_beyond_the_relay_state() {
     let before = live();
     let handles: Vec<_> = (0..n).map(|_| session::CancelHandle::new()).collect();
     let per_handle = (live() - before) as usize / n;
+
+    // What an idle relay keeps of its ciphers: the secrets, the expanded keys parked.
+    let before = live();
+    let parked: Vec<_> = (0..n)
+        .map(|_| {
+            let (mut send, mut recv) = ciphers(&server);
+            send.park();
+            recv.park();
+            (send, recv)
+        })
+        .collect();
+    let per_parked = ((live() - before) / n as isize).max(0) as usize;
     // Everything stays held until here, so no measurement reuses memory another one freed.
-    drop((held, timers, handles));
+    drop((held, timers, handles, parked));
 
     println!(
         "idle session heap outside the relay state: ciphers {per_pair} B on the heap + {inline_size} B inline \
-         (both directions), idle timer {per_timer} B, cancel handle {per_handle} B"
+         (both directions; {per_parked} B in all once parked), idle timer {per_timer} B, cancel handle {per_handle} B"
     );
     assert!(per_pair > 0 && per_pair < 4096, "{per_pair}");
+    assert!(per_parked <= inline_size + 64, "parked ciphers should hold no context: {per_parked} B per pair");
 }

@@ -35,9 +35,11 @@
 //! behind (backpressure: a slow reader on one side stops reads on the other; nothing is dropped).
 //!
 //! **Idle memory.** With `release_idle_buffers`, once a session has moved nothing for
-//! `release_after`, its empty buffers are freed; the next read goes into a stack scratch buffer
-//! and only takes heap memory when bytes actually arrive. An idle session then holds no relay
-//! buffers at all: what remains is the task's state (ciphers, timer, sockets).
+//! `release_after`, its empty buffers are freed and both ciphers' expanded keys parked (aws-lc's
+//! AES-GCM contexts, about 600 bytes each; the next frame expands its direction's key again,
+//! about a microsecond); the next read goes into a stack scratch buffer and only takes heap
+//! memory when bytes actually arrive. An idle session then holds no relay buffers and no cipher
+//! contexts: what remains is the [`Relaying`] future itself (pipes, secrets, timer, sockets).
 //!
 //! Timers are lazy: one `Sleep` per session, inline in the [`Relaying`] future, re-armed only when
 //! it fires early or must fire sooner, never per frame.
@@ -81,7 +83,8 @@ pub struct RelayConfig {
     pub max_buffered_bytes: usize,
     /// The client must send something this often (its pings), or both sides are closed.
     pub idle_timeout: Duration,
-    /// Free empty buffers once the session has been quiet for `release_after`.
+    /// Free empty buffers, and park the ciphers' expanded keys, once the session has been quiet
+    /// for `release_after`.
     pub release_idle_buffers: bool,
     /// Quiet time before buffers are freed (0 frees them whenever they empty).
     pub release_after: Duration,

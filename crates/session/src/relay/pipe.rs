@@ -305,11 +305,25 @@ impl<'a> Pipe<'a> {
     // -----------------------------------------------------------------------------------------
     // Memory and metrics
 
-    /// Frees both buffers if they hold nothing (the session has gone quiet).
-    pub(crate) fn release_if_empty(&mut self) {
+    /// Frees both buffers and parks the cipher's expanded key (about 600 bytes in aws-lc; the
+    /// next frame expands it again) if the pipe holds nothing: the session has gone quiet.
+    pub(crate) fn release_if_idle(&mut self) {
         if self.inb.is_empty() && self.is_drained() {
             self.inb.release();
             self.out.release();
+            match &mut self.cipher {
+                Cipher::Seal(tx) => tx.park(),
+                Cipher::Open(rx) => rx.park(),
+            }
+        }
+    }
+
+    /// Whether the cipher's expanded key is parked.
+    #[cfg(test)]
+    pub(crate) fn is_parked(&self) -> bool {
+        match &self.cipher {
+            Cipher::Seal(tx) => tx.is_parked(),
+            Cipher::Open(rx) => rx.is_parked(),
         }
     }
 

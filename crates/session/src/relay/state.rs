@@ -50,8 +50,8 @@ impl<'a> RelayState<'a> {
         match self.timers.handle_timeout(now)? {
             Timer::Idle => return Some(EndReason::ClientIdle),
             Timer::ReleaseBuffers => {
-                self.c2u.release_if_empty();
-                self.u2c.release_if_empty();
+                self.c2u.release_if_idle();
+                self.u2c.release_if_idle();
                 self.c2u.publish();
                 self.u2c.publish();
                 if self.c2u.capacity() + self.u2c.capacity() == 0 {

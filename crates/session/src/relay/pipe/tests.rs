@@ -227,25 +227,37 @@ fn reading_stops_while_the_destination_is_behind_and_counts_each_stop_once() {
 #[test]
 fn an_idle_pipe_releases_its_buffers_only_once_everything_is_written_and_flushed() {
     let (cfg, metrics) = (cfg(), SessionMetrics::new().unwrap());
-    let (mut pipe, _chatd) = sealing(&cfg, &metrics);
+    let (mut pipe, mut chatd) = sealing(&cfg, &metrics);
     assert!(matches!(pipe.read_into(), Ok(Some(ReadInto::Scratch(READ_CHUNK)))), "no buffer until bytes arrive");
     feed(&mut pipe, &framed(&[6u8; 2000])).unwrap();
     transform_all(&mut pipe);
     pipe.publish();
     assert!(metrics.relay_buffer_capacity.get() > 0);
 
-    pipe.release_if_empty();
+    pipe.release_if_idle();
     assert!(pipe.capacity() > 0, "output still waiting");
-    let n = pipe.output().len();
-    pipe.on_written(n);
-    pipe.release_if_empty();
+    let first = pipe.output().to_vec();
+    pipe.on_written(first.len());
+    pipe.release_if_idle();
     assert!(pipe.capacity() > 0, "a flush still pending");
+    assert!(!pipe.is_parked(), "the key stays expanded while anything is pending");
     pipe.on_flushed();
-    pipe.release_if_empty();
+    pipe.release_if_idle();
     assert_eq!(pipe.capacity(), 0);
+    assert!(pipe.is_parked(), "the expanded key goes with the buffers");
     pipe.publish();
     assert_eq!(metrics.relay_buffer_capacity.get(), 0);
     assert!(matches!(pipe.read_into(), Ok(Some(ReadInto::Scratch(READ_CHUNK)))));
+
+    // The next frame expands the key again and is sealed with the next nonce.
+    feed(&mut pipe, &framed(b"after a quiet while")).unwrap();
+    transform_all(&mut pipe);
+    assert!(!pipe.is_parked());
+    let second = take_output(&mut pipe);
+    let mut first = bodies(&first).remove(0);
+    assert_eq!(chatd.open(&mut first).unwrap(), &[6u8; 2000][..]);
+    let mut second = bodies(&second).remove(0);
+    assert_eq!(chatd.open(&mut second).unwrap(), b"after a quiet while");
 }
 
 #[test]
