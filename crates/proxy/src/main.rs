@@ -9,10 +9,12 @@ use error_report::Report;
 use proxy::config::Config;
 use proxy::process::{ConfigArgs, Signals, print_banner};
 
-/// jemalloc returns the pages a login burst freed (its dirty pages decay within seconds), where
-/// glibc keeps them: paired `loadtest steady` runs measured about 1.3 KB less per idle session
-/// after the hold and 2 KB less marginal, and `churn` stays flat (docs/performance.md,
-/// "Allocator"). aws-lc's own `malloc` calls still go to glibc.
+/// jemalloc returns the pages a login burst freed within about a second (the decay settings are
+/// built in through `.cargo/config.toml`; a background thread purges while sessions sit idle),
+/// where glibc keeps them. It also serves C `malloc` (the `unprefixed_malloc_on_supported_platforms`
+/// feature), so aws-lc's cipher contexts, which an idle session parks, go back to the system too.
+/// Paired `loadtest steady` runs: docs/performance.md, "Allocator" and "The live session as its
+/// own task".
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
