@@ -57,12 +57,24 @@ fn an_idle_sessions_heap_beyond_the_relay_state() {
         })
         .collect();
     let per_parked = ((live() - before) / n as isize).max(0) as usize;
+    // The registry's part: one claimed account (its slot, async mutex, strings, map entry).
+    let registry = session::Registry::new(None);
+    let before = live();
+    let claims: Vec<_> = rt.block_on(async {
+        let mut claims = Vec::with_capacity(n);
+        for i in 0..n {
+            claims.push(registry.claim(&format!("1-{}@interop", 15_550_000_000u64 + i as u64)).await.unwrap());
+        }
+        claims
+    });
+    let per_claim = (live() - before) as usize / n;
     // Everything stays held until here, so no measurement reuses memory another one freed.
-    drop((held, timers, handles, parked));
+    drop((held, timers, handles, parked, claims));
 
     println!(
         "idle session heap outside the relay state: ciphers {per_pair} B on the heap + {inline_size} B inline \
-         (both directions; {per_parked} B in all once parked), idle timer {per_timer} B, cancel handle {per_handle} B"
+         (both directions; {per_parked} B in all once parked), idle timer {per_timer} B, cancel handle {per_handle} B, \
+         registry claim {per_claim} B"
     );
     assert!(per_pair > 0 && per_pair < 4096, "{per_pair}");
     assert!(per_parked <= inline_size + 64, "parked ciphers should hold no context: {per_parked} B per pair");
