@@ -240,6 +240,7 @@ impl Plan {
                 tls: tls_config::ClientTls::with_ca_file(auth.jwks_ca_file.clone()),
                 ..jwks::VerifierConfig::default()
             },
+            token_cache_entries: auth.token_cache_entries,
         })?;
         let trusted = |list: &[String], key: &'static str| {
             edge::cidr::parse_list(list).map_err(|message| config::ConfigError::Invalid { key, message })
@@ -309,6 +310,7 @@ pub fn fill_embedded_sections(
         account_claim: "wa_account".into(),
         jwks_refresh_secs: 300,
         jwks_min_refetch_secs: 1,
+        token_cache_entries: config::defaults::token_cache_entries(),
     });
 }
 
