@@ -222,7 +222,7 @@ impl Default for DrainSection {
     }
 }
 
-mod defaults {
+pub(crate) mod defaults {
     use super::ProxyProtocolVersion;
     pub fn login_timeout_secs() -> u64 {
         10

@@ -403,7 +403,11 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         registry,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
-        before_scrape: Box::new(move || scrape_context.metrics.sync_jwks(&scrape_context.auth.stats())),
+        before_scrape: Box::new(move || {
+            let auth = &scrape_context.auth;
+            scrape_context.metrics.sync_jwks(&auth.stats());
+            scrape_context.metrics.sync_token_cache(auth.token_cache_hits(), auth.token_cache_len());
+        }),
         drain_requested: CancellationToken::new(),
         connections_refused: admin_refused,
     });
