@@ -9,7 +9,7 @@
 //! `exp` passes, once the JWKS is refetched (a revoked key goes with that fetch) or once no key
 //! set is fresh enough, and it still binds only the account it named.
 
-use jwks::{Expectations, JwksVerifier, VerifiedTokens, VerifierConfig, VerifierStats, unix_now};
+use jwks::{Expectations, JwksVerifier, TokenKey, VerifiedTokens, VerifierConfig, VerifierStats, unix_now};
 use wire::InteropAccount;
 
 use wire::login::Login;
@@ -86,10 +86,11 @@ pub trait TokenCheck: Send + Sync {
 
 impl TokenCheck for Authenticator {
     async fn check(&self, login: &Login) -> Result<(), AuthError> {
-        if self.verified.is_enabled() {
+        let key = self.verified.is_enabled().then(|| TokenKey::of(&login.token));
+        if let Some(key) = key {
             // The set a verification would use now: refreshed when due, refused when too stale.
             let key_set = self.verifier.current_key_set().await?;
-            if let Some(account) = self.verified.get(&login.token, key_set, unix_now()) {
+            if let Some(account) = self.verified.get(key, key_set, unix_now()) {
                 return self.bound(account, login);
             }
         }
@@ -103,8 +104,8 @@ impl TokenCheck for Authenticator {
         };
         self.bound(account, login)?;
         // `exp` is a required claim, so a verified token has one.
-        if let Some(expires) = claims.get("exp").and_then(serde_json::Value::as_u64) {
-            self.verified.insert(&login.token, key_set, expires, account, unix_now());
+        if let (Some(key), Some(expires)) = (key, claims.get("exp").and_then(serde_json::Value::as_u64)) {
+            self.verified.insert(key, key_set, expires, account, unix_now());
         }
         Ok(())
     }

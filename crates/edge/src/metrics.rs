@@ -112,10 +112,7 @@ impl EdgeMetrics {
                 "waproxy_token_cache_hits_total",
                 "Logins whose token was answered by the cache of verified tokens.",
             )?,
-            token_cache_entries: IntGauge::new(
-                "waproxy_token_cache_entries",
-                "Verified tokens the cache holds now.",
-            )?,
+            token_cache_entries: IntGauge::new("waproxy_token_cache_entries", "Verified tokens the cache holds now.")?,
             handshakes_in_flight: IntGauge::new(
                 "waproxy_handshakes_in_flight",
                 "Logins whose chatd handshake is in progress (bounded by limits.max_concurrent_handshakes).",

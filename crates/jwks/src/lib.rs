@@ -26,7 +26,7 @@ pub use claims::{PartnerClaims, PushClaims, unix_now};
 pub use fetch::FetchError;
 pub use serve::{JwksServer, RunningJwksServer};
 pub use signing::{DEFAULT_MAX_PUBLISHED, KeyError, MAX_PUBLISHED_LIMIT, SignError, SigningKeys};
-pub use token_cache::VerifiedTokens;
+pub use token_cache::{TokenKey, VerifiedTokens};
 pub use verifier::{
     ConfigError, Expectations, JwksVerifier, KeySetId, MAX_TOKEN_LEN, VerifierConfig, VerifierStats, VerifyError,
 };

@@ -18,14 +18,24 @@ use aws_lc_rs::digest;
 
 use crate::verifier::KeySetId;
 
-/// SHA-256 of the token, first 128 bits: a second token with the same digest costs 2^128 work.
-type TokenDigest = [u8; 16];
+/// A token as the cache knows it: the first 128 bits of its SHA-256 (a second token with the
+/// same key costs 2^128 work). Computed once per login, for the lookup and the insert.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenKey([u8; 16]);
 
-fn token_digest(token: &str) -> TokenDigest {
-    let full = digest::digest(&digest::SHA256, token.as_bytes());
-    let mut out = [0; 16];
-    out.copy_from_slice(&full.as_ref()[..16]);
-    out
+impl TokenKey {
+    pub fn of(token: &str) -> Self {
+        let full = digest::digest(&digest::SHA256, token.as_bytes());
+        let mut key = [0; 16];
+        key.copy_from_slice(&full.as_ref()[..16]);
+        TokenKey(key)
+    }
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
 }
 
 struct Entry<V> {
@@ -38,7 +48,7 @@ struct Entry<V> {
 struct Entries<V> {
     /// The key set every entry verified with; entries from an older set are gone.
     key_set: Option<KeySetId>,
-    map: HashMap<TokenDigest, Entry<V>>,
+    map: HashMap<TokenKey, Entry<V>>,
 }
 
 /// A bounded map from verified tokens to what their verification established (`V`). Shared by
@@ -88,22 +98,21 @@ impl<V: Clone> VerifiedTokens<V> {
         self.capacity > 0
     }
 
-    /// What `token`'s verification established, if it verified with `key_set` (the set the
-    /// verifier would use now) and `now` (Unix seconds) is before its `exp`. A newer `key_set`
-    /// than the entries' empties the cache.
-    pub fn get(&self, token: &str, key_set: KeySetId, now: u64) -> Option<V> {
+    /// What the verification of the token `key` names established, if it verified with
+    /// `key_set` (the set the verifier would use now) and `now` (Unix seconds) is before its
+    /// `exp`. A newer `key_set` than the entries' empties the cache.
+    pub fn get(&self, key: TokenKey, key_set: KeySetId, now: u64) -> Option<V> {
         if !self.is_enabled() {
             return None;
         }
-        let digest = token_digest(token);
         let mut entries = self.lock();
         if entries.key_set != Some(key_set) {
             entries.adopt(key_set);
             return None;
         }
-        let entry = entries.map.get(&digest)?;
+        let entry = entries.map.get(&key)?;
         if now >= entry.expires {
-            entries.map.remove(&digest);
+            entries.map.remove(&key);
             return None;
         }
         let value = entry.value.clone();
@@ -112,15 +121,14 @@ impl<V: Clone> VerifiedTokens<V> {
         Some(value)
     }
 
-    /// Remembers that `token` verified with `key_set` and expires at `expires` (Unix seconds).
+    /// Remembers that the token `key` names verified with `key_set` and expires at `expires` (Unix seconds).
     /// Ignored if `expires` is not after `now` (a token accepted within the verifier's leeway)
     /// or if the cache already moved to a newer key set. When full, an arbitrary entry makes
     /// room.
-    pub fn insert(&self, token: &str, key_set: KeySetId, expires: u64, value: V, now: u64) {
+    pub fn insert(&self, key: TokenKey, key_set: KeySetId, expires: u64, value: V, now: u64) {
         if !self.is_enabled() || now >= expires {
             return;
         }
-        let digest = token_digest(token);
         let mut entries = self.lock();
         if entries.key_set != Some(key_set) {
             if entries.key_set.is_some_and(|current| current > key_set) {
@@ -128,13 +136,13 @@ impl<V: Clone> VerifiedTokens<V> {
             }
             entries.adopt(key_set);
         }
-        if entries.map.len() >= self.capacity && !entries.map.contains_key(&digest) {
+        if entries.map.len() >= self.capacity && !entries.map.contains_key(&key) {
             let victim = entries.map.keys().next().copied();
             if let Some(victim) = victim {
                 entries.map.remove(&victim);
             }
         }
-        entries.map.insert(digest, Entry { expires, value });
+        entries.map.insert(key, Entry { expires, value });
     }
 }
 
@@ -159,55 +167,55 @@ mod tests {
     #[test]
     fn a_token_is_answered_until_its_exp() {
         let cache = VerifiedTokens::new(8);
-        assert_eq!(cache.get("t1", SET, NOW), None);
-        cache.insert("t1", SET, NOW + 10, "account-1", NOW);
-        assert_eq!(cache.get("t1", SET, NOW), Some("account-1"));
-        assert_eq!(cache.get("t1", SET, NOW + 9), Some("account-1"));
-        assert_eq!(cache.get("t2", SET, NOW), None);
+        assert_eq!(cache.get(TokenKey::of("t1"), SET, NOW), None);
+        cache.insert(TokenKey::of("t1"), SET, NOW + 10, "account-1", NOW);
+        assert_eq!(cache.get(TokenKey::of("t1"), SET, NOW), Some("account-1"));
+        assert_eq!(cache.get(TokenKey::of("t1"), SET, NOW + 9), Some("account-1"));
+        assert_eq!(cache.get(TokenKey::of("t2"), SET, NOW), None);
         assert_eq!(cache.hits(), 2);
         // An already expired token is not remembered.
-        cache.insert("t3", SET, NOW, "account-3", NOW);
-        assert_eq!(cache.get("t3", SET, NOW - 1), None);
+        cache.insert(TokenKey::of("t3"), SET, NOW, "account-3", NOW);
+        assert_eq!(cache.get(TokenKey::of("t3"), SET, NOW - 1), None);
         // At `exp` the entry is refused and dropped.
-        assert_eq!(cache.get("t1", SET, NOW + 10), None);
+        assert_eq!(cache.get(TokenKey::of("t1"), SET, NOW + 10), None);
         assert!(cache.is_empty());
-        assert_eq!(cache.get("t1", SET, NOW), None);
+        assert_eq!(cache.get(TokenKey::of("t1"), SET, NOW), None);
     }
 
     #[test]
     fn a_new_key_set_empties_the_cache_and_older_results_stay_out() {
         let cache = VerifiedTokens::new(8);
-        cache.insert("t1", SET, NOW + 60, 1, NOW);
-        cache.insert("t2", SET, NOW + 60, 2, NOW);
+        cache.insert(TokenKey::of("t1"), SET, NOW + 60, 1, NOW);
+        cache.insert(TokenKey::of("t2"), SET, NOW + 60, 2, NOW);
         assert_eq!(cache.len(), 2);
         let newer = KeySetId(8);
-        assert_eq!(cache.get("t1", newer, NOW), None);
+        assert_eq!(cache.get(TokenKey::of("t1"), newer, NOW), None);
         assert!(cache.is_empty());
         // A lookup that read the older set before the refetch neither hits nor refills.
-        assert_eq!(cache.get("t1", SET, NOW), None);
+        assert_eq!(cache.get(TokenKey::of("t1"), SET, NOW), None);
         // A verification made with the older set and finished late is not remembered.
-        cache.insert("t1", SET, NOW + 60, 1, NOW);
+        cache.insert(TokenKey::of("t1"), SET, NOW + 60, 1, NOW);
         assert!(cache.is_empty());
-        cache.insert("t1", newer, NOW + 60, 1, NOW);
-        assert_eq!(cache.get("t1", newer, NOW), Some(1));
+        cache.insert(TokenKey::of("t1"), newer, NOW + 60, 1, NOW);
+        assert_eq!(cache.get(TokenKey::of("t1"), newer, NOW), Some(1));
         // An insert with a newer set than the entries' also empties it first.
-        cache.insert("t3", KeySetId(9), NOW + 60, 3, NOW);
+        cache.insert(TokenKey::of("t3"), KeySetId(9), NOW + 60, 3, NOW);
         assert_eq!(cache.len(), 1);
-        assert_eq!(cache.get("t1", KeySetId(9), NOW), None);
+        assert_eq!(cache.get(TokenKey::of("t1"), KeySetId(9), NOW), None);
     }
 
     #[test]
     fn the_cache_stays_within_its_capacity() {
         let cache = VerifiedTokens::new(1_000);
         for i in 0..100_000u32 {
-            cache.insert(&format!("token-{i}"), SET, NOW + 60, i, NOW);
+            cache.insert(TokenKey::of(&format!("token-{i}")), SET, NOW + 60, i, NOW);
             assert!(cache.len() <= 1_000);
         }
         assert_eq!(cache.len(), 1_000);
         // The most recent insert is always kept.
-        assert_eq!(cache.get("token-99999", SET, NOW), Some(99_999));
+        assert_eq!(cache.get(TokenKey::of("token-99999"), SET, NOW), Some(99_999));
         // Re-inserting a present token does not evict another.
-        cache.insert("token-99999", SET, NOW + 120, 99_999, NOW);
+        cache.insert(TokenKey::of("token-99999"), SET, NOW + 120, 99_999, NOW);
         assert_eq!(cache.len(), 1_000);
     }
 
@@ -215,16 +223,17 @@ mod tests {
     fn capacity_zero_remembers_nothing() {
         let cache = VerifiedTokens::new(0);
         assert!(!cache.is_enabled());
-        cache.insert("t1", SET, NOW + 60, (), NOW);
-        assert_eq!(cache.get("t1", SET, NOW), None);
+        cache.insert(TokenKey::of("t1"), SET, NOW + 60, (), NOW);
+        assert_eq!(cache.get(TokenKey::of("t1"), SET, NOW), None);
         assert!(cache.is_empty());
     }
 
     #[test]
     fn debug_shows_no_token_or_digest() {
         let cache = VerifiedTokens::new(4);
-        cache.insert("secret-token", SET, NOW + 60, (), NOW);
+        cache.insert(TokenKey::of("secret-token"), SET, NOW + 60, (), NOW);
         let shown = format!("{cache:?}");
         assert_eq!(shown, "VerifiedTokens { capacity: 4, len: 1 }");
+        assert_eq!(format!("{:?}", TokenKey::of("secret-token")), "TokenKey(..)");
     }
 }
