@@ -896,7 +896,7 @@ pub async fn storm(ctx: &Ctx, p: &StormParams) -> Result<Outcome> {
     let mut conns = est.conns;
     let mut rounds = Vec::new();
     let mut md = format!(
-        "### storm: {} sessions dropped at once, reconnecting within {} ms\n\n| round | reconnected | absorbed in | retried attempts, by cause | login p50/p90/p99/p99.9/max |\n|---|---|---|---|---|\n",
+        "### storm: {} sessions dropped at once, reconnecting within {} ms\n\n| round | reconnected | absorbed in | proxy CPU per reconnection | retried attempts, by cause | login p50/p90/p99/p99.9/max |\n|---|---|---|---|---|---|\n",
         p.sessions,
         p.jitter.as_millis()
     );
@@ -907,6 +907,7 @@ pub async fn storm(ctx: &Ctx, p: &StormParams) -> Result<Outcome> {
         round += 1;
         ctx.progress.phase(format!("storm: round {round}"));
         let t0 = Instant::now();
+        let cpu_before = maybe_sample(ctx.env.proxy_pid);
         let held: Vec<usize> = conns.iter().map(|(i, _)| *i).collect();
         drop(conns);
         let login = Arc::new(Recorder::default());
@@ -948,13 +949,20 @@ pub async fn storm(ctx: &Ctx, p: &StormParams) -> Result<Outcome> {
             }
         }
         let absorbed = done_at.iter().copied().fold(0.0, f64::max);
+        // The drop, the reconnections and their retries: what the wave cost the proxy.
+        let cpu = match (cpu_before, maybe_sample(ctx.env.proxy_pid)) {
+            (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
+            _ => None,
+        };
+        let cpu_per_reconnect = cpu.filter(|_| !next.is_empty()).map(|c| c / next.len() as f64);
         let s = login.summary();
         violations.extend(fail_violation(&format!("storm round {round}"), &failures));
         if round <= 5 {
             md += &format!(
-                "| {round} | {}/{} | {absorbed:.2} s | {:?} | {} |\n",
+                "| {round} | {}/{} | {absorbed:.2} s | {} | {:?} | {} |\n",
                 next.len(),
                 p.sessions,
+                cpu_per_reconnect.map_or("n/a".into(), |c| format!("{:.0} µs", c * 1e6)),
                 retries.map(),
                 md_latency(&s)
             );
@@ -962,6 +970,7 @@ pub async fn storm(ctx: &Ctx, p: &StormParams) -> Result<Outcome> {
         }
         rounds.push(json!({
             "round": round, "reconnected": next.len(), "absorbed_secs": absorbed,
+            "proxy_cpu_secs": cpu, "proxy_cpu_secs_per_reconnect": cpu_per_reconnect,
             "retries": retries.map(), "failures": failures.map(), "login_latency": summary_json(&s),
         }));
         conns = next;

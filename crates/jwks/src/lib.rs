@@ -4,6 +4,8 @@
 //! - [`JwksVerifier`]: verifies RS256 JWTs against a remote JWKS that it fetches, caches, refreshes
 //!   and refetches on unknown key ids, rate limited so junk tokens cannot make it hammer the JWKS
 //!   server.
+//! - [`VerifiedTokens`]: a bounded cache of tokens that verified, keyed by a digest and tied to the
+//!   key set they verified with, for reconnect waves.
 //! - [`PartnerClaims`] / [`PushClaims`]: the claim sets both sides of the interop flow agree on.
 //! - [`JwksServer`]: a minimal HTTP(S) endpoint serving one [`SigningKeys`]' JWKS (tests, small tools).
 //!
@@ -17,12 +19,14 @@ mod claims;
 mod fetch;
 mod serve;
 mod signing;
+mod token_cache;
 mod verifier;
 
 pub use claims::{PartnerClaims, PushClaims, unix_now};
 pub use fetch::FetchError;
 pub use serve::{JwksServer, RunningJwksServer};
 pub use signing::{DEFAULT_MAX_PUBLISHED, KeyError, MAX_PUBLISHED_LIMIT, SignError, SigningKeys};
+pub use token_cache::{TokenKey, VerifiedTokens};
 pub use verifier::{
-    ConfigError, Expectations, JwksVerifier, MAX_TOKEN_LEN, VerifierConfig, VerifierStats, VerifyError,
+    ConfigError, Expectations, JwksVerifier, KeySetId, MAX_TOKEN_LEN, VerifierConfig, VerifierStats, VerifyError,
 };

@@ -195,8 +195,15 @@ pub struct VerifierStats {
     pub tls_failures: u64,
 }
 
+/// Which fetched key set a verification used: every successful fetch makes a new one, so a
+/// result tied to an id is void once the set is refetched (a rotated-out or revoked key goes
+/// with the fetch that dropped it). Later fetches have greater ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeySetId(pub(crate) u64);
+
 /// A fetched set and when its fetch started.
 struct KeySet {
+    id: KeySetId,
     keys: HashMap<String, DecodingKey>,
     fetched_at: Instant,
 }
@@ -229,6 +236,8 @@ struct Inner {
     /// Held for the duration of a fetch: at most one fetch in flight.
     fetch_lock: Mutex<()>,
     counters: Counters,
+    /// The id of the next fetched set.
+    next_key_set: AtomicU64,
 }
 
 /// Verifies RS256 JWTs against the JWKS at one URL, which it fetches on first use, refreshes when
@@ -292,6 +301,7 @@ impl JwksVerifier {
                 state: RwLock::new(State::default()),
                 fetch_lock: Mutex::new(()),
                 counters: Counters::default(),
+                next_key_set: AtomicU64::new(0),
             }),
         })
     }
@@ -326,6 +336,16 @@ impl JwksVerifier {
     ///
     /// Requires `exp`, `iss` and `aud`; checks `nbf` when present.
     pub async fn verify<C: DeserializeOwned>(&self, token: &str, expect: &Expectations) -> Result<C, VerifyError> {
+        self.verify_in_key_set(token, expect).await.map(|(claims, _)| claims)
+    }
+
+    /// [`verify`](Self::verify), also saying which key set the signature verified with: what a
+    /// cache of verified tokens ([`crate::VerifiedTokens`]) is keyed to.
+    pub async fn verify_in_key_set<C: DeserializeOwned>(
+        &self,
+        token: &str,
+        expect: &Expectations,
+    ) -> Result<(C, KeySetId), VerifyError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(VerifyError::malformed(format!("longer than {MAX_TOKEN_LEN} bytes")));
         }
@@ -349,17 +369,27 @@ impl JwksVerifier {
         validation.validate_nbf = true;
         validation.leeway = expect.leeway.as_secs();
 
-        jsonwebtoken::decode::<C>(token, key, &validation).map(|data| data.claims).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) => {
-                VerifyError::BadSignature { kid: truncate_kid(&kid) }
+        jsonwebtoken::decode::<C>(token, key, &validation).map(|data| (data.claims, set.id)).map_err(|e| {
+            match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidRsaKey(_) => {
+                    VerifyError::BadSignature { kid: truncate_kid(&kid) }
+                }
+                ErrorKind::ExpiredSignature => VerifyError::Expired,
+                ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
+                ErrorKind::InvalidIssuer => VerifyError::WrongIssuer { expected: expect.issuer.clone() },
+                ErrorKind::InvalidAudience => VerifyError::WrongAudience { expected: expect.audience.clone() },
+                ErrorKind::MissingRequiredClaim(claim) => VerifyError::malformed(format!("missing claim {claim}")),
+                _ => VerifyError::malformed(e.to_string()),
             }
-            ErrorKind::ExpiredSignature => VerifyError::Expired,
-            ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
-            ErrorKind::InvalidIssuer => VerifyError::WrongIssuer { expected: expect.issuer.clone() },
-            ErrorKind::InvalidAudience => VerifyError::WrongAudience { expected: expect.audience.clone() },
-            ErrorKind::MissingRequiredClaim(claim) => VerifyError::malformed(format!("missing claim {claim}")),
-            _ => VerifyError::malformed(e.to_string()),
         })
+    }
+
+    /// The id of the key set a verification would use now, under the same rules as
+    /// [`verify`](Self::verify): fetched if there is none, refreshed when due, and
+    /// [`VerifyError::JwksUnavailable`] once no set is fresh enough. A cached verification is only
+    /// as good as the set it was made with, so a cache asks this before each hit.
+    pub async fn current_key_set(&self) -> Result<KeySetId, VerifyError> {
+        self.usable_set().await.map(|set| set.id)
     }
 
     fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -462,7 +492,8 @@ impl JwksVerifier {
             Ok(keys) => {
                 self.inner.counters.refreshes.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(url = %self.inner.url, keys = keys.len(), "JWKS fetched");
-                let set = Arc::new(KeySet { keys, fetched_at: started });
+                let id = KeySetId(self.inner.next_key_set.fetch_add(1, Ordering::Relaxed));
+                let set = Arc::new(KeySet { id, keys, fetched_at: started });
                 state.keys = Some(set.clone());
                 state.last_error = None;
                 Ok(set)

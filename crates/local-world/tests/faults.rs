@@ -47,6 +47,7 @@ fn upstream_via(
         account_claim: "wa_account".into(),
         jwks_refresh_secs: 300,
         jwks_min_refetch_secs: 1,
+        token_cache_entries: 65_536,
     });
 }
 

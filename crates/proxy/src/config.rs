@@ -145,6 +145,10 @@ pub struct AuthSection {
     /// make the proxy hammer the Partner).
     #[serde(default = "defaults::jwks_min_refetch_secs")]
     pub jwks_min_refetch_secs: u64,
+    /// Tokens that verified, remembered (by digest, with their account and `exp`) so reconnects
+    /// skip the RSA verification; 0 remembers none. About 40 bytes each in a hash table.
+    #[serde(default = "defaults::token_cache_entries")]
+    pub token_cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,7 +222,7 @@ impl Default for DrainSection {
     }
 }
 
-mod defaults {
+pub(crate) mod defaults {
     use super::ProxyProtocolVersion;
     pub fn login_timeout_secs() -> u64 {
         10
@@ -249,6 +253,9 @@ mod defaults {
     }
     pub fn jwks_min_refetch_secs() -> u64 {
         10
+    }
+    pub fn token_cache_entries() -> usize {
+        65_536
     }
     pub fn tcp_keepalive_secs() -> u64 {
         60

@@ -240,6 +240,7 @@ impl Plan {
                 tls: tls_config::ClientTls::with_ca_file(auth.jwks_ca_file.clone()),
                 ..jwks::VerifierConfig::default()
             },
+            token_cache_entries: auth.token_cache_entries,
         })?;
         let trusted = |list: &[String], key: &'static str| {
             edge::cidr::parse_list(list).map_err(|message| config::ConfigError::Invalid { key, message })
@@ -309,6 +310,7 @@ pub fn fill_embedded_sections(
         account_claim: "wa_account".into(),
         jwks_refresh_secs: 300,
         jwks_min_refetch_secs: 1,
+        token_cache_entries: config::defaults::token_cache_entries(),
     });
 }
 
@@ -401,7 +403,11 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         registry,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
-        before_scrape: Box::new(move || scrape_context.metrics.sync_jwks(&scrape_context.auth.stats())),
+        before_scrape: Box::new(move || {
+            let auth = &scrape_context.auth;
+            scrape_context.metrics.sync_jwks(&auth.stats());
+            scrape_context.metrics.sync_token_cache(auth.token_cache_hits(), auth.token_cache_len());
+        }),
         drain_requested: CancellationToken::new(),
         connections_refused: admin_refused,
     });

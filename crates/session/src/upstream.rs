@@ -202,14 +202,12 @@ pub struct Upstream {
     /// Plaintext frames queued for the client ahead of everything relayed.
     pub(crate) to_client: BytesMut,
     peer: SocketAddr,
-    local: SocketAddr,
 }
 
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
             .field("peer", &self.peer)
-            .field("local", &self.local)
             .field("send", &self.send)
             .field("recv", &self.recv)
             .field("sealed_leftover", &self.sealed_leftover.len())
@@ -224,9 +222,10 @@ impl Upstream {
         self.peer
     }
 
-    /// The proxy's side of the connection.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
+    /// The proxy's side of the connection (asked of the socket: nothing on the login path
+    /// needs it).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.local_addr()
     }
 
     /// Queues a plaintext stanza payload for the client, ahead of anything the relay forwards
@@ -247,14 +246,17 @@ impl Upstream {
 pub async fn connect(cfg: &UpstreamConfig, req: LoginRequest) -> Result<UpstreamLogin, SessionError> {
     cfg.validate()?;
     let started = Instant::now();
-    let stream = dial_upstream(cfg).await?;
+    let (mut stream, peer) = dial_upstream(cfg).await?;
     let connected = Instant::now();
-    let login = tokio::time::timeout(cfg.handshake_timeout, Box::pin(handshake(cfg, stream, &req, started, connected)))
-        .await
-        .map_err(|_| SessionError::HandshakeTimeout(cfg.handshake_timeout))?;
+    let answer = tokio::time::timeout(
+        cfg.handshake_timeout,
+        Box::pin(handshake(cfg, &mut stream, peer, &req, started, connected)),
+    )
+    .await
+    .map_err(|_| SessionError::HandshakeTimeout(cfg.handshake_timeout))?;
     // `req` (key and payload) is dropped and wiped here, whatever the outcome.
     drop(req);
-    login
+    answer.map(|answer| answer.into_login(stream, peer))
 }
 
 /// Like [`connect`], but a `cancel` during the handshake (a newer login for the account, a drain)
@@ -271,44 +273,43 @@ pub async fn connect_cancellable(
     cfg.validate()?;
     let cancelled = || SessionError::Cancelled(cancel.reason().unwrap_or(CancelReason::Shutdown));
     let started = Instant::now();
-    let stream = tokio::select! {
+    let (mut stream, peer) = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Err(cancelled()),
         s = dial_upstream(cfg) => s?,
     };
     let connected = Instant::now();
-    // A second handle on the socket: if the handshake is abandoned, its handle goes with it and
-    // this one still closes the connection properly.
-    let spare = socket2::SockRef::from(&stream).try_clone().map_err(SessionError::UpstreamIo)?;
+    // The handshake only borrows the socket: if it is abandoned, the socket is still here to be
+    // closed properly.
     let outcome = tokio::select! {
         biased;
         _ = cancel.cancelled() => None,
-        r = tokio::time::timeout(cfg.handshake_timeout, Box::pin(handshake(cfg, stream, &req, started, connected))) => Some(r),
+        r = tokio::time::timeout(
+            cfg.handshake_timeout,
+            Box::pin(handshake(cfg, &mut stream, peer, &req, started, connected)),
+        ) => Some(r),
     };
     // `req` (key and payload) is wiped here, whatever the outcome.
     drop(req);
     match outcome {
-        Some(login) => login.map_err(|_| SessionError::HandshakeTimeout(cfg.handshake_timeout))?,
+        Some(answer) => answer
+            .map_err(|_| SessionError::HandshakeTimeout(cfg.handshake_timeout))?
+            .map(|answer| answer.into_login(stream, peer)),
         None => {
-            close_gracefully(spare, linger).await;
+            // FIN, then read and discard until chatd closes too.
+            wire_io::close::close(&mut stream, linger).await;
             Err(cancelled())
         }
     }
 }
 
-/// FIN through `spare`, then read and discard until chatd closes too (bounded by `linger`).
-async fn close_gracefully(spare: socket2::Socket, linger: Duration) {
-    let _ = spare.shutdown(std::net::Shutdown::Write);
-    if spare.set_nonblocking(true).is_err() {
-        return;
-    }
-    let Ok(mut stream) = TcpStream::from_std(std::net::TcpStream::from(spare)) else { return };
-    let _ = tokio::time::timeout(linger, wire_io::close::discard_until_eof(&mut stream)).await;
-}
-
-/// Decides where chatd is now and connects there, within `connect_timeout`.
-async fn dial_upstream(cfg: &UpstreamConfig) -> Result<TcpStream, SessionError> {
-    let attempt = async { dial(cfg.addr.resolve().await?).await };
+/// Decides where chatd is now and connects there, within `connect_timeout`. Returns the
+/// address dialled with the stream, so nobody asks the socket for it.
+async fn dial_upstream(cfg: &UpstreamConfig) -> Result<(TcpStream, SocketAddr), SessionError> {
+    let attempt = async {
+        let addr = cfg.addr.resolve().await?;
+        Ok((dial(addr).await?, addr))
+    };
     tokio::time::timeout(cfg.connect_timeout, attempt)
         .await
         .map_err(|_| SessionError::ConnectTimeout { addr: cfg.addr.clone(), after: cfg.connect_timeout })?
@@ -321,18 +322,36 @@ async fn dial(addr: SocketAddr) -> Result<TcpStream, SessionError> {
         .map_err(|source| SessionError::Connect { addr, source })
 }
 
+/// chatd's answer, before the socket is joined to it.
+enum Answer {
+    Accepted { first_payload: Bytes, send: SendCipher, recv: RecvCipher, sealed_leftover: BytesMut, info: LoginInfo },
+    Rejected { first_payload: Bytes, info: LoginInfo },
+}
+
+impl Answer {
+    /// A rejection drops (closes) the socket here.
+    fn into_login(self, stream: TcpStream, peer: SocketAddr) -> UpstreamLogin {
+        match self {
+            Answer::Accepted { first_payload, send, recv, sealed_leftover, info } => {
+                let upstream = Upstream { stream, send, recv, sealed_leftover, to_client: BytesMut::new(), peer };
+                UpstreamLogin::Accepted { first_payload, upstream, info }
+            }
+            Answer::Rejected { first_payload, info } => UpstreamLogin::Rejected { first_payload, info },
+        }
+    }
+}
+
 /// Boxed at both call sites: its state (the Noise initiator, the ClientHello and chain buffers)
 /// is the largest await of a session's life, and inline it would size the session's future for
 /// as long as the session is idle; on the heap it is freed once the login is answered.
 async fn handshake(
     cfg: &UpstreamConfig,
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
     req: &LoginRequest,
     started: Instant,
     connected: Instant,
-) -> Result<UpstreamLogin, SessionError> {
-    let (peer, local) =
-        (stream.peer_addr().map_err(SessionError::UpstreamIo)?, stream.local_addr().map_err(SessionError::UpstreamIo)?);
+) -> Result<Answer, SessionError> {
     // PROXY header, `WA` header and ClientHello leave in one write.
     let mut preamble = Vec::with_capacity(128);
     proxy_header::write(cfg.proxy_protocol, req.client_addr, req.local_addr, &mut preamble)
@@ -349,7 +368,7 @@ async fn handshake(
         ClientConnect::new(key, payload, &config, &preamble)
     }
     .map_err(handshake_error)?;
-    let done = wire_io::handshake::connect(&mut stream, hs).await.map_err(|e| match e {
+    let done = wire_io::handshake::connect(stream, hs).await.map_err(|e| match e {
         HandshakeError::Connect(e) => handshake_error(e),
         HandshakeError::Io(e) => SessionError::UpstreamIo(e),
         _ => SessionError::UpstreamClosedInHandshake,
@@ -358,7 +377,7 @@ async fn handshake(
     let (cert_cache, pattern, mut rbuf) = (done.cert_cache, done.pattern, done.leftover);
 
     let (send, mut recv) = done.transport.split();
-    let mut first = match wire_io::frame::read_frame(&mut stream, &mut rbuf, cfg.max_frame_len).await {
+    let mut first = match wire_io::frame::read_frame(stream, &mut rbuf, cfg.max_frame_len).await {
         Ok(Some(frame)) => frame,
         Err(FrameError::TooLarge { len, max }) => return Err(SessionError::UpstreamFrameTooLarge { len, max }),
         Err(FrameError::Io(e)) => return Err(SessionError::UpstreamIo(e)),
@@ -373,10 +392,9 @@ async fn handshake(
     let info = LoginInfo { cert_cache, pattern, elapsed: started.elapsed(), connect: connected - started, handshake };
     debug!(account = %req.account, %peer, ?kind, %pattern, elapsed = ?info.elapsed, "upstream login answered");
     if kind != StanzaKind::Success {
-        return Ok(UpstreamLogin::Rejected { first_payload, info });
+        return Ok(Answer::Rejected { first_payload, info });
     }
-    let upstream = Upstream { stream, send, recv, sealed_leftover: rbuf, to_client: BytesMut::new(), peer, local };
-    Ok(UpstreamLogin::Accepted { first_payload, upstream, info })
+    Ok(Answer::Accepted { first_payload, send, recv, sealed_leftover: rbuf, info })
 }
 
 fn handshake_error(e: ConnectError) -> SessionError {
