@@ -21,43 +21,65 @@ use crate::ws::{ServerWs, WsOptions, client_addr};
 
 /// TCP_NODELAY, and keepalive probes after `idle` without traffic (then every `idle / 6`, at
 /// least 1 s), so dead clients behind silent NATs are found even between application pings.
-pub fn tune_socket(stream: &TcpStream, keepalive: Option<Duration>) {
-    let _ = stream.set_nodelay(true);
+pub fn tune_socket(socket: socket2::SockRef<'_>, keepalive: Option<Duration>) {
+    let _ = socket.set_tcp_nodelay(true);
     if let Some(idle) = keepalive {
         let ka = socket2::TcpKeepalive::new().with_time(idle).with_interval((idle / 6).max(Duration::from_secs(1)));
-        if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        if let Err(e) = socket.set_tcp_keepalive(&ka) {
             debug!(error = %Report(&e), "cannot set TCP keepalive");
         }
     }
 }
 
-/// The next connection, tuned and counted for `kind` (when given); `None` once the edge stops
-/// accepting. Accept errors (EMFILE when out of descriptors, for one) back off instead of spinning.
-async fn accept(
-    listener: &TcpListener,
-    ctx: &EdgeContext,
-    kind: Option<&str>,
-) -> Option<(TcpStream, SocketAddr, SocketAddr)> {
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = ctx.stop_accepting.cancelled() => return None,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                if let Some(kind) = kind {
-                    ctx.metrics.connections.with_label_values(&[kind]).inc();
+/// Whether accepted sockets inherit the listening socket's `TCP_NODELAY` and keepalive settings
+/// (Linux copies them in `accept`; `listener_tuning_is_inherited` checks it), so they are set
+/// once on the listener rather than with four `setsockopt`s per connection.
+const ACCEPTED_SOCKETS_INHERIT: bool = cfg!(target_os = "linux");
+
+/// A listener as the accept loops use it: tuned once, and its local address known when it is
+/// bound to one (a connection's local address then needs no `getsockname`).
+struct Listening {
+    listener: TcpListener,
+    local: Option<SocketAddr>,
+    keepalive: Option<Duration>,
+}
+
+impl Listening {
+    fn new(listener: TcpListener, keepalive: Option<Duration>) -> Self {
+        if ACCEPTED_SOCKETS_INHERIT {
+            tune_socket(socket2::SockRef::from(&listener), keepalive);
+        }
+        let local = listener.local_addr().ok().filter(|a| !a.ip().is_unspecified());
+        Listening { listener, local, keepalive }
+    }
+
+    /// The next connection, tuned and counted for `kind` (when given); `None` once the edge stops
+    /// accepting. Accept errors (EMFILE when out of descriptors, for one) back off instead of
+    /// spinning.
+    async fn accept(&self, ctx: &EdgeContext, kind: Option<&str>) -> Option<(TcpStream, SocketAddr, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = ctx.stop_accepting.cancelled() => return None,
+                r = self.listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    if let Some(kind) = kind {
+                        ctx.metrics.connections.with_label_values(&[kind]).inc();
+                    }
+                    if !ACCEPTED_SOCKETS_INHERIT {
+                        tune_socket(socket2::SockRef::from(&stream), self.keepalive);
+                    }
+                    let local = self.local.or_else(|| stream.local_addr().ok()).unwrap_or(peer);
+                    return Some((stream, peer, local));
                 }
-                tune_socket(&stream, ctx.tcp_keepalive);
-                let local = stream.local_addr().unwrap_or(peer);
-                return Some((stream, peer, local));
-            }
-            Err(e) => {
-                warn!(error = %Report(&e), "accept failed; backing off");
-                tokio::select! {
-                    _ = ctx.stop_accepting.cancelled() => return None,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                Err(e) => {
+                    warn!(error = %Report(&e), "accept failed; backing off");
+                    tokio::select! {
+                        _ = ctx.stop_accepting.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
                 }
             }
         }
@@ -69,7 +91,8 @@ async fn accept(
 /// a PROXY v1 or v2 header, whose source address becomes the client's (the header and the login
 /// frame share one login timeout from the accept); anything else is closed and counted in `waproxy_proxy_protocol_refused_total`.
 pub async fn serve_tcp(listener: TcpListener, ctx: Arc<EdgeContext>) {
-    while let Some((mut stream, peer, local)) = accept(&listener, &ctx, Some("tcp")).await {
+    let listener = Listening::new(listener, ctx.tcp_keepalive);
+    while let Some((mut stream, peer, local)) = listener.accept(&ctx, Some("tcp")).await {
         let ctx = Arc::clone(&ctx);
         let deadline = Instant::now() + ctx.login_timeout;
         let Some(trusted) = &ctx.proxy_protocol_trusted else {
@@ -102,7 +125,8 @@ pub async fn serve_tcp(listener: TcpListener, ctx: Arc<EdgeContext>) {
 /// Serves TLS clients until the edge stops accepting or the task is dropped. The TLS handshake
 /// and the login frame share one login timeout from the accept.
 pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<EdgeContext>) {
-    while let Some((stream, peer, local)) = accept(&listener, &ctx, Some("tls")).await {
+    let listener = Listening::new(listener, ctx.tcp_keepalive);
+    while let Some((stream, peer, local)) = listener.accept(&ctx, Some("tls")).await {
         let (acceptor, ctx) = (acceptor.clone(), Arc::clone(&ctx));
         let deadline = Instant::now() + ctx.login_timeout;
         tokio::spawn(async move {
@@ -122,7 +146,8 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<Ed
 /// `waproxy_edge_connections_total{listener="ws"}` once upgraded.
 pub async fn serve_ws(listener: TcpListener, options: WsOptions, ctx: Arc<EdgeContext>) {
     let options = Arc::new(options);
-    while let Some((stream, peer, local)) = accept(&listener, &ctx, None).await {
+    let listener = Listening::new(listener, ctx.tcp_keepalive);
+    while let Some((stream, peer, local)) = listener.accept(&ctx, None).await {
         let (options, ctx) = (Arc::clone(&options), Arc::clone(&ctx));
         let deadline = Instant::now() + ctx.login_timeout;
         tokio::spawn(async move {
@@ -149,5 +174,37 @@ pub async fn serve_ws(listener: TcpListener, options: WsOptions, ctx: Arc<EdgeCo
                 Err(_) => debug!(%peer, "WebSocket upgrade timed out"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The assumption behind tuning the listener once: accepted sockets carry its settings.
+    #[tokio::test]
+    async fn listener_tuning_is_inherited() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let idle = Duration::from_secs(37);
+        let listening = Listening::new(listener, Some(idle));
+        assert_eq!(listening.local, listening.listener.local_addr().ok());
+        let addr = listening.listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listening.listener.accept().await.unwrap();
+        if !ACCEPTED_SOCKETS_INHERIT {
+            tune_socket(socket2::SockRef::from(&accepted), Some(idle));
+        }
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(accepted.nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), idle);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(6));
+        assert_eq!(accepted.local_addr().unwrap(), addr);
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_listener_asks_each_socket_for_its_address() {
+        let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        assert_eq!(Listening::new(listener, None).local, None);
     }
 }

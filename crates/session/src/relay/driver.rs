@@ -311,7 +311,7 @@ where
     }
 }
 
-/// Moves what it can in one direction: write, transform, read, until nothing moves or the budget
+/// Moves what it can in one direction: transform, write, read, until nothing moves or the budget
 /// is spent. `Err` when the direction stopped.
 fn pump<R, W>(
     pipe: &mut Pipe<'_>,
@@ -325,10 +325,13 @@ where
     W: AsyncWrite + Unpin,
 {
     for _ in 0..STEPS_PER_POLL {
-        let mut step = poll_drain(pipe, cx, dst).map_err(PipeEnd::Dest)?;
+        // Transform before writing, so frames that arrived together leave in one write (chatd's
+        // `<success>` and the stanzas read with it, at the start of a session).
+        let mut step = false;
         while pipe.transform_one()? {
             step = true;
         }
+        step |= poll_drain(pipe, cx, dst).map_err(PipeEnd::Dest)?;
         if pipe.is_ended() {
             return Err(PipeEnd::StreamEnded);
         }
