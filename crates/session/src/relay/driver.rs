@@ -78,6 +78,18 @@ enum Phase<'a, C, U> {
     Done,
 }
 
+impl<'a, C, U> Phase<'a, C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'a,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'a,
+{
+    /// The close sequence for `reason`.
+    fn closing(driver: Driver<'a, C, U>, reason: EndReason, cancel: &CancelHandle) -> Self {
+        let plan = ClosePlan::for_end(&reason);
+        Phase::Closing { reason, plan, finish: Box::pin(driver.finish(plan, cancel.clone())) }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A relay in progress, the future [`super::relay`] returns; it completes with the
     /// [`RelayEnd`] once both sides are closed.
@@ -133,9 +145,18 @@ where
                 cfg,
                 metrics,
             );
-            let state = RelayState::new(c2u, u2c, cfg, started);
+            let mut state = RelayState::new(c2u, u2c, cfg, started);
             let deadline = state.poll_timeout();
-            (Phase::Relaying(Driver { client, upstream: io, state }), deadline)
+            // chatd's `<success>` (queued in `out`) and the stanzas read with it (in `inb`) leave
+            // in the session's first write.
+            let first = state.u2c.transform_all();
+            let driver = Driver { client, upstream: io, state };
+            match first {
+                Ok(()) => (Phase::Relaying(driver), deadline),
+                Err(e) => {
+                    (Phase::closing(driver, end_reason(Direction::ToClient, PipeEnd::Session(e)), cancel), deadline)
+                }
+            }
         }
     };
     Relaying {
@@ -162,9 +183,7 @@ where
                 Phase::Relaying(driver) => {
                     let reason = ready!(driver.poll_run(cx, this.sleep.as_mut(), this.cancelled.as_mut(), this.cancel));
                     let Phase::Relaying(driver) = std::mem::replace(this.phase, Phase::Done) else { break };
-                    let plan = ClosePlan::for_end(&reason);
-                    let finish = Box::pin(driver.finish(plan, this.cancel.clone()));
-                    *this.phase = Phase::Closing { reason, plan, finish };
+                    *this.phase = Phase::closing(driver, reason, this.cancel);
                 }
                 Phase::Closing { finish, .. } => {
                     let (to_upstream, to_client) = ready!(finish.as_mut().poll(cx));
@@ -311,7 +330,7 @@ where
     }
 }
 
-/// Moves what it can in one direction: transform, write, read, until nothing moves or the budget
+/// Moves what it can in one direction: write, transform, read, until nothing moves or the budget
 /// is spent. `Err` when the direction stopped.
 fn pump<R, W>(
     pipe: &mut Pipe<'_>,
@@ -325,13 +344,12 @@ where
     W: AsyncWrite + Unpin,
 {
     for _ in 0..STEPS_PER_POLL {
-        // Transform before writing, so frames that arrived together leave in one write (chatd's
-        // `<success>` and the stanzas read with it, at the start of a session).
-        let mut step = false;
+        // Written before the next transform, so a frame alone in `inb` finds `out` empty and is
+        // opened or sealed in place rather than copied behind it.
+        let mut step = poll_drain(pipe, cx, dst).map_err(PipeEnd::Dest)?;
         while pipe.transform_one()? {
             step = true;
         }
-        step |= poll_drain(pipe, cx, dst).map_err(PipeEnd::Dest)?;
         if pipe.is_ended() {
             return Err(PipeEnd::StreamEnded);
         }

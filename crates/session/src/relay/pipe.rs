@@ -185,6 +185,12 @@ impl<'a> Pipe<'a> {
     // -----------------------------------------------------------------------------------------
     // Transforming
 
+    /// Transforms every complete frame that fits.
+    pub(crate) fn transform_all(&mut self) -> Result<(), SessionError> {
+        while self.transform_one()? {}
+        Ok(())
+    }
+
     /// Moves the front frame of `inb` to `out`, sealed or opened. `Ok(false)` when there is no
     /// whole frame, or no room for it yet.
     pub(crate) fn transform_one(&mut self) -> Result<bool, SessionError> {
