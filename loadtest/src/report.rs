@@ -54,6 +54,8 @@ pub fn draw(dir: &Path, plot: &Plot) -> Result<Option<String>> {
         .configure_mesh()
         .x_desc(plot.x_label.as_str())
         .y_desc(plot.y_label.as_str())
+        .x_label_formatter(&|v| axis_label(*v))
+        .y_label_formatter(&|v| axis_label(*v))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| draw_err(e.to_string()))?;
@@ -77,6 +79,49 @@ pub fn draw(dir: &Path, plot: &Plot) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// An axis value as a reader wants it: whole numbers from 100 up with thousands separators
+/// (`12,500`), smaller ones with at most two decimals and no trailing zeros (`2.5`, `0.25`, `3`).
+fn axis_label(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        let whole = format!("{:.0}", v.abs());
+        let mut grouped = String::with_capacity(whole.len() + whole.len() / 3);
+        for (i, digit) in whole.chars().enumerate() {
+            if i > 0 && (whole.len() - i) % 3 == 0 {
+                grouped.push(',');
+            }
+            grouped.push(digit);
+        }
+        return if v < 0.0 { format!("-{grouped}") } else { grouped };
+    }
+    let text = format!("{v:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" { "0".to_owned() } else { text.to_owned() }
+}
+
 pub fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::axis_label;
+
+    #[test]
+    fn axis_labels_are_readable() {
+        for (v, want) in [
+            (0.0, "0"),
+            (3.0, "3"),
+            (2.5, "2.5"),
+            (0.25, "0.25"),
+            (99.5, "99.5"),
+            (100.0, "100"),
+            (1000.0, "1,000"),
+            (12_500.4, "12,500"),
+            (1_234_567.0, "1,234,567"),
+            (-4096.0, "-4,096"),
+            (-0.001, "0"),
+        ] {
+            assert_eq!(axis_label(v), want, "{v}");
+        }
+    }
 }

@@ -278,6 +278,7 @@ pub async fn steady(ctx: &Ctx, p: &SteadyParams) -> Result<Outcome> {
     );
     let mut plots = Vec::new();
     let mut mem_series = Vec::new();
+    let mut time_series = Vec::new();
     let hold_for = ctx.soak.unwrap_or(p.hold);
     for target in ctx.targets().into_iter().filter(|t| t.kind != PathKind::Direct) {
         let kind = target.kind;
@@ -325,9 +326,16 @@ pub async fn steady(ctx: &Ctx, p: &SteadyParams) -> Result<Outcome> {
             let series: Vec<(f64, f64)> = points
                 .iter()
                 .filter(|pt| pt.count > 0)
-                .map(|pt| (pt.count as f64, (pt.proc.rss_bytes as f64 - b.rss_bytes as f64) / pt.count as f64))
+                .map(|pt| (pt.count as f64, (pt.proc.rss_bytes as f64 - b.rss_bytes as f64) / pt.count as f64 / 1024.0))
                 .collect();
             mem_series.push((format!("{} (RSS delta / sessions)", kind.name()), series));
+            // The same over time, through the hold: where the settled figure comes from.
+            let series: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|pt| pt.count > 0)
+                .map(|pt| (pt.t, (pt.proc.rss_bytes as f64 - b.rss_bytes as f64) / pt.count as f64 / 1024.0))
+                .collect();
+            time_series.push((format!("{} (RSS delta / sessions)", kind.name()), series));
         }
         violations.extend(fail_violation(&format!("steady {} logins", kind.name()), &est.failures));
         violations.extend(fail_violation(&format!("steady {} held sessions", kind.name()), &hold_failures));
@@ -370,8 +378,15 @@ pub async fn steady(ctx: &Ctx, p: &SteadyParams) -> Result<Outcome> {
         file: "steady-memory-per-session.png".into(),
         title: "steady: memory per session vs sessions".into(),
         x_label: "sessions".into(),
-        y_label: "bytes per session".into(),
+        y_label: "KiB per session".into(),
         series: mem_series,
+    });
+    plots.push(Plot {
+        file: "steady-memory-over-time.png".into(),
+        title: "steady: memory per session held, over the logins and the hold".into(),
+        x_label: "seconds".into(),
+        y_label: "KiB per session".into(),
+        series: time_series,
     });
     Ok(Outcome { name: "steady".into(), json: json.into(), markdown: md, plots, violations })
 }
