@@ -60,7 +60,7 @@ impl Drop for ReleaseOnDrop<'_> {
     }
 }
 
-/// Sealed and boxed: the close sequence's state (timers, two futures) exists only while closing,
+/// Boxed, its type erased: the close sequence's state (timers, two futures) exists only while closing,
 /// and would otherwise enlarge every session for its whole life.
 type Finish<'a> = Pin<Box<dyn Future<Output = (DirectionStats, DirectionStats)> + Send + 'a>>;
 
